@@ -1,0 +1,71 @@
+"""All-to-all communication model (METHOD.md sections 1 and 5).
+
+In table-wise model parallelism every device computes pooled embeddings for the whole
+global batch and an all-to-all gives each data-parallel rank its slice of the batch.
+With ``D`` devices, global batch ``B``, device ``d`` holding tables of total output width
+``w_d`` (sum of their dims) and ``W = sum_d w_d``:
+
+- device ``d`` sends ``B * w_d * (D - 1) / D`` values (all but its own slice);
+- device ``d`` receives ``(B / D) * (W - w_d)`` values (its slice from every other device).
+
+Each device's transfer takes ``latency + max(sent, received) / bandwidth`` (full-duplex
+links); the collective ends when the slowest device is done. The backward all-to-all
+moves the gradients of the same tensors in reverse, so it has the same size. With one
+device there is nothing to exchange and both stages cost zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: Bytes per value of the pooled embeddings exchanged (FP32 outputs).
+OUTPUT_BYTES_PER_VALUE = 4
+
+
+@dataclass(frozen=True)
+class AllToAllModel:
+    """Latency-bandwidth model of one all-to-all.
+
+    Attributes:
+        latency_ms: Fixed cost of one collective on one device.
+        bandwidth_gbps: Per-device transfer rate in GB/s (1e9 bytes per second).
+        source: Where the numbers come from ("fitted to ..." or "assumed from ...").
+    """
+
+    latency_ms: float
+    bandwidth_gbps: float
+    source: str
+
+    def time_ms(self, widths: Sequence[int], batch_size: int) -> float:
+        """Duration of one all-to-all of pooled outputs for per-device output widths."""
+        num_devices = len(widths)
+        if num_devices <= 1:
+            return 0.0
+        total_width = sum(widths)
+        bytes_per_ms = self.bandwidth_gbps * 1e6
+        slowest = 0.0
+        for width in widths:
+            sent = batch_size * width * (num_devices - 1) / num_devices
+            received = batch_size / num_devices * (total_width - width)
+            volume_bytes = max(sent, received) * OUTPUT_BYTES_PER_VALUE
+            slowest = max(slowest, self.latency_ms + volume_bytes / bytes_per_ms)
+        return slowest
+
+
+#: Gloo all-to-all between processes on one CPU host (loopback).
+CPU_LOOPBACK = AllToAllModel(
+    latency_ms=0.15,
+    bandwidth_gbps=2.0,
+    source="assumed: gloo over loopback on a 2-core host (to be replaced by a fit)",
+)
+
+#: NCCL all-to-all between NVLink-connected GPUs of one node (H100 SXM class).
+NVLINK_GPU = AllToAllModel(
+    latency_ms=0.02,
+    bandwidth_gbps=150.0,
+    source=(
+        "assumed from public figures: NVLink 4 at 450 GB/s per direction, of which an "
+        "NCCL all-to-all reaches about a third; not measured"
+    ),
+)
