@@ -1,0 +1,70 @@
+"""Cost backends: where placement costs come from (METHOD.md section 5).
+
+- ``fbgemm``: real FBGEMM fused operators, one emulated device at a time (default).
+- ``sim``: a calibrated analytical simulator (labelled as such in every result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.errors import InputError
+from dreamshard.types import CostBackend
+
+BACKEND_NAMES: tuple[str, ...] = ("fbgemm", "sim")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Options shared by the backends; each backend reads the ones it understands.
+
+    Attributes:
+        batch_size: Global batch of one training iteration.
+        seed: Seed of generated ids.
+        profile: Simulator hardware profile (packaged name or JSON path); ``sim`` only.
+        row_cap: Run tables with at most this many rows; ``fbgemm`` only (logged).
+        windows: Time windows of repetitions; ``fbgemm`` only.
+        calls_per_window: Timed calls per shard per window; ``fbgemm`` only.
+        device: ``cpu`` or ``cuda``; ``fbgemm`` only.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = DEFAULT_SEED
+    profile: str = "cpu-zen4"
+    row_cap: int | None = None
+    windows: int = 8
+    calls_per_window: int = 8
+    device: str = "cpu"
+
+
+def make_backend(
+    name: str,
+    options: BackendOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CostBackend:
+    """The backend called ``name``; unknown names raise InputError listing the known ones."""
+    opts = options or BackendOptions()
+    if opts.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {opts.batch_size}")
+    if name == "fbgemm":
+        from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig, default_comm
+
+        if opts.windows < 1 or opts.calls_per_window < 1:
+            raise InputError("windows and calls per window must be at least 1")
+        config = FbgemmConfig(
+            batch_size=opts.batch_size,
+            windows=opts.windows,
+            calls_per_window=opts.calls_per_window,
+            row_cap=opts.row_cap,
+            seed=opts.seed,
+            device=opts.device,
+            comm=default_comm(opts.device),
+        )
+        return FbgemmBackend(config, progress=progress)
+    if name == "sim":
+        from dreamshard.backends.sim import SimBackend, load_profile
+
+        return SimBackend(load_profile(opts.profile), batch_size=opts.batch_size)
+    raise InputError(f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)})")

@@ -1,0 +1,387 @@
+"""The real cost backend: each device's tables run as one FBGEMM TBE operator.
+
+Devices are emulated one at a time on the local device (METHOD.md section 5): the CPU
+build of FBGEMM here, the CUDA build where a GPU and fbgemm_gpu's CUDA operators exist.
+Forward and backward (with the fused EXACT_SGD update) are timed separately. Timing
+noise on the development CPUs comes as level shifts lasting 0.1 s to seconds
+(MEASUREMENT.md), so repetitions are spread over several *windows*: each window times
+every shard of every placement being compared once in turn (A B C A B C ...), and the
+per-shard cost is the median over all windows. The spread of the placement cost across
+windows is reported with every result.
+
+Communication stages come from an all-to-all model (backends/comm.py) and are combined
+with the computation as METHOD.md section 1 says (types.synchronized_costs).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import statistics
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamshard.backends.base import ShardTiming
+from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
+from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.errors import BackendError
+from dreamshard.synthetic import generate_ids
+from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
+from dreamshard.units import format_bytes
+
+log = logging.getLogger(__name__)
+
+#: Learning rate of the fused SGD update; its value does not change the cost.
+SGD_LEARNING_RATE = 0.01
+
+
+@dataclass(frozen=True)
+class FbgemmConfig:
+    """Settings of the FBGEMM backend.
+
+    Attributes:
+        batch_size: Global batch (samples) each device's operator looks up.
+        windows: Separate time windows the repetitions are spread over.
+        calls_per_window: Timed forward+backward calls per shard in each window.
+        warmup_calls: Untimed calls per shard after it is built.
+        row_cap: If set, tables with more rows run with this many rows instead (ids
+            are generated for the smaller table with the same pooling factor and access
+            histogram). This keeps huge tables within RAM but changes cache behaviour;
+            every scaled table is logged. None runs every table at full size.
+        memory_budget_bytes: Most bytes of weights held in built operators at once.
+        seed: Seed of the generated ids.
+        device: ``"cpu"`` or ``"cuda"``.
+        comm: All-to-all model for the communication stages.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    windows: int = 8
+    calls_per_window: int = 8
+    warmup_calls: int = 3
+    row_cap: int | None = None
+    memory_budget_bytes: int = 8 * 2**30
+    seed: int = DEFAULT_SEED
+    device: str = "cpu"
+    comm: AllToAllModel = field(default=CPU_LOOPBACK)
+
+
+def fbgemm_available() -> bool:
+    """Whether fbgemm_gpu's TBE operators import."""
+    try:
+        import fbgemm_gpu.split_table_batched_embeddings_ops_training  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+@dataclass
+class _Shard:
+    """A built fused operator with its inputs, ready to time."""
+
+    op: Any
+    indices: torch.Tensor
+    offsets: torch.Tensor
+    grad: torch.Tensor
+    weight_bytes: int
+
+
+@dataclass
+class _ShardTimes:
+    """Per-window lists of forward and backward times of one shard, in ms."""
+
+    fwd_ms: list[list[float]]
+    bwd_ms: list[list[float]]
+
+    def timing(self) -> ShardTiming:
+        return ShardTiming(
+            fwd_comp_ms=statistics.median(x for w in self.fwd_ms for x in w),
+            bwd_comp_ms=statistics.median(x for w in self.bwd_ms for x in w),
+        )
+
+    def window_timing(self, window: int) -> ShardTiming:
+        return ShardTiming(
+            fwd_comp_ms=statistics.median(self.fwd_ms[window]),
+            bwd_comp_ms=statistics.median(self.bwd_ms[window]),
+        )
+
+
+@contextmanager
+def _quiet_timing() -> Iterator[None]:
+    """One thread (the CPU kernels are single-threaded; more threads add noise) and no GC."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(threads)
+
+
+class FbgemmBackend:
+    """Measures placements by running FBGEMM's fused operators (METHOD.md section 5)."""
+
+    name = "fbgemm"
+
+    def __init__(
+        self,
+        config: FbgemmConfig | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Args:
+        config: Settings; defaults to FbgemmConfig() (CPU).
+        progress: Called with (done, total) timed shard-windows during a measurement.
+        """
+        if not fbgemm_available():
+            raise BackendError(
+                "the fbgemm backend needs fbgemm_gpu (pip install fbgemm-gpu-cpu==1.8.0); "
+                "use --backend sim for the simulator"
+            )
+        self.config = config or FbgemmConfig()
+        if self.config.device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("device 'cuda' asked for but torch sees no CUDA device")
+        if self.config.device not in ("cpu", "cuda"):
+            raise BackendError(f"unknown device {self.config.device!r} (use cpu or cuda)")
+        self.progress = progress
+        self._ops: OrderedDict[tuple[str, ...], _Shard] = OrderedDict()
+        self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._scaled_logged: set[str] = set()
+        #: Shard timings taken so far (one per shard per measure call).
+        self.shards_timed = 0
+
+    # -- public API --------------------------------------------------------------------
+
+    def measure(self, task: Task, placements: Sequence[Placement]) -> list[PlacementCost]:
+        """Measure placements of one task, interleaving their repetitions."""
+        for placement in placements:
+            placement.validate(task)
+        shard_lists = [
+            [tuple(task.tables[i] for i in idx) for idx in p.shards(task.num_devices)]
+            for p in placements
+        ]
+        unique: dict[tuple[str, ...], tuple[TableSpec, ...]] = {}
+        for shards in shard_lists:
+            for tables in shards:
+                if tables:
+                    unique.setdefault(_key(tables), tables)
+        times = self._time_shards(list(unique.values()))
+        results = []
+        for shards in shard_lists:
+            widths = [sum(t.dim for t in tables) for tables in shards]
+            a2a_ms = self.config.comm.time_ms(widths, self.config.batch_size)
+            whole = [times[_key(t)].timing() if t else ShardTiming(0.0, 0.0) for t in shards]
+            window_costs = []
+            for w in range(self.config.windows):
+                per_window = [
+                    times[_key(t)].window_timing(w) if t else ShardTiming(0.0, 0.0) for t in shards
+                ]
+                window_costs.append(_cost(per_window, a2a_ms))
+            mean = float(np.mean(window_costs))
+            results.append(
+                PlacementCost(
+                    per_device=synchronized_costs(
+                        [s.fwd_comp_ms for s in whole], [s.bwd_comp_ms for s in whole], a2a_ms, a2a_ms
+                    ),
+                    backend=self.name,
+                    rel_spread=float(np.std(window_costs)) / mean if mean > 0 else 0.0,
+                    window_costs_ms=tuple(window_costs),
+                )
+            )
+        return results
+
+    def measure_shards(self, shards: Sequence[Sequence[TableSpec]]) -> list[ShardTiming]:
+        """Computation cost of each shard (tables fused into one operator), interleaved."""
+        tables = [tuple(s) for s in shards]
+        if any(not s for s in tables):
+            raise BackendError("cannot measure an empty shard")
+        times = self._time_shards(tables)
+        return [times[_key(s)].timing() for s in tables]
+
+    # -- timing ------------------------------------------------------------------------
+
+    def _time_shards(self, shards: list[tuple[TableSpec, ...]]) -> dict[tuple[str, ...], _ShardTimes]:
+        """Time every shard in every window; groups run separately if RAM forces it."""
+        cfg = self.config
+        groups = self._memory_groups(shards)
+        if len(groups) > 1:
+            log.warning(
+                "the shards to compare need more than the memory budget (%s); they are timed "
+                "in %d groups, interleaved within each group only",
+                format_bytes(cfg.memory_budget_bytes),
+                len(groups),
+            )
+        out: dict[tuple[str, ...], _ShardTimes] = {}
+        total = len(shards) * cfg.windows
+        done = 0
+        for group in groups:
+            built = [self._shard(tables) for tables in group]
+            with _quiet_timing():
+                for shard in built:
+                    for _ in range(cfg.warmup_calls):
+                        self._call(shard)
+                times = [_ShardTimes([], []) for _ in group]
+                for window in range(cfg.windows):
+                    # Rotate the order each window so no shard always follows the same one.
+                    for j in range(len(group)):
+                        k = (j + window) % len(group)
+                        fwd, bwd = [], []
+                        for _ in range(cfg.calls_per_window):
+                            f, b = self._call(built[k])
+                            fwd.append(f)
+                            bwd.append(b)
+                        times[k].fwd_ms.append(fwd)
+                        times[k].bwd_ms.append(bwd)
+                        done += 1
+                        if self.progress is not None:
+                            self.progress(done, total)
+            for tables, t in zip(group, times, strict=True):
+                out[_key(tables)] = t
+        self.shards_timed += len(shards)
+        return out
+
+    def _call(self, shard: _Shard) -> tuple[float, float]:
+        """One forward and one backward; returns their durations in ms."""
+        cuda = self.config.device == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = shard.op(shard.indices, shard.offsets)
+        if cuda:
+            torch.cuda.synchronize()
+        middle = time.perf_counter()
+        out.backward(shard.grad)
+        if cuda:
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        return (middle - start) * 1e3, (end - middle) * 1e3
+
+    # -- building operators ------------------------------------------------------------
+
+    def _run_table(self, table: TableSpec) -> TableSpec:
+        """The table as it runs: rows capped by ``row_cap`` (logged once per table)."""
+        cap = self.config.row_cap
+        if cap is None or table.rows <= cap:
+            return table
+        if table.name not in self._scaled_logged:
+            self._scaled_logged.add(table.name)
+            log.warning(
+                "table %r runs with %d of its %d rows (row cap; scale factor %.3g)",
+                table.name,
+                cap,
+                table.rows,
+                cap / table.rows,
+            )
+        return replace(table, rows=cap)
+
+    def _table_ids(self, table: TableSpec) -> tuple[np.ndarray, np.ndarray]:
+        if table.name not in self._ids:
+            seed = zlib.crc32(f"{self.config.seed}:{table.name}".encode())
+            self._ids[table.name] = generate_ids(table, self.config.batch_size, seed)
+        return self._ids[table.name]
+
+    def _weight_bytes(self, tables: Sequence[TableSpec]) -> int:
+        return sum(self._run_table(t).size_bytes for t in tables)
+
+    def _memory_groups(self, shards: list[tuple[TableSpec, ...]]) -> list[list[tuple[TableSpec, ...]]]:
+        budget = self.config.memory_budget_bytes
+        groups: list[list[tuple[TableSpec, ...]]] = [[]]
+        used = 0
+        for tables in shards:
+            need = self._weight_bytes(tables)
+            if need > budget:
+                raise BackendError(
+                    f"one device's tables ({', '.join(t.name for t in tables[:5])}"
+                    f"{', ...' if len(tables) > 5 else ''}) need {format_bytes(need)} of weights, "
+                    f"more than the memory budget {format_bytes(budget)}; raise the budget or "
+                    f"set a row cap"
+                )
+            if used + need > budget and groups[-1]:
+                groups.append([])
+                used = 0
+            groups[-1].append(tables)
+            used += need
+        return groups
+
+    def _shard(self, tables: tuple[TableSpec, ...]) -> _Shard:
+        key = _key(tables)
+        if key in self._ops:
+            self._ops.move_to_end(key)
+            return self._ops[key]
+        need = self._weight_bytes(tables)
+        # Evict least recently used operators until the new one fits in the budget.
+        while self._ops and sum(s.weight_bytes for s in self._ops.values()) + need > (
+            self.config.memory_budget_bytes
+        ):
+            self._ops.popitem(last=False)
+        shard = self._build(tables)
+        self._ops[key] = shard
+        return shard
+
+    def _build(self, tables: tuple[TableSpec, ...]) -> _Shard:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+
+        cuda = self.config.device == "cuda"
+        location = EmbeddingLocation.DEVICE if cuda else EmbeddingLocation.HOST
+        compute = ComputeDevice.CUDA if cuda else ComputeDevice.CPU
+        run_tables = [self._run_table(t) for t in tables]
+        dtypes = {t.dtype for t in run_tables}
+        if len(dtypes) > 1:
+            raise BackendError(
+                f"tables of one device must share a dtype to fuse, got {sorted(dtypes)}"
+            )
+        precision = SparseType.FP16 if dtypes == {"fp16"} else SparseType.FP32
+        try:
+            op = SplitTableBatchedEmbeddingBagsCodegen(
+                [(t.rows, t.dim, location, compute) for t in run_tables],
+                optimizer=EmbOptimType.EXACT_SGD,
+                learning_rate=SGD_LEARNING_RATE,
+                weights_precision=precision,
+                device=torch.device(self.config.device),
+            )
+        except (RuntimeError, MemoryError) as err:
+            raise BackendError(f"could not build the fused operator: {err}") from None
+        batch = self.config.batch_size
+        indices, offsets, total = [], [np.zeros(1, dtype=np.int64)], 0
+        for table in run_tables:
+            ids, offs = self._table_ids(table)
+            indices.append(ids)
+            offsets.append(offs[1:] + total)
+            total += len(ids)
+        width = sum(t.dim for t in run_tables)
+        device = torch.device(self.config.device)
+        return _Shard(
+            op=op,
+            indices=torch.from_numpy(np.concatenate(indices)).to(device),
+            offsets=torch.from_numpy(np.concatenate(offsets)).to(device),
+            grad=torch.ones(batch, width, device=device),
+            weight_bytes=self._weight_bytes(tables),
+        )
+
+
+def _key(tables: Sequence[TableSpec]) -> tuple[str, ...]:
+    return tuple(t.name for t in tables)
+
+
+def _cost(shards: Sequence[ShardTiming], a2a_ms: float) -> float:
+    """Stage-synchronous placement cost (METHOD.md section 1)."""
+    return max(s.fwd_comp_ms for s in shards) + 2 * a2a_ms + max(s.bwd_comp_ms for s in shards)
+
+
+def default_comm(device: str) -> AllToAllModel:
+    """The all-to-all model that fits the device kind."""
+    return NVLINK_GPU if device == "cuda" else CPU_LOOPBACK

@@ -1,0 +1,398 @@
+"""The ``dreamshard`` command line: parses, calls the library, prints.
+
+Every error the package raises on purpose (bad input, infeasible task, backend
+trouble) ends as one line on stderr and exit code 2, with no traceback and no partial
+output file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dreamshard import __version__
+from dreamshard.backends import BACKEND_NAMES, BackendOptions, make_backend
+from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.errors import DreamShardError, InputError
+from dreamshard.evaluate import Evaluation, evaluate
+from dreamshard.fileio import write_json
+from dreamshard.placers import BASELINE_PLACERS, make_placer
+from dreamshard.tables import load_tables, save_tables
+from dreamshard.tasks import SuiteConfig, generate_suite, load_suite, make_devices, make_task, save_suite
+from dreamshard.types import CostBackend, PlacementCost, Task
+from dreamshard.units import format_bytes, parse_memory
+
+app = typer.Typer(
+    help="DreamShard: place embedding tables on devices, measured on real FBGEMM kernels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Exit code of every handled error (bad input, infeasible task, backend trouble).
+EXIT_USAGE = 2
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn the package's errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except DreamShardError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")] = False,
+) -> None:
+    """Set up logging for every command."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the package version."""
+    out_console.print(__version__)
+
+
+# -- options shared by several commands ------------------------------------------------
+
+BackendOpt = Annotated[str, typer.Option("--backend", help=f"Cost backend: {', '.join(BACKEND_NAMES)}.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Global batch size (samples).")]
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", help="Simulator profile (packaged name or JSON path); sim only.")
+]
+RowCapOpt = Annotated[
+    int | None,
+    typer.Option("--row-cap", help="Run tables with at most this many rows (logged); fbgemm only."),
+]
+WindowsOpt = Annotated[int, typer.Option("--windows", help="Time windows of repetitions; fbgemm only.")]
+CallsOpt = Annotated[
+    int, typer.Option("--calls", help="Timed calls per shard per window; fbgemm only.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of everything random.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")]
+
+
+def _backend_options(
+    batch_size: int, seed: int, profile: str, row_cap: int | None, windows: int, calls: int
+) -> BackendOptions:
+    if row_cap is not None and row_cap < 100:
+        raise InputError(f"--row-cap must be at least 100, got {row_cap}")
+    return BackendOptions(
+        batch_size=batch_size,
+        seed=seed,
+        profile=profile,
+        row_cap=row_cap,
+        windows=windows,
+        calls_per_window=calls,
+    )
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr; yields a (done, total) callback."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        handle = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(handle, completed=done, total=total)
+
+        yield update
+
+
+def _parse_count_range(text: str, what: str) -> tuple[int, int]:
+    """``"50"`` -> (50, 50); ``"20-40"`` -> (20, 40)."""
+    parts = text.split("-")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"{what}: expected N or MIN-MAX, got {text!r}") from None
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise InputError(f"{what}: expected N or MIN-MAX, got {text!r}")
+
+
+def _check_out(out: Path | None) -> None:
+    if out is not None and out.exists() and out.is_dir():
+        raise InputError(f"--out {out}: is a folder, expected a file path")
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+@app.command("gen-tables")
+@handle_errors
+def gen_tables(
+    out: Annotated[Path, typer.Option("--out", help="Table file to write (.json or .csv).")],
+    num: Annotated[int, typer.Option("--num", help="Number of tables.")] = 856,
+    seed: SeedOpt = DEFAULT_SEED,
+    dim: Annotated[int, typer.Option("--dim", help="Embedding dim of every table.")] = 16,
+    dims: Annotated[
+        str | None, typer.Option("--dims", help="Comma-separated dims to draw from, e.g. 8,16,32.")
+    ] = None,
+    max_rows: Annotated[int | None, typer.Option("--max-rows", help="Cap on rows per table.")] = None,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Generate a DLRM-like table pool (like Meta's public dataset: 856 tables)."""
+    from dreamshard.synthetic import generate_table_pool
+
+    if num < 1:
+        raise InputError(f"--num must be at least 1, got {num}")
+    dim_list = None
+    if dims is not None:
+        try:
+            dim_list = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise InputError(f"--dims: expected comma-separated integers, got {dims!r}") from None
+    for d in dim_list or [dim]:
+        if d <= 0 or d % 4:
+            raise InputError(f"dim {d}: must be a positive multiple of 4 for FBGEMM")
+    if max_rows is not None and max_rows < 100:
+        raise InputError(f"--max-rows must be at least 100, got {max_rows}")
+    if out.suffix.lower() not in (".json", ".csv"):
+        raise InputError(f"--out {out}: use a .json or .csv file name")
+    start = time.perf_counter()
+    pool = generate_table_pool(
+        num_tables=num, seed=seed, dim=dim, dims=dim_list, max_rows=max_rows, batch_size=batch_size
+    )
+    save_tables(out, pool)
+    total = sum(t.size_bytes for t in pool)
+    out_console.print(
+        f"wrote {len(pool)} tables ({format_bytes(total)} of weights) to {out} "
+        f"in {time.perf_counter() - start:.2f} s"
+    )
+
+
+@app.command("gen-tasks")
+@handle_errors
+def gen_tasks(
+    tables: Annotated[Path, typer.Option("--tables", help="Table pool file.")],
+    out: Annotated[Path, typer.Option("--out", help="Suite file to write (.json).")],
+    num_train: Annotated[int, typer.Option("--num-train", help="Training tasks.")] = 50,
+    num_test: Annotated[int, typer.Option("--num-test", help="Test tasks.")] = 50,
+    tables_per_task: Annotated[
+        str, typer.Option("--tables-per-task", help="Tables per task: N or MIN-MAX.")
+    ] = "50",
+    devices: Annotated[int, typer.Option("--devices", help="Devices per task.")] = 4,
+    memory: Annotated[str, typer.Option("--memory", help="Memory per device, e.g. 5GB.")] = "5GB",
+    seed: SeedOpt = DEFAULT_SEED,
+) -> None:
+    """Draw train and test tasks from disjoint halves of a table pool."""
+    pool = load_tables(tables)
+    low, high = _parse_count_range(tables_per_task, "--tables-per-task")
+    if devices < 1:
+        raise InputError(f"--devices must be at least 1, got {devices}")
+    config = SuiteConfig(
+        num_train=num_train,
+        num_test=num_test,
+        min_tables=low,
+        max_tables=high,
+        num_devices=devices,
+        memory_bytes=parse_memory(memory, "--memory"),
+        seed=seed,
+    )
+    suite = generate_suite(pool, config)
+    save_suite(out, suite)
+    out_console.print(
+        f"wrote {len(suite.train)} train and {len(suite.test)} test tasks "
+        f"({tables_per_task} tables on {devices} devices of {memory}) to {out}"
+    )
+
+
+@app.command()
+@handle_errors
+def place(
+    tables: Annotated[Path, typer.Option("--tables", help="Table file (.json or .csv).")],
+    devices: Annotated[int, typer.Option("--devices", help="Number of devices.")],
+    memory: Annotated[str, typer.Option("--memory", help="Memory per device, e.g. 5GB.")],
+    placer: Annotated[str, typer.Option("--placer", help="Placer name.")] = "size-lookup",
+    backend: BackendOpt = "fbgemm",
+    out: OutOpt = None,
+    seed: SeedOpt = DEFAULT_SEED,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    profile: ProfileOpt = "cpu-zen4",
+    row_cap: RowCapOpt = None,
+    windows: WindowsOpt = 8,
+    calls: CallsOpt = 8,
+) -> None:
+    """Place one task and print the placement with its per-device stage costs."""
+    _check_out(out)
+    task = make_task(
+        tables.stem, load_tables(tables), make_devices(devices, parse_memory(memory, "--memory"))
+    )
+    chosen = make_placer(placer, seed)
+    start = time.perf_counter()
+    placement = chosen.place(task)
+    place_ms = (time.perf_counter() - start) * 1e3
+    with _progress(f"measuring on {backend}") as progress:
+        cost_backend = make_backend(
+            backend, _backend_options(batch_size, seed, profile, row_cap, windows, calls), progress
+        )
+        (cost,) = cost_backend.measure(task, [placement])
+    _print_placement(task, placement.device_of, cost, chosen.name, place_ms)
+    if out is not None:
+        write_json(
+            out,
+            {
+                "task": task.name,
+                "placer": chosen.name,
+                "backend": cost_backend.name,
+                "tables_file": str(tables),
+                "devices": [{"name": d.name, "memory_bytes": d.memory_bytes} for d in task.devices],
+                "placement": placement.to_names(task),
+                "device_of": list(placement.device_of),
+                "cost_ms": cost.cost_ms,
+                "rel_spread": cost.rel_spread,
+                "per_device": [vars(c) for c in cost.per_device],
+                "place_time_ms": place_ms,
+            },
+        )
+        out_console.print(f"wrote {out}")
+
+
+def _print_placement(
+    task: Task, device_of: Sequence[int], cost: PlacementCost, placer: str, place_ms: float
+) -> None:
+    table = Table(title=f"{placer} placement of {task.name} ({cost.backend})")
+    for column in ("device", "tables", "memory", "fwd comp", "fwd comm", "bwd comm", "bwd comp", "total ms"):
+        table.add_column(column, justify="left" if column in ("device", "tables") else "right")
+    for d, (device, stage) in enumerate(zip(task.devices, cost.per_device, strict=True)):
+        names = [t.name for t, dd in zip(task.tables, device_of, strict=True) if dd == d]
+        used = sum(task.table_memory_bytes(t) for t, dd in zip(task.tables, device_of, strict=True) if dd == d)
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
+        table.add_row(
+            device.name,
+            shown,
+            format_bytes(used),
+            f"{stage.fwd_comp_ms:.3f}",
+            f"{stage.fwd_comm_ms:.3f}",
+            f"{stage.bwd_comm_ms:.3f}",
+            f"{stage.bwd_comp_ms:.3f}",
+            f"{stage.total_ms:.3f}",
+        )
+    out_console.print(table)
+    spread = f" (spread ±{cost.rel_spread * 100:.1f}%)" if cost.rel_spread is not None else ""
+    out_console.print(
+        f"placement cost: {cost.cost_ms:.3f} ms{spread}; placed in {place_ms:.1f} ms"
+    )
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    tasks: Annotated[Path, typer.Option("--tasks", help="Suite file from gen-tasks.")],
+    split: Annotated[str, typer.Option("--split", help="Which split: test or train.")] = "test",
+    placers: Annotated[
+        str, typer.Option("--placers", help="Comma-separated placer names.")
+    ] = ",".join(BASELINE_PLACERS),
+    backend: BackendOpt = "fbgemm",
+    out: OutOpt = None,
+    max_tasks: Annotated[
+        int | None, typer.Option("--max-tasks", help="Evaluate only the first N tasks.")
+    ] = None,
+    seed: SeedOpt = DEFAULT_SEED,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    profile: ProfileOpt = "cpu-zen4",
+    row_cap: RowCapOpt = None,
+    windows: WindowsOpt = 8,
+    calls: CallsOpt = 8,
+) -> None:
+    """Compare placers on a suite's tasks, measured on one backend."""
+    _check_out(out)
+    suite = load_suite(tasks)
+    chosen_tasks = list(suite.split(split))[: max_tasks if max_tasks is not None else None]
+    if not chosen_tasks:
+        raise InputError(f"{tasks}: split {split!r} has no tasks")
+    names = [n.strip() for n in placers.split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise InputError(f"--placers: a placer is named twice in {placers!r}")
+    placer_objs = [make_placer(n, seed) for n in names]
+    options = _backend_options(batch_size, seed, profile, row_cap, windows, calls)
+    result = run_evaluation(chosen_tasks, placer_objs, backend, options)
+    print_evaluation(result)
+    if out is not None:
+        payload = result.to_json()
+        payload["config"] = {"tasks_file": str(tasks), "split": split, **vars(options)}
+        write_json(out, payload)
+        out_console.print(f"wrote {out}")
+
+
+def run_evaluation(
+    tasks: Sequence[Task], placers: Sequence[Any], backend: str, options: BackendOptions
+) -> Evaluation:
+    """Evaluate with a progress bar over tasks."""
+    with _progress(f"evaluating {len(placers)} placers on {backend}") as progress:
+        cost_backend: CostBackend = make_backend(backend, options)
+        return evaluate(tasks, placers, cost_backend, on_task_done=progress)
+
+
+def print_evaluation(result: Evaluation) -> None:
+    """Per-task costs and the summary, as aligned tables."""
+    per_task = Table(title=f"measured cost per task (ms, backend {result.backend})")
+    per_task.add_column("task")
+    for p in result.placers:
+        per_task.add_column(p, justify="right")
+    for t in result.tasks:
+        row = [t]
+        for p in result.placers:
+            r = result.result(p, t)
+            if r.cost is None:
+                row.append("infeasible")
+            elif r.cost.rel_spread is not None:
+                row.append(f"{r.cost.cost_ms:.2f} ±{r.cost.rel_spread * 100:.1f}%")
+            else:
+                row.append(f"{r.cost.cost_ms:.2f}")
+        per_task.add_row(*row)
+    out_console.print(per_task)
+
+    best = result.best_baseline()
+    summary = Table(
+        title=f"summary over {len(result.common_tasks())} tasks every placer placed"
+        f" (best baseline: {best})"
+    )
+    for column in ("placer", "mean cost ms", "spread", "speedup vs best", "place ms", "failures"):
+        summary.add_column(column, justify="left" if column == "placer" else "right")
+    for s in result.summary():
+        summary.add_row(
+            s.placer,
+            f"{s.mean_cost_ms:.3f}",
+            f"±{s.mean_rel_spread * 100:.1f}%" if s.mean_rel_spread is not None else "-",
+            f"{s.speedup_vs_best_baseline:.3f}x" if s.speedup_vs_best_baseline else "-",
+            f"{s.mean_place_time_ms:.2f}",
+            str(s.failures),
+        )
+    out_console.print(summary)

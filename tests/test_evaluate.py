@@ -1,0 +1,68 @@
+"""evaluate() aggregation, with a tiny exact cost rule standing in for a backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from dreamshard.evaluate import evaluate
+from dreamshard.placers import GreedyPlacer, RandomPlacer
+from dreamshard.types import Placement, PlacementCost, StageCosts, Task
+
+from .conftest import table, task
+
+
+class TablesPerDevice:
+    """Cost = tables on the busiest device (ms); records how it was called."""
+
+    name = "count"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def measure(self, t: Task, placements: Sequence[Placement]) -> list[PlacementCost]:
+        self.calls.append(len(placements))
+        return [
+            PlacementCost(
+                per_device=tuple(
+                    StageCosts(float(len(p.tables_on(d))), 0.0, 0.0, 0.0) for d in range(t.num_devices)
+                ),
+                backend=self.name,
+            )
+            for p in placements
+        ]
+
+
+class AllOnFirst:
+    name = "all-on-first"
+
+    def place(self, t: Task) -> Placement:
+        return Placement((0,) * t.num_tables)
+
+
+def test_summary_means_and_speedup() -> None:
+    tasks = [task([table(f"x{i}") for i in range(4)], [10**9, 10**9], name=f"t{k}") for k in range(2)]
+    backend = TablesPerDevice()
+    result = evaluate(tasks, [GreedyPlacer("size"), AllOnFirst()], backend)
+    # All placements of a task are measured in one call (interleaving on hardware).
+    assert backend.calls == [2, 2]
+    summary = {s.placer: s for s in result.summary()}
+    assert summary["size"].mean_cost_ms == 2.0  # 4 equal tables split 2/2
+    assert summary["all-on-first"].mean_cost_ms == 4.0
+    assert result.best_baseline() == "size"
+    assert summary["all-on-first"].speedup_vs_best_baseline == pytest.approx(0.5)
+    assert summary["size"].speedup_vs_best_baseline == pytest.approx(1.0)
+
+
+def test_infeasible_task_is_reported_not_raised() -> None:
+    tight = task([table("a", rows=1000), table("b", rows=1000)], [64_000], name="tight")
+    roomy = task([table("a"), table("b")], [10**9, 10**9], name="roomy")
+    result = evaluate([tight, roomy], [GreedyPlacer("size"), RandomPlacer(0)], TablesPerDevice())
+    assert result.result("size", "tight").cost is None
+    assert "needs 64,000 bytes" in (result.result("size", "tight").error or "")
+    assert result.common_tasks() == ["roomy"]
+    assert {s.placer: s.failures for s in result.summary()} == {"size": 1, "random": 1}
+    payload = result.to_json()
+    assert payload["common_tasks"] == ["roomy"]
+    assert len(payload["results"]) == 4

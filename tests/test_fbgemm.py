@@ -1,0 +1,74 @@
+"""The real FBGEMM backend on tiny inputs (batch 64, a handful of calls)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dreamshard.backends.comm import AllToAllModel
+from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig
+from dreamshard.errors import BackendError, InvalidPlacementError
+from dreamshard.types import Placement
+
+from .conftest import table, task
+
+COMM = AllToAllModel(latency_ms=0.1, bandwidth_gbps=1.0, source="test")
+
+
+def backend(**overrides: object) -> FbgemmBackend:
+    settings: dict = dict(batch_size=64, windows=2, calls_per_window=2, warmup_calls=1, comm=COMM)
+    settings.update(overrides)
+    return FbgemmBackend(FbgemmConfig(**settings))
+
+
+def test_measure_combines_stages_as_defined() -> None:
+    tables = [table("a"), table("b"), table("c", dim=32)]
+    t = task(tables, [10**9, 10**9])
+    (cost,) = backend().measure(t, [Placement((0, 0, 1))])
+    assert len(cost.per_device) == 2
+    assert cost.backend == "fbgemm"
+    fwd = max(c.fwd_comp_ms for c in cost.per_device)
+    bwd = max(c.bwd_comp_ms for c in cost.per_device)
+    a2a = COMM.time_ms([32, 32], 64)
+    assert cost.cost_ms == pytest.approx(fwd + 2 * a2a + bwd)
+    assert all(c.fwd_comp_ms > 0 and c.bwd_comp_ms > 0 for c in cost.per_device)
+    assert len(cost.window_costs_ms) == 2
+    assert cost.rel_spread is not None and cost.rel_spread >= 0
+
+
+def test_device_without_tables_costs_no_computation() -> None:
+    t = task([table("a"), table("b")], [10**9, 10**9, 10**9])
+    (cost,) = backend().measure(t, [Placement((0, 0))])
+    assert cost.per_device[1].fwd_comp_ms == 0.0
+    assert cost.per_device[2].bwd_comp_ms == 0.0
+
+
+def test_several_placements_in_one_call_keep_order() -> None:
+    t = task([table("a"), table("b", pooling=20.0)], [10**9, 10**9])
+    costs = backend().measure(t, [Placement((0, 1)), Placement((0, 0))])
+    assert len(costs) == 2
+    # Both tables fused on one device means no parallelism and no partner: bigger max.
+    assert costs[1].per_device[1].fwd_comp_ms == 0.0
+
+
+def test_many_more_lookups_cost_more() -> None:
+    light, heavy = backend().measure_shards([[table("l", pooling=1.0)], [table("h", pooling=64.0)]])
+    assert heavy.fwd_comp_ms + heavy.bwd_comp_ms > light.fwd_comp_ms + light.bwd_comp_ms
+
+
+def test_invalid_placement_is_rejected_before_measuring() -> None:
+    t = task([table("a", rows=1000)], [100])
+    with pytest.raises(InvalidPlacementError):
+        backend().measure(t, [Placement((0,))])
+
+
+def test_row_cap_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        backend(row_cap=500).measure_shards([[table("wide", rows=5000)]])
+    assert "'wide' runs with 500 of its 5000 rows" in caplog.text
+
+
+def test_shard_over_memory_budget_is_a_clear_error() -> None:
+    with pytest.raises(BackendError, match="more than the memory budget"):
+        backend(memory_budget_bytes=1000).measure_shards([[table("a", rows=1000)]])
