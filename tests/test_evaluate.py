@@ -26,7 +26,8 @@ class TablesPerDevice:
         return [
             PlacementCost(
                 per_device=tuple(
-                    StageCosts(float(len(p.tables_on(d))), 0.0, 0.0, 0.0) for d in range(t.num_devices)
+                    StageCosts(float(len(p.tables_on(d))), 0.0, 0.0, 0.0)
+                    for d in range(t.num_devices)
                 ),
                 backend=self.name,
             )
@@ -42,7 +43,9 @@ class AllOnFirst:
 
 
 def test_summary_means_and_speedup() -> None:
-    tasks = [task([table(f"x{i}") for i in range(4)], [10**9, 10**9], name=f"t{k}") for k in range(2)]
+    tasks = [
+        task([table(f"x{i}") for i in range(4)], [10**9, 10**9], name=f"t{k}") for k in range(2)
+    ]
     backend = TablesPerDevice()
     result = evaluate(tasks, [GreedyPlacer("size"), AllOnFirst()], backend)
     # All placements of a task are measured in one call (interleaving on hardware).

@@ -31,7 +31,7 @@ def test_validate_accepts_fitting_placement() -> None:
 
 def test_validate_rejects_memory_overflow_naming_device() -> None:
     t = task([table("a", rows=10, dim=8), table("b", rows=10, dim=8)], [639, 640])
-    with pytest.raises(InvalidPlacementError, match="device 0 .*640 bytes.*639"):
+    with pytest.raises(InvalidPlacementError, match=r"device 0 .*640 bytes.*639"):
         Placement((0, 0)).validate(t)
 
 

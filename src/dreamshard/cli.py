@@ -17,6 +17,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -28,7 +29,14 @@ from dreamshard.evaluate import Evaluation, evaluate
 from dreamshard.fileio import write_json
 from dreamshard.placers import BASELINE_PLACERS, make_placer
 from dreamshard.tables import load_tables, save_tables
-from dreamshard.tasks import SuiteConfig, generate_suite, load_suite, make_devices, make_task, save_suite
+from dreamshard.tasks import (
+    SuiteConfig,
+    generate_suite,
+    load_suite,
+    make_devices,
+    make_task,
+    save_suite,
+)
 from dreamshard.types import CostBackend, PlacementCost, Task
 from dreamshard.units import format_bytes, parse_memory
 
@@ -56,7 +64,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except DreamShardError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            message = escape(str(err))  # file names like data[v2].csv are not markup
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
@@ -81,7 +90,9 @@ def version() -> None:
 
 # -- options shared by several commands ------------------------------------------------
 
-BackendOpt = Annotated[str, typer.Option("--backend", help=f"Cost backend: {', '.join(BACKEND_NAMES)}.")]
+BackendOpt = Annotated[
+    str, typer.Option("--backend", help=f"Cost backend: {', '.join(BACKEND_NAMES)}.")
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Global batch size (samples).")]
 ProfileOpt = Annotated[
     str, typer.Option("--profile", help="Simulator profile (packaged name or JSON path); sim only.")
@@ -90,7 +101,9 @@ RowCapOpt = Annotated[
     int | None,
     typer.Option("--row-cap", help="Run tables with at most this many rows (logged); fbgemm only."),
 ]
-WindowsOpt = Annotated[int, typer.Option("--windows", help="Time windows of repetitions; fbgemm only.")]
+WindowsOpt = Annotated[
+    int, typer.Option("--windows", help="Time windows of repetitions; fbgemm only.")
+]
 CallsOpt = Annotated[
     int, typer.Option("--calls", help="Timed calls per shard per window; fbgemm only.")
 ]
@@ -123,6 +136,7 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # off a terminal it would only print a blank line
     ) as bar:
         handle = bar.add_task(description, total=None)
 
@@ -164,7 +178,9 @@ def gen_tables(
     dims: Annotated[
         str | None, typer.Option("--dims", help="Comma-separated dims to draw from, e.g. 8,16,32.")
     ] = None,
-    max_rows: Annotated[int | None, typer.Option("--max-rows", help="Cap on rows per table.")] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", help="Cap on rows per table.")
+    ] = None,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
 ) -> None:
     """Generate a DLRM-like table pool (like Meta's public dataset: 856 tables)."""
@@ -214,6 +230,8 @@ def gen_tasks(
     """Draw train and test tasks from disjoint halves of a table pool."""
     pool = load_tables(tables)
     low, high = _parse_count_range(tables_per_task, "--tables-per-task")
+    if num_train + num_test < 1:
+        raise InputError("--num-train and --num-test: ask for at least one task")
     if devices < 1:
         raise InputError(f"--devices must be at least 1, got {devices}")
     config = SuiteConfig(
@@ -281,18 +299,31 @@ def place(
                 "place_time_ms": place_ms,
             },
         )
-        out_console.print(f"wrote {out}")
+        out_console.print(f"wrote {escape(str(out))}")
 
 
 def _print_placement(
     task: Task, device_of: Sequence[int], cost: PlacementCost, placer: str, place_ms: float
 ) -> None:
     table = Table(title=f"{placer} placement of {task.name} ({cost.backend})")
-    for column in ("device", "tables", "memory", "fwd comp", "fwd comm", "bwd comm", "bwd comp", "total ms"):
+    for column in (
+        "device",
+        "tables",
+        "memory",
+        "fwd comp",
+        "fwd comm",
+        "bwd comm",
+        "bwd comp",
+        "total ms",
+    ):
         table.add_column(column, justify="left" if column in ("device", "tables") else "right")
     for d, (device, stage) in enumerate(zip(task.devices, cost.per_device, strict=True)):
         names = [t.name for t, dd in zip(task.tables, device_of, strict=True) if dd == d]
-        used = sum(task.table_memory_bytes(t) for t, dd in zip(task.tables, device_of, strict=True) if dd == d)
+        used = sum(
+            task.table_memory_bytes(t)
+            for t, dd in zip(task.tables, device_of, strict=True)
+            if dd == d
+        )
         shown = ", ".join(names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
         table.add_row(
             device.name,
@@ -306,9 +337,7 @@ def _print_placement(
         )
     out_console.print(table)
     spread = f" (spread ±{cost.rel_spread * 100:.1f}%)" if cost.rel_spread is not None else ""
-    out_console.print(
-        f"placement cost: {cost.cost_ms:.3f} ms{spread}; placed in {place_ms:.1f} ms"
-    )
+    out_console.print(f"placement cost: {cost.cost_ms:.3f} ms{spread}; placed in {place_ms:.1f} ms")
 
 
 @app.command("evaluate")
@@ -348,7 +377,7 @@ def evaluate_cmd(
         payload = result.to_json()
         payload["config"] = {"tasks_file": str(tasks), "split": split, **vars(options)}
         write_json(out, payload)
-        out_console.print(f"wrote {out}")
+        out_console.print(f"wrote {escape(str(out))}")
 
 
 def run_evaluation(
@@ -396,3 +425,84 @@ def print_evaluation(result: Evaluation) -> None:
             str(s.failures),
         )
     out_console.print(summary)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path(
+        "runs/demo"
+    ),
+    backend: BackendOpt = "fbgemm",
+    num_test: Annotated[int, typer.Option("--num-test", help="Test tasks to evaluate.")] = 8,
+    seed: SeedOpt = DEFAULT_SEED,
+) -> None:
+    """The main job: a DLRM-like pool, unseen test tasks, every placer measured for real."""
+    from dreamshard.demo import DemoConfig, prepare_demo
+
+    if num_test < 1:
+        raise InputError(f"--num-test must be at least 1, got {num_test}")
+    config = DemoConfig(out_dir=str(out), backend=backend, num_test_tasks=num_test, seed=seed)
+    out_console.print(
+        f"[bold]DreamShard demo[/]: {config.num_tables} DLRM-like tables (dim {config.dim}, "
+        f"rows <= {config.max_rows:,}), {num_test} test tasks of {config.tables_per_task} tables "
+        f"on {config.num_devices} devices with {config.memory} each, measured on {backend}"
+    )
+    suite_path, suite = prepare_demo(config)
+    out_console.print(
+        f"wrote {escape(str(out / 'tables.json'))}, {escape(str(suite_path))} and "
+        f"{escape(str(out / 'config.json'))}"
+    )
+    options = BackendOptions(batch_size=config.batch_size, seed=seed)
+    result = run_evaluation(
+        suite.test, [make_placer(p, seed) for p in config.placers], backend, options
+    )
+    print_evaluation(result)
+    payload = result.to_json()
+    payload["config"] = {"demo": str(out / "config.json"), **vars(options)}
+    write_json(out / "evaluation.json", payload)
+    out_console.print(f"wrote {escape(str(out / 'evaluation.json'))}")
+
+
+@app.command()
+@handle_errors
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", help="Profile JSON to write.")],
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Where to write the error report (default: beside --out)."),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="Profile name.")] = "cpu-zen4",
+    num_shards: Annotated[int, typer.Option("--num-shards", help="Shards to measure.")] = 200,
+    holdout: Annotated[float, typer.Option("--holdout", help="Share of shards held out.")] = 0.25,
+    seed: SeedOpt = DEFAULT_SEED,
+    windows: WindowsOpt = 4,
+    calls: CallsOpt = 6,
+) -> None:
+    """Fit the simulator to FBGEMM measurements of random shards on this machine."""
+    from dreamshard.backends.comm import CPU_LOOPBACK
+    from dreamshard.calibrate import CalibrationConfig, calibration_report
+    from dreamshard.calibrate import calibrate as run_calibration
+
+    _check_out(out)
+    report_path = report if report is not None else out.with_suffix(".report.json")
+    _check_out(report_path)
+    config = CalibrationConfig(
+        num_shards=num_shards,
+        holdout_fraction=holdout,
+        seed=seed,
+        windows=windows,
+        calls_per_window=calls,
+    )
+    with _progress(f"measuring {num_shards} shards on fbgemm") as progress:
+        result = run_calibration(config, name=name, comm=CPU_LOOPBACK, progress=progress)
+    summary = calibration_report(result)
+    errors = summary["holdout_errors"]
+    out_console.print(
+        f"held-out shards ({summary['holdout_shards']}): median APE fwd "
+        f"{errors['fwd_median_ape']:.1f}%, bwd {errors['bwd_median_ape']:.1f}%, "
+        f"fwd+bwd {errors['total_median_ape']:.1f}% (p90 {errors['total_p90_ape']:.1f}%)"
+    )
+    result.profile.save(out)
+    write_json(report_path, summary)
+    out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")

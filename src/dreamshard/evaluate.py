@@ -67,12 +67,14 @@ class Evaluation:
 
     def common_tasks(self) -> list[str]:
         """Tasks that every placer placed (the means compare on these only)."""
-        return [t for t in self.tasks if all(self.result(p, t).cost is not None for p in self.placers)]
+        return [
+            t for t in self.tasks if all(self.result(p, t).cost is not None for p in self.placers)
+        ]
 
     def best_baseline(self) -> str | None:
         """The baseline placer with the lowest mean cost, or None without baselines."""
         means = self._means()
-        baselines = [p for p in self.placers if p in BASELINE_PLACERS + ("torchrec",)]
+        baselines = [p for p in self.placers if p in (*BASELINE_PLACERS, "torchrec")]
         if not baselines or not means:
             return None
         return min(baselines, key=lambda p: means[p])
@@ -81,9 +83,7 @@ class Evaluation:
         common = self.common_tasks()
         if not common:
             return {}
-        return {
-            p: float(np.mean([self._cost(p, t) for t in common])) for p in self.placers
-        }
+        return {p: float(np.mean([self._cost(p, t) for t in common])) for p in self.placers}
 
     def _cost(self, placer: str, task: str) -> float:
         cost = self.result(placer, task).cost

@@ -41,7 +41,7 @@ def read_json(path: str | Path) -> Any:
     if not source.is_file():
         raise InputError(f"{source}: file not found")
     try:
-        return json.loads(source.read_text(encoding="utf-8"))
+        return json.loads(source.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise InputError(f"{source}: line {err.lineno}: invalid JSON ({err.msg})") from None
     except UnicodeDecodeError:

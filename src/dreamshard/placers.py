@@ -51,7 +51,9 @@ class GreedyPlacer:
         device_of = [0] * task.num_tables
         for i in order:
             need = task.table_memory_bytes(task.tables[i])
-            room = [d for d in range(task.num_devices) if used[d] + need <= task.devices[d].memory_bytes]
+            room = [
+                d for d in range(task.num_devices) if used[d] + need <= task.devices[d].memory_bytes
+            ]
             if not room:
                 raise _infeasible(task, i, used)
             best = min(room, key=lambda d: (load[d], used[d], d))
@@ -81,7 +83,9 @@ class RandomPlacer:
         device_of = [0] * task.num_tables
         for i in order:
             room = [
-                d for d in range(task.num_devices) if used[d] + memory[i] <= task.devices[d].memory_bytes
+                d
+                for d in range(task.num_devices)
+                if used[d] + memory[i] <= task.devices[d].memory_bytes
             ]
             if not room:
                 raise _infeasible(task, i, used)
@@ -92,9 +96,13 @@ class RandomPlacer:
 
 
 #: Placers available by name, with how to build each from a seed.
+def _greedy_factory(proxy: str) -> Callable[[int], Placer]:
+    return lambda _seed: GreedyPlacer(proxy)
+
+
 PLACER_FACTORIES: dict[str, Callable[[int], Placer]] = {
     "random": RandomPlacer,
-    **{proxy: (lambda _seed, p=proxy: GreedyPlacer(p)) for proxy in PROXIES},
+    **{proxy: _greedy_factory(proxy) for proxy in PROXIES},
 }
 
 #: The paper's baselines, in display order.

@@ -114,7 +114,9 @@ def _histogram(record: Mapping[str, Any], where: str) -> tuple[float, ...]:
             raise InputError(f"{where}: give either 'access_hist' or access_bin_* fields, not both")
         raw = record["access_hist"]
         if not isinstance(raw, Sequence) or isinstance(raw, str) or len(raw) != NUM_ACCESS_BINS:
-            raise InputError(f"{where}: field 'access_hist' must be a list of {NUM_ACCESS_BINS} numbers")
+            raise InputError(
+                f"{where}: field 'access_hist' must be a list of {NUM_ACCESS_BINS} numbers"
+            )
         values = [_number(where, f"access_hist[{k}]", v) for k, v in enumerate(raw)]
         names = [f"access_hist[{k}]" for k in range(NUM_ACCESS_BINS)]
     else:
@@ -126,14 +128,17 @@ def _histogram(record: Mapping[str, Any], where: str) -> tuple[float, ...]:
     total = sum(values)
     if abs(total - 1.0) > HIST_SUM_TOLERANCE:
         raise InputError(f"{where}: access histogram must sum to 1, sums to {total:.6g}")
-    return tuple(v / total for v in values)
+    # Renormalise only real rounding, so a saved histogram loads back bit for bit.
+    return tuple(values) if abs(total - 1.0) < 1e-9 else tuple(v / total for v in values)
 
 
 def _check_unique(tables: Sequence[TableSpec], where: Sequence[str]) -> None:
     seen: dict[str, str] = {}
     for table, loc in zip(tables, where, strict=True):
         if table.name in seen:
-            raise InputError(f"{loc}: duplicate table name {table.name!r} (first at {seen[table.name]})")
+            raise InputError(
+                f"{loc}: duplicate table name {table.name!r} (first at {seen[table.name]})"
+            )
         seen[table.name] = loc
 
 
@@ -188,7 +193,7 @@ def tables_from_json(payload: Any, where: str) -> list[TableSpec]:
 
 def _load_csv(source: Path) -> list[TableSpec]:
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8-sig")  # spreadsheets write a BOM
     except UnicodeDecodeError:
         raise InputError(f"{source}: not a UTF-8 text file") from None
     reader = csv.DictReader(io.StringIO(text))

@@ -205,7 +205,9 @@ def load_suite(path: str | Path) -> TaskSuite:
     where = str(path)
     payload = read_json(path)
     if not isinstance(payload, dict) or payload.get("format") != SUITE_FORMAT:
-        raise InputError(f"{where}: not a task suite file (field 'format' must be {SUITE_FORMAT!r})")
+        raise InputError(
+            f"{where}: not a task suite file (field 'format' must be {SUITE_FORMAT!r})"
+        )
     if payload.get("version") != SUITE_VERSION:
         raise InputError(
             f"{where}: suite file version {payload.get('version')!r}, this program reads "

@@ -145,7 +145,9 @@ class Placement:
 
     def to_names(self, task: Task) -> dict[str, str]:
         """Table name -> device name."""
-        return {t.name: task.devices[d].name for t, d in zip(task.tables, self.device_of, strict=True)}
+        return {
+            t.name: task.devices[d].name for t, d in zip(task.tables, self.device_of, strict=True)
+        }
 
 
 @dataclass(frozen=True)

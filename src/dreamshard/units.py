@@ -41,7 +41,7 @@ def parse_memory(text: str | int | float, what: str = "memory size") -> int:
             f"{what}: unknown unit {unit!r} in {text!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
         )
     size = value * _UNIT_BYTES[unit]
-    if not math.isfinite(size) or size <= 0:
+    if not math.isfinite(size) or size < 1:  # under one byte would truncate to 0
         raise InputError(f"{what}: must be positive, got {text!r}")
     return int(size)
 

@@ -190,7 +190,10 @@ class FbgemmBackend:
             results.append(
                 PlacementCost(
                     per_device=synchronized_costs(
-                        [s.fwd_comp_ms for s in whole], [s.bwd_comp_ms for s in whole], a2a_ms, a2a_ms
+                        [s.fwd_comp_ms for s in whole],
+                        [s.bwd_comp_ms for s in whole],
+                        a2a_ms,
+                        a2a_ms,
                     ),
                     backend=self.name,
                     rel_spread=float(np.std(window_costs)) / mean if mean > 0 else 0.0,
@@ -209,7 +212,9 @@ class FbgemmBackend:
 
     # -- timing ------------------------------------------------------------------------
 
-    def _time_shards(self, shards: list[tuple[TableSpec, ...]]) -> dict[tuple[str, ...], _ShardTimes]:
+    def _time_shards(
+        self, shards: list[tuple[TableSpec, ...]]
+    ) -> dict[tuple[str, ...], _ShardTimes]:
         """Time every shard in every window; groups run separately if RAM forces it."""
         cfg = self.config
         groups = self._memory_groups(shards)
@@ -292,7 +297,9 @@ class FbgemmBackend:
     def _weight_bytes(self, tables: Sequence[TableSpec]) -> int:
         return sum(self._run_table(t).size_bytes for t in tables)
 
-    def _memory_groups(self, shards: list[tuple[TableSpec, ...]]) -> list[list[tuple[TableSpec, ...]]]:
+    def _memory_groups(
+        self, shards: list[tuple[TableSpec, ...]]
+    ) -> list[list[tuple[TableSpec, ...]]]:
         budget = self.config.memory_budget_bytes
         groups: list[list[tuple[TableSpec, ...]]] = [[]]
         used = 0

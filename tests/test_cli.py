@@ -1,0 +1,287 @@
+"""The real CLI, run in-process: one-line errors with exit code 2, and tiny happy paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from dreamshard.cli import app
+from dreamshard.tables import CSV_COLUMNS, load_tables, save_tables, table_to_record
+from dreamshard.tasks import load_suite
+
+from .conftest import table
+
+#: Tiny measurement settings for the few commands that run FBGEMM.
+FAST = ["--backend", "fbgemm", "--windows", "1", "--calls", "1", "--batch-size", "64"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def records() -> list[dict[str, Any]]:
+    """t0 and t1 hold 32,000 bytes each, t2 128,000 bytes."""
+    tables = [table("t0", rows=1000, dim=8), table("t1", rows=1000, dim=8), table("t2", 4000, 8)]
+    return [table_to_record(t) for t in tables]
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns or list(CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tables_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "pool.csv", records())
+
+
+def assert_one_line_error(result: Result, *parts: str) -> str:
+    """Exit code 2, nothing on stdout, one line on stderr naming each of ``parts``."""
+    assert "Traceback" not in result.output
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    lines = ANSI.sub("", result.stderr).splitlines()
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert line.startswith("error: ")
+    for part in parts:
+        assert part in line, (part, line)
+    return line
+
+
+# -- bad table files, run through `place` ---------------------------------------------------
+
+
+def _set(index: int, field: str, value: Any) -> list[dict[str, Any]]:
+    rows = records()
+    rows[index][field] = value
+    return rows
+
+
+BAD_TABLES = {
+    "missing": (_set(1, "rows", ""), ["line 3", "'t1'", "field 'rows' is missing"]),
+    "negative": (_set(0, "dim", -8), ["line 2", "'t0'", "field 'dim' must be positive"]),
+    "zero": (_set(2, "pooling_factor", 0), ["line 4", "'t2'", "'pooling_factor' must be positive"]),
+    "non-numeric": (_set(1, "rows", "lots"), ["line 3", "'t1'", "field 'rows' must be a number"]),
+    "nan": (
+        _set(2, "pooling_factor", "nan"),
+        ["line 4", "'t2'", "'pooling_factor' must be finite"],
+    ),
+    "dim 6": (_set(0, "dim", 6), ["line 2", "'t0'", "field 'dim' must be a multiple of 4"]),
+    "duplicate": (_set(2, "name", "t0"), ["line 4", "duplicate table name 't0'", "line 2"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TABLES))
+def test_place_bad_table_file(tmp_path: Path, case: str) -> None:
+    rows, parts = BAD_TABLES[case]
+    path = write_csv(tmp_path / "pool.csv", rows)
+    out = tmp_path / "out.json"
+    result = run("place", "--tables", path, "--devices", 2, "--memory", "1GB", "--out", out)
+    line = assert_one_line_error(result, str(path), *parts)
+    assert line.startswith(f"error: {path}: ")
+    assert not out.exists()
+
+
+def test_place_unknown_column(tmp_path: Path) -> None:
+    rows = [r | {"colour": "red"} for r in records()]
+    path = write_csv(tmp_path / "pool.csv", rows, [*CSV_COLUMNS, "colour"])
+    out = tmp_path / "out.json"
+    result = run("place", "--tables", path, "--devices", 2, "--memory", "1GB", "--out", out)
+    assert_one_line_error(result, f"{path}: line 1: unknown column 'colour'")
+    assert not out.exists()
+
+
+def test_place_missing_file(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    missing = tmp_path / "nope.csv"
+    result = run("place", "--tables", missing, "--devices", 2, "--memory", "1GB", "--out", out)
+    assert_one_line_error(result, f"{missing}: file not found")
+    assert not out.exists()
+
+
+def test_error_message_keeps_brackets_in_file_names(tmp_path: Path) -> None:
+    # Square brackets must not be read as console markup and vanish from the message.
+    missing = tmp_path / "pool[v2].csv"
+    result = run("place", "--tables", missing, "--devices", 2, "--memory", "1GB")
+    assert_one_line_error(result, f"{missing}: file not found")
+
+
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        (["--devices", "2", "--memory", "100KB"], ["'t2' needs 128,000 bytes", "100,000 bytes"]),
+        (["--devices", "1", "--memory", "130KB", "--placer", "size"], ["table 't0' needs 32,000"]),
+        (["--devices", "0", "--memory", "1GB"], ["devices must be at least 1, got 0"]),
+        (["--devices", "-3", "--memory", "1GB"], ["devices must be at least 1, got -3"]),
+        (["--devices", "2", "--memory", "5XB"], ["--memory: unknown unit 'xb' in '5XB'"]),
+        (["--devices", "2", "--memory", "0GB"], ["--memory: must be positive, got '0GB'"]),
+        (["--devices", "2", "--memory", "1GB", "--placer", "best"], ["unknown placer 'best'"]),
+        (["--devices", "2", "--memory", "1GB", "--backend", "nope"], ["unknown backend 'nope'"]),
+        (["--devices", "2", "--memory", "1GB", "--row-cap", "5"], ["--row-cap must be at least"]),
+    ],
+)
+def test_place_bad_options(
+    tmp_path: Path, tables_csv: Path, options: list[str], parts: list[str]
+) -> None:
+    out = tmp_path / "out.json"
+    result = run("place", "--tables", tables_csv, *options, "--out", out)
+    assert_one_line_error(result, *parts)
+    assert not out.exists()
+
+
+def test_failed_run_leaves_existing_output_alone(tmp_path: Path, tables_csv: Path) -> None:
+    out = tmp_path / "out.json"
+    out.write_text("earlier results\n")
+    result = run("place", "--tables", tables_csv, "--devices", 0, "--memory", "1GB", "--out", out)
+    assert_one_line_error(result, "got 0")
+    assert out.read_text() == "earlier results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "pool.csv"]  # no temp file
+
+
+def test_out_is_a_folder(tmp_path: Path, tables_csv: Path) -> None:
+    result = run(
+        "place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", "--out", tmp_path
+    )
+    assert_one_line_error(result, f"--out {tmp_path}: is a folder")
+
+
+# -- other commands' errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        (["--devices", "0"], ["--devices must be at least 1, got 0"]),
+        (["--memory", "5XB"], ["--memory: unknown unit 'xb'"]),
+        (["--tables-per-task", "a-b"], ["--tables-per-task: expected N or MIN-MAX, got 'a-b'"]),
+        (["--tables-per-task", "2"], ["the train half of the pool has 1 tables"]),
+    ],
+)
+def test_gen_tasks_errors(
+    tmp_path: Path, tables_csv: Path, options: list[str], parts: list[str]
+) -> None:
+    out = tmp_path / "suite.json"
+    result = run("gen-tasks", "--tables", tables_csv, "--out", out, *options)
+    assert_one_line_error(result, *parts)
+    assert not out.exists()
+
+
+def test_gen_tasks_bad_table_file(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "pool.csv", _set(0, "dim", 6))
+    out = tmp_path / "suite.json"
+    result = run("gen-tasks", "--tables", path, "--out", out)
+    assert_one_line_error(result, str(path), "line 2", "'t0'", "'dim'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "parts"),
+    [
+        ("x.txt", [], ["use a .json or .csv file name"]),
+        ("x.csv", ["--dims", "8,6"], ["dim 6: must be a positive multiple of 4"]),
+        ("x.csv", ["--num", "0"], ["--num must be at least 1, got 0"]),
+        ("x.csv", ["--max-rows", "50"], ["--max-rows must be at least 100, got 50"]),
+    ],
+)
+def test_gen_tables_errors(tmp_path: Path, name: str, options: list[str], parts: list[str]) -> None:
+    out = tmp_path / name
+    result = run("gen-tables", "--num", 5, "--out", out, *options)
+    assert_one_line_error(result, *parts)
+    assert not out.exists()
+
+
+def test_evaluate_rejects_a_table_file(tmp_path: Path, tables_csv: Path) -> None:
+    tables_json = tmp_path / "pool.json"
+    save_tables(tables_json, load_tables(tables_csv))
+    out = tmp_path / "eval.json"
+    result = run("evaluate", "--tasks", tables_json, "--out", out)
+    assert_one_line_error(result, str(tables_json), "not a task suite file", "'format'")
+    assert not out.exists()
+
+
+# -- happy paths (real FBGEMM, tiny) -----------------------------------------------------------
+
+
+def test_place_writes_json(tmp_path: Path, tables_csv: Path) -> None:
+    out = tmp_path / "placement.json"
+    result = run(
+        "place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", *FAST, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # off a terminal the progress bar stays silent
+    payload = json.loads(out.read_text())
+    assert set(payload) == {
+        "task", "placer", "backend", "tables_file", "devices", "placement", "device_of",
+        "cost_ms", "rel_spread", "per_device", "place_time_ms",
+    }  # fmt: skip
+    assert payload["task"] == "pool"
+    assert payload["placer"] == "size-lookup"
+    assert payload["backend"] == "fbgemm"
+    assert payload["tables_file"] == str(tables_csv)
+    assert payload["devices"] == [
+        {"name": "dev0", "memory_bytes": 10**9},
+        {"name": "dev1", "memory_bytes": 10**9},
+    ]
+    device_of = payload["device_of"]
+    assert len(device_of) == 3 and set(device_of) <= {0, 1}
+    assert payload["placement"] == {f"t{i}": f"dev{d}" for i, d in enumerate(device_of)}
+    stages = {"fwd_comp_ms", "fwd_comm_ms", "bwd_comm_ms", "bwd_comp_ms"}
+    assert len(payload["per_device"]) == 2
+    assert all(set(c) == stages for c in payload["per_device"])
+    assert payload["cost_ms"] == pytest.approx(max(sum(c.values()) for c in payload["per_device"]))
+    assert payload["cost_ms"] > 0
+    assert f"wrote {out}" in result.stdout
+
+
+def test_gen_tables_gen_tasks_evaluate(tmp_path: Path) -> None:
+    pool, suite, out = tmp_path / "x.csv", tmp_path / "suite.json", tmp_path / "eval.json"
+    result = run("gen-tables", "--num", 20, "--max-rows", 2000, "--out", pool)
+    assert result.exit_code == 0, result.output
+    tables = load_tables(pool)
+    assert len(tables) == 20 and max(t.rows for t in tables) <= 2000
+
+    result = run(
+        "gen-tasks", "--tables", pool, "--out", suite, "--num-train", 2, "--num-test", 1,
+        "--tables-per-task", "3", "--devices", 2, "--memory", "1GB",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loaded = load_suite(suite)
+    assert [len(loaded.train), len(loaded.test)] == [2, 1]
+    assert all(t.num_tables == 3 and t.num_devices == 2 for t in (*loaded.train, *loaded.test))
+
+    result = run(
+        "evaluate", "--tasks", suite, *FAST, "--max-tasks", 1, "--placers", "size,dim",
+        "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # off a terminal the progress bar stays silent
+    payload = json.loads(out.read_text())
+    assert payload["backend"] == "fbgemm"
+    assert payload["placers"] == ["size", "dim"]
+    assert payload["tasks"] == ["test-0"] == payload["common_tasks"]
+    assert payload["best_baseline"] in ("size", "dim")
+    assert [s["placer"] for s in payload["summary"]] == ["size", "dim"]
+    for s in payload["summary"]:
+        assert s["mean_cost_ms"] > 0 and s["failures"] == 0
+    assert [(r["placer"], r["task"]) for r in payload["results"]] == [
+        ("size", "test-0"),
+        ("dim", "test-0"),
+    ]
+    for r in payload["results"]:
+        assert len(r["device_of"]) == 3 and len(r["per_device"]) == 2
+        assert r["cost_ms"] > 0 and r["error"] is None
+    assert payload["config"]["split"] == "test"
+    assert payload["config"]["batch_size"] == 64
+    assert payload["config"]["tasks_file"] == str(suite)
