@@ -76,7 +76,9 @@ def test_pool_rejects_bad_options(kwargs: dict[str, object]) -> None:
         generate_table_pool(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("rows", "pooling", "skew"), [(5000, 5.0, 0.8), (200_000, 20.0, 1.2)])
+@pytest.mark.parametrize(
+    ("rows", "pooling", "skew"), [(5000, 5.0, 0.8), (200_000, 20.0, 1.2), (300, 100.0, 1.4)]
+)
 def test_expected_histogram_matches_sampled_zipf_ids(
     rows: int, pooling: float, skew: float
 ) -> None:
@@ -90,7 +92,7 @@ def test_expected_histogram_matches_sampled_zipf_ids(
     )
     expected = expected_access_histograms([rows], [pooling], [skew], batch)[0]
     assert expected.sum() == pytest.approx(1.0)
-    assert l1(sampled, tuple(expected)) < 0.03  # measured 0.009 and 0.004
+    assert l1(sampled, tuple(expected)) < 0.04  # measured 0.011, 0.003, 0.009
 
 
 def test_expected_histogram_limits() -> None:
@@ -157,6 +159,8 @@ def test_generate_ids_big_table_and_inconsistent_histogram() -> None:
     assert np.unique(indices).size == 100
 
 
-def test_generate_ids_rejects_bad_batch() -> None:
+def test_generate_ids_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         generate_ids(TableSpec("t", 100, 16, 1.0, ONCE), batch_size=0)
+    with pytest.raises(ValueError, match="access_hist"):
+        generate_ids(TableSpec("t", 100, 16, 1.0, (0.0,) * NUM_ACCESS_BINS))
