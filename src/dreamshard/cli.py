@@ -27,7 +27,7 @@ from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import DreamShardError, InputError
 from dreamshard.evaluate import Evaluation, evaluate
 from dreamshard.fileio import write_json
-from dreamshard.placers import BASELINE_PLACERS, make_placer
+from dreamshard.placers import BASELINE_PLACERS, PlacerOptions, make_placer
 from dreamshard.tables import load_tables, save_tables
 from dreamshard.tasks import (
     SuiteConfig,
@@ -109,6 +109,16 @@ CallsOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of everything random.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", help="Trained DreamShard model folder (placer dreamshard)."),
+]
+SamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--samples", help="dreamshard: also sample K placements, keep the cost network's best."
+    ),
+]
 
 
 def _backend_options(
@@ -144,6 +154,10 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(handle, completed=done, total=total)
 
         yield update
+
+
+def _placer_options(seed: int, model: Path | None, samples: int) -> PlacerOptions:
+    return PlacerOptions(seed=seed, model_dir=str(model) if model else None, samples=samples)
 
 
 def _parse_count_range(text: str, what: str) -> tuple[int, int]:
@@ -266,13 +280,15 @@ def place(
     row_cap: RowCapOpt = None,
     windows: WindowsOpt = 8,
     calls: CallsOpt = 8,
+    model: ModelOpt = None,
+    samples: SamplesOpt = 0,
 ) -> None:
     """Place one task and print the placement with its per-device stage costs."""
     _check_out(out)
     task = make_task(
         tables.stem, load_tables(tables), make_devices(devices, parse_memory(memory, "--memory"))
     )
-    chosen = make_placer(placer, seed)
+    chosen = make_placer(placer, _placer_options(seed, model, samples))
     start = time.perf_counter()
     placement = chosen.place(task)
     place_ms = (time.perf_counter() - start) * 1e3
@@ -359,6 +375,8 @@ def evaluate_cmd(
     row_cap: RowCapOpt = None,
     windows: WindowsOpt = 8,
     calls: CallsOpt = 8,
+    model: ModelOpt = None,
+    samples: SamplesOpt = 0,
 ) -> None:
     """Compare placers on a suite's tasks, measured on one backend."""
     _check_out(out)
@@ -369,7 +387,8 @@ def evaluate_cmd(
     names = [n.strip() for n in placers.split(",") if n.strip()]
     if len(set(names)) != len(names):
         raise InputError(f"--placers: a placer is named twice in {placers!r}")
-    placer_objs = [make_placer(n, seed) for n in names]
+    options_ = _placer_options(seed, model, samples)
+    placer_objs = [make_placer(n, options_) for n in names]
     options = _backend_options(batch_size, seed, profile, row_cap, windows, calls)
     result = run_evaluation(chosen_tasks, placer_objs, backend, options)
     print_evaluation(result)
@@ -455,7 +474,10 @@ def demo(
     )
     options = BackendOptions(batch_size=config.batch_size, seed=seed)
     result = run_evaluation(
-        suite.test, [make_placer(p, seed) for p in config.placers], backend, options
+        suite.test,
+        [make_placer(p, PlacerOptions(seed=seed)) for p in config.placers],
+        backend,
+        options,
     )
     print_evaluation(result)
     payload = result.to_json()
@@ -506,3 +528,91 @@ def calibrate(
     result.profile.save(out)
     write_json(report_path, summary)
     out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")
+
+
+@app.command()
+@handle_errors
+def train(
+    tasks: Annotated[Path, typer.Option("--tasks", help="Suite file; its train split is used.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder (checkpoints land here).")],
+    backend: BackendOpt = "fbgemm",
+    iterations: Annotated[int, typer.Option("--iterations", help="Training iterations.")] = 10,
+    measurements: Annotated[
+        int, typer.Option("--measurements", help="Backend measurements per iteration.")
+    ] = 10,
+    cost_steps: Annotated[
+        int, typer.Option("--cost-steps", help="Cost-network steps per iteration.")
+    ] = 300,
+    cost_batch: Annotated[int, typer.Option("--cost-batch", help="Cost-network batch size.")] = 64,
+    policy_batches: Annotated[
+        int, typer.Option("--policy-batches", help="Policy updates per iteration.")
+    ] = 10,
+    episodes: Annotated[int, typer.Option("--episodes", help="Episodes per policy update.")] = 10,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (decays to 0).")] = 5e-4,
+    entropy: Annotated[float, typer.Option("--entropy", help="Entropy bonus weight.")] = 1e-3,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from a checkpoint in --out.")
+    ] = True,
+    seed: SeedOpt = DEFAULT_SEED,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    profile: ProfileOpt = "cpu-zen4",
+    row_cap: RowCapOpt = None,
+    windows: WindowsOpt = 4,
+    calls: CallsOpt = 6,
+) -> None:
+    """Train DreamShard on a suite's training tasks (METHOD.md section 4)."""
+    from dreamshard.train import TrainConfig
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    suite = load_suite(tasks)
+    if not suite.train:
+        raise InputError(f"{tasks}: the train split has no tasks")
+    config = TrainConfig(
+        iterations=iterations,
+        measurements_per_iteration=measurements,
+        cost_steps=cost_steps,
+        cost_batch_size=cost_batch,
+        policy_batches=policy_batches,
+        episodes_per_batch=episodes,
+        learning_rate=lr,
+        entropy_weight=entropy,
+        seed=seed,
+    )
+    options = _backend_options(batch_size, seed, profile, row_cap, windows, calls)
+    run_training(config, suite.train, backend, options, out, resume)
+
+
+def run_training(
+    config: Any,
+    tasks: Sequence[Task],
+    backend: str,
+    options: BackendOptions,
+    out: Path,
+    resume: bool,
+) -> Any:
+    """Train with one printed line per iteration; returns the model."""
+    from dreamshard.train import IterationReport, Trainer
+
+    def report(r: IterationReport) -> None:
+        mape = f"{r.new_cost_mape:5.1f}%" if r.new_cost_mape is not None else "    -"
+        out_console.print(
+            f"iter {r.iteration:3d}  measurements {r.measurements:5d}  "
+            f"measured mean {r.measured_mean_cost_ms:8.3f} ms  cost-net error on new {mape}  "
+            f"policy predicted {r.policy_predicted_cost_ms:8.3f} ms  ({r.wall_s:.1f} s)",
+            highlight=False,
+        )
+
+    trainer = Trainer(config, tasks, make_backend(backend, options), out, on_iteration=report)
+    if resume and trainer.resume():
+        out_console.print(f"resumed {escape(str(out))} at iteration {trainer.state.iteration}")
+    out_console.print(
+        f"training on {len(tasks)} tasks, backend {backend}, {config.iterations} iterations "
+        f"x {config.measurements_per_iteration} measurements"
+    )
+    model = trainer.run()
+    out_console.print(
+        f"trained: {model.info.get('measurements')} backend measurements, "
+        f"{model.info.get('train_wall_s', 0):.1f} s; model in {escape(str(out))}"
+    )
+    return model

@@ -9,6 +9,7 @@ Values here are raw; normalisation belongs to the networks that consume them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -179,3 +180,60 @@ def features_matrix(tables: Sequence[TableSpec]) -> npt.NDArray[np.float64]:
     for i, table in enumerate(tables):
         out[i] = table_features(table)
     return out
+
+
+#: Features that span orders of magnitude and enter the networks as log10(1 + x)
+#: (METHOD.md section 2: a fixed log transform generalises better across tasks than
+#: per-task normalisation).
+LOG_FEATURES: frozenset[str] = frozenset({"dim", "rows", "pooling_factor", "size_bytes"})
+
+
+def log_transform(raw: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Apply the fixed log transform to raw features ``[..., len(FEATURE_NAMES)]``."""
+    out = np.array(raw, dtype=np.float64, copy=True)
+    for k, name in enumerate(FEATURE_NAMES):
+        if name in LOG_FEATURES:
+            out[..., k] = np.log10(1.0 + out[..., k])
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureNormalizer:
+    """Log transform, then standardisation with statistics saved with the model.
+
+    Attributes:
+        mean: Per-feature mean of the log-transformed training features.
+        std: Per-feature standard deviation (floored, so constant features stay finite).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    #: Smallest standard deviation used, so a feature constant in training (say, all
+    #: dims 16) maps to 0 and unseen values stay finite.
+    MIN_STD = 0.05
+
+    @classmethod
+    def fit(cls, tables: Sequence[TableSpec]) -> FeatureNormalizer:
+        """Statistics of the log-transformed features of ``tables``."""
+        if not tables:
+            raise ValueError("cannot fit a feature normaliser on no tables")
+        logged = log_transform(features_matrix(tables))
+        std = np.maximum(logged.std(axis=0), cls.MIN_STD)
+        return cls(mean=tuple(logged.mean(axis=0).tolist()), std=tuple(std.tolist()))
+
+    def transform(self, tables: Sequence[TableSpec]) -> npt.NDArray[np.float32]:
+        """Normalised features ``[len(tables), len(FEATURE_NAMES)]`` as float32."""
+        logged = log_transform(features_matrix(tables))
+        normalised: npt.NDArray[np.float64] = (logged - np.array(self.mean)) / np.array(self.std)
+        return normalised.astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> FeatureNormalizer:
+        mean, std = tuple(data["mean"]), tuple(data["std"])
+        if len(mean) != len(FEATURE_NAMES) or len(std) != len(FEATURE_NAMES):
+            raise ValueError(f"normaliser needs {len(FEATURE_NAMES)} means and stds")
+        return cls(mean=mean, std=std)

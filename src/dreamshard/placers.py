@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,22 +96,50 @@ class RandomPlacer:
         return Placement(tuple(device_of))
 
 
-#: Placers available by name, with how to build each from a seed.
-def _greedy_factory(proxy: str) -> Callable[[int], Placer]:
-    return lambda _seed: GreedyPlacer(proxy)
+@dataclass(frozen=True)
+class PlacerOptions:
+    """Options a placer may need; each factory reads the ones it understands.
+
+    Attributes:
+        seed: Seed of any randomness.
+        model_dir: Folder of a trained DreamShard model (``dreamshard`` only).
+        samples: Extra sampled placements rated by the cost network (``dreamshard`` only).
+    """
+
+    seed: int = DEFAULT_SEED
+    model_dir: str | None = None
+    samples: int = 0
 
 
-PLACER_FACTORIES: dict[str, Callable[[int], Placer]] = {
-    "random": RandomPlacer,
+def _greedy_factory(proxy: str) -> Callable[[PlacerOptions], Placer]:
+    return lambda _options: GreedyPlacer(proxy)
+
+
+def _dreamshard_factory(options: PlacerOptions) -> Placer:
+    from dreamshard.model import DreamShardModel
+    from dreamshard.search import DreamShardPlacer
+
+    if options.model_dir is None:
+        raise InputError("placer 'dreamshard' needs a trained model: pass --model DIR")
+    if options.samples < 0:
+        raise InputError(f"--samples must be >= 0, got {options.samples}")
+    model = DreamShardModel.load(options.model_dir)
+    return DreamShardPlacer(model, samples=options.samples, seed=options.seed)
+
+
+#: Placers available by name, with how to build each.
+PLACER_FACTORIES: dict[str, Callable[[PlacerOptions], Placer]] = {
+    "random": lambda options: RandomPlacer(options.seed),
     **{proxy: _greedy_factory(proxy) for proxy in PROXIES},
+    "dreamshard": _dreamshard_factory,
 }
 
 #: The paper's baselines, in display order.
 BASELINE_PLACERS: tuple[str, ...] = ("random", "size", "dim", "lookup", "size-lookup")
 
 
-def make_placer(name: str, seed: int = DEFAULT_SEED) -> Placer:
+def make_placer(name: str, options: PlacerOptions | None = None) -> Placer:
     """The placer called ``name``; unknown names raise InputError listing the known ones."""
     if name not in PLACER_FACTORIES:
         raise InputError(f"unknown placer {name!r} (known: {', '.join(PLACER_FACTORIES)})")
-    return PLACER_FACTORIES[name](seed)
+    return PLACER_FACTORIES[name](options or PlacerOptions())

@@ -33,6 +33,7 @@ from dreamshard.backends.base import ShardTiming
 from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import BackendError
+from dreamshard.runtime import one_thread
 from dreamshard.synthetic import generate_ids
 from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
 from dreamshard.units import format_bytes
@@ -116,16 +117,14 @@ class _ShardTimes:
 @contextmanager
 def _quiet_timing() -> Iterator[None]:
     """One thread (the CPU kernels are single-threaded; more threads add noise) and no GC."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        with one_thread():
+            yield
     finally:
         if gc_was_enabled:
             gc.enable()
-        torch.set_num_threads(threads)
 
 
 class FbgemmBackend:

@@ -1,0 +1,111 @@
+"""A trained DreamShard model and its checkpoint format.
+
+A checkpoint folder holds ``model.pt`` (weights, feature normaliser, feature schema,
+resolved training config, package version and format number) and ``config.json`` (the
+same config, readable). Loading a checkpoint of another format or feature schema fails
+with a clear error instead of producing wrong placements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamshard import __version__
+from dreamshard.costnet import CostNet
+from dreamshard.errors import InputError
+from dreamshard.features import FEATURE_NAMES, FeatureNormalizer
+from dreamshard.fileio import write_json
+from dreamshard.policy import PolicyNet
+
+#: Version of the checkpoint layout; bump when a saved model would load wrongly.
+CHECKPOINT_FORMAT = 1
+MODEL_FILE = "model.pt"
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, damaged or from an incompatible version."""
+
+
+@dataclass
+class DreamShardModel:
+    """Everything needed to place tables: normaliser, cost network, policy network.
+
+    Attributes:
+        normalizer: Feature normalisation fitted on the training tables.
+        costnet: The cost network.
+        policy: The policy network.
+        config: Resolved training configuration (saved with the weights).
+        info: Facts about training (backend, tasks, measurements, wall time).
+    """
+
+    normalizer: FeatureNormalizer
+    costnet: CostNet = field(default_factory=CostNet)
+    policy: PolicyNet = field(default_factory=PolicyNet)
+    config: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "package_version": __version__,
+            "feature_names": list(FEATURE_NAMES),
+            "normalizer": self.normalizer.to_dict(),
+            "costnet": self.costnet.state_dict(),
+            "policy": self.policy.state_dict(),
+            "config": self.config,
+            "info": self.info,
+        }
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``model.pt`` and ``config.json`` into ``folder`` (atomically per file)."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{MODEL_FILE}.tmp"
+        torch.save(self.state(), tmp)
+        tmp.replace(out / MODEL_FILE)
+        write_json(out / "config.json", {"config": self.config, "info": self.info})
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], where: str) -> DreamShardModel:
+        """Rebuild a model from a checkpoint payload, checking compatibility."""
+        fmt = state.get("format")
+        if fmt != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{where}: checkpoint format {fmt!r} (written by dreamshard "
+                f"{state.get('package_version', '?')}); this dreamshard {__version__} reads "
+                f"format {CHECKPOINT_FORMAT}: retrain the model"
+            )
+        if state.get("feature_names") != list(FEATURE_NAMES):
+            raise CheckpointError(f"{where}: the model was trained on other table features")
+        model = cls(
+            normalizer=FeatureNormalizer.from_dict(state["normalizer"]),
+            config=dict(state.get("config", {})),
+            info=dict(state.get("info", {})),
+        )
+        try:
+            model.costnet.load_state_dict(state["costnet"])
+            model.policy.load_state_dict(state["policy"])
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{where}: damaged or mismatched weights ({err})") from None
+        model.costnet.eval()
+        model.policy.eval()
+        return model
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DreamShardModel:
+        """Load ``folder/model.pt``; raises CheckpointError with the reason."""
+        path = Path(folder) / MODEL_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: no {MODEL_FILE} (not a trained DreamShard model)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: not a DreamShard checkpoint")
+        return cls.from_state(state, str(path))
