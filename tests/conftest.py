@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from dreamshard.runtime import one_thread
 from dreamshard.types import Device, TableSpec, Task
 
 #: Every accessed row read once: the simplest valid access histogram.
@@ -31,3 +34,10 @@ def four_tables() -> list[TableSpec]:
         table("c", rows=500, dim=8, pooling=10.0),
         table("d", rows=8000, dim=4, pooling=1.0),
     ]
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Torch on one thread: the tiny networks run many times faster on a busy machine."""
+    with one_thread():
+        yield

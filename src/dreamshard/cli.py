@@ -138,7 +138,26 @@ def _backend_options(
 
 @contextmanager
 def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr; yields a (done, total) callback."""
+    """A progress bar on stderr; yields a (done, total) callback.
+
+    Off a terminal (CI logs, pipes) a bar would not render, so progress is printed as a
+    line at every tenth of the work instead.
+    """
+    if not err_console.is_terminal:
+        start = time.perf_counter()
+        shown = [-1]
+
+        def report(done: int, total: int) -> None:
+            step = max(1, total // 10)
+            if done == total or done // step > shown[0]:
+                shown[0] = done // step
+                err_console.print(
+                    f"{description}: {done}/{total} ({time.perf_counter() - start:.0f} s)",
+                    highlight=False,
+                )
+
+        yield report
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -146,7 +165,6 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=not err_console.is_terminal,  # off a terminal it would only print a blank line
     ) as bar:
         handle = bar.add_task(description, total=None)
 
@@ -456,7 +474,7 @@ def demo(
     num_test: Annotated[int, typer.Option("--num-test", help="Test tasks to evaluate.")] = 8,
     seed: SeedOpt = DEFAULT_SEED,
 ) -> None:
-    """The main job: a DLRM-like pool, unseen test tasks, every placer measured for real."""
+    """The main job: train DreamShard on real measurements, compare on unseen tasks."""
     from dreamshard.demo import DemoConfig, prepare_demo
 
     if num_test < 1:
@@ -464,20 +482,26 @@ def demo(
     config = DemoConfig(out_dir=str(out), backend=backend, num_test_tasks=num_test, seed=seed)
     out_console.print(
         f"[bold]DreamShard demo[/]: {config.num_tables} DLRM-like tables (dim {config.dim}, "
-        f"rows <= {config.max_rows:,}), {num_test} test tasks of {config.tables_per_task} tables "
-        f"on {config.num_devices} devices with {config.memory} each, measured on {backend}"
+        f"rows <= {config.max_rows:,}); {config.num_train_tasks} training and {num_test} unseen "
+        f"test tasks of {config.tables_per_task} tables on {config.num_devices} devices with "
+        f"{config.memory} each; measured on {backend}"
     )
     suite_path, suite = prepare_demo(config)
     out_console.print(
         f"wrote {escape(str(out / 'tables.json'))}, {escape(str(suite_path))} and "
         f"{escape(str(out / 'config.json'))}"
     )
-    options = BackendOptions(batch_size=config.batch_size, seed=seed)
+    options = BackendOptions(batch_size=config.batch_size, seed=seed, windows=4, calls_per_window=6)
+    model_dir = out / "model"
+    out_console.print("[bold]1. training DreamShard[/] (collect measurements, fit, improve)")
+    run_training(config.train, suite.train, backend, options, model_dir, resume=False)
+    out_console.print("[bold]2. evaluating every placer on the unseen test tasks[/]")
+    placer_options = PlacerOptions(seed=seed, model_dir=str(model_dir))
     result = run_evaluation(
         suite.test,
-        [make_placer(p, PlacerOptions(seed=seed)) for p in config.placers],
+        [make_placer(p, placer_options) for p in config.placers],
         backend,
-        options,
+        BackendOptions(batch_size=config.batch_size, seed=seed),
     )
     print_evaluation(result)
     payload = result.to_json()

@@ -1,10 +1,11 @@
-"""The built-in main job (``make demo``): a DLRM-like pool, a test suite, every placer
-measured on real FBGEMM kernels.
+"""The built-in main job (``make demo``): a DLRM-like pool, train/test suites from its
+disjoint halves, DreamShard trained on real FBGEMM measurements, then every placer
+measured on the unseen test tasks.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
@@ -13,6 +14,7 @@ from dreamshard.placers import BASELINE_PLACERS
 from dreamshard.synthetic import generate_table_pool
 from dreamshard.tables import save_tables
 from dreamshard.tasks import SuiteConfig, TaskSuite, generate_suite, save_suite
+from dreamshard.train import TrainConfig
 from dreamshard.units import parse_memory
 
 
@@ -25,6 +27,7 @@ class DemoConfig:
         num_tables: Size of the synthetic pool (856 like Meta's public DLRM dataset).
         max_rows: Cap on rows per table, so the real measurements fit in RAM and time.
         dim: Embedding dim of every table (the paper's DLRM setting is 16).
+        num_train_tasks: Training tasks (tables from the other half of the pool).
         num_test_tasks: Test tasks evaluated.
         tables_per_task: Tables per task.
         num_devices: Devices per task.
@@ -38,6 +41,7 @@ class DemoConfig:
     num_tables: int = 856
     max_rows: int = 1_000_000
     dim: int = 16
+    num_train_tasks: int = 20
     num_test_tasks: int = 8
     tables_per_task: int = 20
     num_devices: int = 4
@@ -45,7 +49,12 @@ class DemoConfig:
     backend: str = "fbgemm"
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = DEFAULT_SEED
-    placers: tuple[str, ...] = BASELINE_PLACERS
+    placers: tuple[str, ...] = (*BASELINE_PLACERS, "dreamshard")
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            iterations=8, measurements_per_iteration=12, policy_batches=20
+        )
+    )
 
 
 def prepare_demo(config: DemoConfig) -> tuple[Path, TaskSuite]:
@@ -62,7 +71,7 @@ def prepare_demo(config: DemoConfig) -> tuple[Path, TaskSuite]:
     suite = generate_suite(
         pool,
         SuiteConfig(
-            num_train=0,
+            num_train=config.num_train_tasks,
             num_test=config.num_test_tasks,
             min_tables=config.tables_per_task,
             max_tables=config.tables_per_task,

@@ -8,6 +8,7 @@ with a clear error instead of producing wrong placements.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class DreamShardModel:
             "feature_names": list(FEATURE_NAMES),
             "normalizer": self.normalizer.to_dict(),
             "costnet": self.costnet.state_dict(),
+            "costnet_structured_overall": self.costnet.structured_overall,
             "policy": self.policy.state_dict(),
             "config": self.config,
             "info": self.info,
@@ -82,8 +84,13 @@ class DreamShardModel:
             )
         if state.get("feature_names") != list(FEATURE_NAMES):
             raise CheckpointError(f"{where}: the model was trained on other table features")
+        try:
+            normalizer = FeatureNormalizer.from_dict(state["normalizer"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: damaged feature normaliser ({err})") from None
         model = cls(
-            normalizer=FeatureNormalizer.from_dict(state["normalizer"]),
+            normalizer=normalizer,
+            costnet=CostNet(structured_overall=bool(state.get("costnet_structured_overall", True))),
             config=dict(state.get("config", {})),
             info=dict(state.get("info", {})),
         )
@@ -104,7 +111,7 @@ class DreamShardModel:
             raise CheckpointError(f"{folder}: no {MODEL_FILE} (not a trained DreamShard model)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError) as err:
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
             raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from None
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: not a DreamShard checkpoint")

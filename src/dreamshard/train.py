@@ -13,6 +13,7 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -257,7 +258,7 @@ class Trainer:
             loss.backward()  # type: ignore[no-untyped-call]
             self.cost_opt.step()
             self.cost_sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         costnet.eval()
         return float(np.mean(losses))
 
@@ -351,7 +352,7 @@ class Trainer:
             return False
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError) as err:
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
             raise CheckpointError(f"{path}: cannot read training state ({err})") from None
         saved = {k: v for k, v in state["config"].items() if k != "iterations"}
         current = {k: v for k, v in asdict(self.config).items() if k != "iterations"}

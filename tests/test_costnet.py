@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamshard.costnet import CostNet, CostTargets, PlacementBatch
+from dreamshard.features import FEATURE_NAMES
+from dreamshard.types import Placement, PlacementCost, StageCosts, synchronized_costs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+NUM_FEATURES = len(FEATURE_NAMES)
+
+
+def features(num_tables: int, seed: int) -> np.ndarray:
+    """[T, F] normalised-looking random features."""
+    return np.random.default_rng(seed).normal(size=(num_tables, NUM_FEATURES)).astype(np.float32)
+
+
+def net(structured: bool = True, seed: int = 0) -> CostNet:
+    torch.manual_seed(seed)
+    return CostNet(structured_overall=structured)
+
+
+def predict(model: CostNet, feats: list[np.ndarray], device_of: list[tuple[int, ...]], devices):
+    batch = PlacementBatch.build(feats, [Placement(d) for d in device_of], devices)
+    with torch.no_grad():
+        return model(batch)
+
+
+@pytest.mark.parametrize(("num_tables", "num_devices"), [(3, 2), (7, 5), (1, 1), (4, 8)], ids=str)
+def test_output_shapes(num_tables: int, num_devices: int) -> None:
+    device_of = tuple(i % num_devices for i in range(num_tables))
+    device, overall = predict(net(), [features(num_tables, 0)], [device_of], [num_devices])
+    assert device.shape == (1, num_devices, 3)
+    assert overall.shape == (1,)
+
+
+def test_mixed_batch_shapes_and_mask() -> None:
+    feats = [features(3, 0), features(7, 1)]
+    device_of = [(0, 1, 0), (0, 1, 2, 3, 4, 4, 2)]
+    batch = PlacementBatch.build(feats, [Placement(d) for d in device_of], [2, 5])
+    assert batch.max_devices == 5
+    assert batch.segment.tolist() == [0, 1, 0, 5, 6, 7, 8, 9, 9, 7]
+    assert batch.device_mask.tolist() == [[True, True, False, False, False], [True] * 5]
+    device, overall = net()(batch)
+    assert device.shape == (2, 5, 3)
+    assert overall.shape == (2,)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_relabelling_devices_permutes_device_predictions(structured: bool) -> None:
+    model = net(structured)
+    feats = features(7, 0)
+    device_of = (0, 1, 2, 3, 4, 4, 2)
+    perm = (3, 0, 4, 1, 2)  # device d becomes device perm[d]
+    relabelled = tuple(perm[d] for d in device_of)
+    device, overall = predict(model, [feats, feats], [device_of, relabelled], [5, 5])
+    torch.testing.assert_close(overall[1], overall[0])
+    torch.testing.assert_close(device[1, list(perm)], device[0])
+    # The devices really do differ (otherwise the check above would be vacuous).
+    assert not torch.allclose(device[0, 0], device[0, 1])
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_table_order_within_a_device_does_not_matter(structured: bool) -> None:
+    model = net(structured)
+    feats = features(6, 0)
+    device_of = (0, 1, 0, 2, 1, 0)
+    order = [5, 3, 0, 4, 2, 1]
+    device, overall = predict(
+        model,
+        [feats, feats[order]],
+        [device_of, tuple(device_of[i] for i in order)],
+        [3, 3],
+    )
+    torch.testing.assert_close(device[1], device[0])
+    torch.testing.assert_close(overall[1], overall[0])
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_padding_devices_do_not_change_predictions(structured: bool) -> None:
+    model = net(structured)
+    small, small_place = features(3, 0), (0, 1, 1)
+    large, large_place = features(7, 1), (0, 1, 2, 3, 4, 5, 5)
+    alone_device, alone_overall = predict(model, [small], [small_place], [2])
+    device, overall = predict(model, [small, large], [small_place, large_place], [2, 6])
+    torch.testing.assert_close(overall[0], alone_overall[0])
+    torch.testing.assert_close(device[0, :2], alone_device[0])
+
+
+def test_cost_targets_hand_computed() -> None:
+    # dev0: fwd_comp 3 (slowest), fwd_comm 1, bwd_comm 2, bwd_comp 4 -> total 10
+    # dev1: fwd_comp 1 (waits 2), fwd_comm 4, bwd_comm 2, bwd_comp 5 -> total 12
+    # comm target = fwd_comm + bwd_comm - (max fwd_comp - fwd_comp): dev0 3, dev1 4.
+    cost = PlacementCost(
+        per_device=(StageCosts(3.0, 1.0, 2.0, 4.0), StageCosts(1.0, 4.0, 2.0, 5.0)),
+        backend="hand",
+    )
+    targets = CostTargets.build([cost], max_devices=3, cost_scale_ms=2.0)
+    expected = torch.tensor([[[3.0, 4.0, 3.0], [1.0, 5.0, 4.0], [0.0, 0.0, 0.0]]]) / 2.0
+    torch.testing.assert_close(targets.device, expected)
+    torch.testing.assert_close(targets.overall, torch.tensor([12.0 / 2.0]))
+
+
+def test_cost_targets_of_synchronized_costs_remove_the_whole_wait() -> None:
+    # With synchronised devices every device's comm target is the two collectives' time.
+    per_device = synchronized_costs([5.0, 2.0, 0.5], [1.0, 1.0, 1.0], 0.75, 1.25)
+    targets = CostTargets.build([PlacementCost(per_device, "hand")], 3, 1.0)
+    torch.testing.assert_close(targets.device[0, :, 2], torch.full((3,), 2.0))
+
+
+def test_structured_overall_is_sum_of_per_stage_maxima_over_real_devices() -> None:
+    model = net(structured=True)
+    feats = [features(4, 0), features(5, 1)]
+    # Placement 0: 3 real devices, device 1 empty. Placement 1: 4 devices, device 3 empty.
+    device_of = [(0, 2, 0, 2), (0, 1, 2, 1, 0)]
+    device, overall = predict(model, feats, device_of, [3, 4])
+    with torch.no_grad():
+        for p, (f, place, num_devices) in enumerate(zip(feats, device_of, [3, 4], strict=True)):
+            enc = model.encoder(torch.from_numpy(f))
+            expected = []
+            for d in range(num_devices):
+                tables = [i for i, x in enumerate(place) if x == d]
+                rep = enc[tables].sum(dim=0) if tables else torch.zeros(enc.shape[1])
+                costs = torch.cat([head(rep) for head in model.device_heads])
+                if not tables:
+                    costs[:2] = 0.0  # an empty device computes nothing
+                expected.append(costs)
+            exp = torch.stack(expected)
+            torch.testing.assert_close(device[p, :num_devices], exp)
+            torch.testing.assert_close(overall[p], exp.max(dim=0).values.sum())
+    assert device[0, 1, :2].tolist() == [0.0, 0.0]
+    assert device[1, 3, :2].tolist() == [0.0, 0.0]
+
+
+def test_paper_overall_reads_max_over_device_representations() -> None:
+    model = net(structured=False)
+    feats = features(4, 0)
+    _, overall = predict(model, [feats], [(0, 1, 1, 0)], [3])
+    with torch.no_grad():
+        enc = model.encoder(torch.from_numpy(feats))
+        pooled = torch.maximum(enc[[0, 3]].sum(0), enc[[1, 2]].sum(0))  # empty device: 0
+        torch.testing.assert_close(overall[0], model.overall_head(pooled)[0])
+
+
+def test_loss_decreases_on_a_tiny_fixed_dataset() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    feats, placements, counts, costs = [], [], [], []
+    for k in range(12):
+        num_tables, num_devices = int(rng.integers(3, 8)), int(rng.integers(2, 5))
+        f = features(num_tables, 100 + k)
+        device_of = tuple(int(d) for d in rng.integers(num_devices, size=num_tables))
+        # A cost that the network can express: per-table work summed per device.
+        work = np.exp(f[:, 0])
+        fwd = [
+            float(work[[i for i, d in enumerate(device_of) if d == x]].sum())
+            for x in range(num_devices)
+        ]
+        costs.append(PlacementCost(synchronized_costs(fwd, [2 * w for w in fwd], 0.5, 0.5), "h"))
+        feats.append(f)
+        placements.append(Placement(device_of))
+        counts.append(num_devices)
+    batch = PlacementBatch.build(feats, placements, counts)
+    targets = CostTargets.build(costs, batch.max_devices, cost_scale_ms=5.0)
+    model = CostNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(200):
+        loss = model.loss(batch, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.01 * losses[0]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
