@@ -61,13 +61,27 @@ def task() -> Task:
     return Task(name="tiny", tables=tables, devices=devices)
 
 
-def test_forward_fusion_is_subadditive(profile: SimProfile) -> None:
-    a, b = table("a", 10_000, 32), table("b", 20_000, 16)
+def test_forward_fusion_is_subadditive_while_the_footprint_fits(profile: SimProfile) -> None:
+    # Footprints of 64 KiB each: fused, they still fit in the cache.
+    a, b = table("a", 500, 32), table("b", 1_000, 16)
     fused = shard_timing(profile, [a, b]).fwd_comp_ms
     apart = shard_timing(profile, [a]).fwd_comp_ms + shard_timing(profile, [b]).fwd_comp_ms
     assert fused < apart
-    # The fixed per-operator cost is paid once, so the saving is at least it.
-    assert apart - fused >= profile.kernel.fwd_op_fixed_ms
+    # The fixed per-operator cost is paid once, so the saving is about it.
+    assert apart - fused >= 0.9 * profile.kernel.fwd_op_fixed_ms
+
+
+def test_fusion_is_superadditive_once_the_footprint_outgrows_the_cache(
+    profile: SimProfile,
+) -> None:
+    # Eight tables whose batches touch 4,000 rows of 128 bytes each (512 KB): each fits in
+    # the cache alone, together (4 MB) they do not, so their rows miss when fused.
+    parts = [table(f"t{i}", 4_000, 32, 5.0) for i in range(8)]
+    per_table = 4_000 * 128
+    assert per_table < profile.kernel.cache_bytes < 8 * per_table
+    fused = shard_timing(profile, parts).bwd_comp_ms
+    apart = sum(shard_timing(profile, [t]).bwd_comp_ms for t in parts)
+    assert fused > 1.2 * apart
 
 
 def test_dim_is_sublinear_and_its_exponent_grows_with_rows(profile: SimProfile) -> None:
@@ -100,6 +114,33 @@ def test_cost_rises_with_table_size_beyond_cache(profile: SimProfile) -> None:
     assert fwd[0] < fwd[1] < fwd[2]
 
 
+def test_misses_follow_the_touched_rows_not_the_table_size(profile: SimProfile) -> None:
+    """A lookup costs more once the rows a batch touches outgrow the cache (MEASUREMENT
+    data: a 1e6-row table whose batch touches 12k rows runs at in-cache speed)."""
+
+    def marginal_ns(pooling: float, stage: str) -> float:
+        # Cost of the lookups added by doubling the pooling factor of a 1e7-row table
+        # with uniform access (every lookup touches a new row), per added lookup.
+        low = shard_timing(profile, [table("t", 10_000_000, 16, pooling)])
+        high = shard_timing(profile, [table("t", 10_000_000, 16, 2 * pooling)])
+        added = getattr(high, stage) - getattr(low, stage)
+        return added * 1e6 / (4096 * pooling)
+
+    for stage in ("fwd_comp_ms", "bwd_comp_ms"):
+        # 1 -> 2 lookups per sample: 0.25 -> 0.5 MB touched (in cache); 50 -> 100:
+        # 13 -> 26 MB (beyond it).
+        assert marginal_ns(50.0, stage) > 2.0 * marginal_ns(1.0, stage)
+
+
+def test_backward_sort_cost_grows_with_the_id_range(profile: SimProfile) -> None:
+    # Same lookups and distinct rows (221), ids below 255 (one 8-bit radix pass) or below
+    # 100,000 (three passes).
+    small = shard_timing(profile, [table("s", 255, 16, 20.0, HOT)])
+    large = shard_timing(profile, [table("l", 100_000, 16, 20.0, HOT)])
+    extra_ns = (large.bwd_comp_ms - small.bwd_comp_ms) * 1e6 / (4096 * 20.0)
+    assert extra_ns == pytest.approx(2 * profile.kernel.bwd_sort_pass_ns, rel=1e-6)
+
+
 def test_monotone_in_pooling_factor(profile: SimProfile) -> None:
     timings = [
         shard_timing(profile, [table("t", 100_000, 32, pooling)]) for pooling in (1, 2, 5, 20, 50)
@@ -108,15 +149,9 @@ def test_monotone_in_pooling_factor(profile: SimProfile) -> None:
     bwd = [t.bwd_comp_ms for t in timings]
     assert fwd == sorted(fwd) and len(set(fwd)) == len(fwd)
     assert bwd == sorted(bwd) and len(set(bwd)) == len(bwd)
-    # MEASUREMENT.md: backward with the fused update costs 2-3x the forward.
-    assert 2.0 <= bwd[-1] / fwd[-1] <= 3.0
-
-
-def test_wide_shards_are_superadditive_backward(profile: SimProfile) -> None:
-    parts = [table(f"t{i}", 10_000, 64, 5.0) for i in range(24)]
-    fused = shard_timing(profile, parts).bwd_comp_ms
-    apart = sum(shard_timing(profile, [t]).bwd_comp_ms for t in parts)
-    assert fused > apart
+    # MEASUREMENT.md: backward with the fused update costs 2-3x the forward (2.2-3.0 for
+    # the middle half of the 200 calibration shards, up to 4.1).
+    assert 2.0 <= bwd[-1] / fwd[-1] <= 3.5
 
 
 def test_empty_shard_costs_nothing(profile: SimProfile, task: Task) -> None:
@@ -235,7 +270,7 @@ def random_samples(seed: int, count: int) -> list[tuple[TableSpec, ...]]:
 def test_fit_recovers_a_known_profile(profile: SimProfile) -> None:
     rng = np.random.default_rng(1)
     true_kernel = KernelParams.from_vector(
-        profile.kernel.to_vector() * np.exp(rng.uniform(-0.4, 0.4, len(KernelParams.names())))
+        profile.kernel.to_vector() * np.exp(rng.uniform(-0.7, 0.7, len(KernelParams.names())))
     )
     truth = replace(profile, kernel=true_kernel)
     samples = [
@@ -289,4 +324,13 @@ def test_load_profile_from_path_checks_fields(tmp_path: Path, profile: SimProfil
     del data["kernel"]["fwd_lookup_ns"]
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"missing field.*fwd_lookup_ns"):
+        load_profile(path)
+
+
+def test_profiles_of_the_old_format_are_refused(tmp_path: Path, profile: SimProfile) -> None:
+    data = profile.to_dict()
+    data["format_version"] = 1
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"format_version 1 .*refit"):
         load_profile(path)

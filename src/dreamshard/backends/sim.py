@@ -2,45 +2,50 @@
 
 METHOD.md section 5 asks for a fast simulator of the per-device costs of FBGEMM's fused
 table-batched embedding (TBE) that keeps the qualitative effects of fusion, so that
-naive size or dim proxies are not optimal on it. The model below is built from the
-behaviour of the real CPU kernels recorded in MEASUREMENT.md, has 16 positive
-parameters (``KernelParams``) and is calibrated with ``fit_profile`` on measured shards.
+naive size or dim proxies are not optimal on it. The model below follows what the CPU
+kernels do (forward: a pooled gather per bag with software prefetch; backward: per table
+a radix sort of the ids, a gather of output-gradient rows per lookup and one fused SGD
+update per distinct row) and what 200 measured shards show (MEASUREMENT.md); it has 18
+positive parameters (``KernelParams``) and is calibrated with ``fit_profile``.
 
 Model of one shard (the ``n`` tables fused into one operator on one device), at batch
-size ``B``. Per table ``t`` with ``L = B * pooling_factor`` lookups, row bytes ``rb``,
+size ``B``. Per table with ``L = B * pooling_factor`` lookups, row bytes ``rb``,
 ``lines = max(1, rb / 64)`` cache lines per row and access histogram ``h``:
 
-- distinct rows touched per batch ``U = min(rows, L / mean_count(h))``; the share of
-  lookups that are the first touch of their row in the batch is ``ft = U / L``, the
-  rest are repeats of rows touched earlier in the same batch (skew, MEASUREMENT.md);
-- miss penalty of a working set of ``S`` bytes (smooth, saturating in ``log S``)::
+- distinct rows touched per batch ``U = min(rows, L / mean_count(h))`` (``mean_count``
+  as ``synthetic.generate_ids`` draws counts within a bin); ``U`` lookups are the first
+  touch of their row in the batch, the other ``L - U`` repeat a row touched earlier in
+  the same batch (skew) and find it in cache;
+- the shard's *footprint* ``S = sum(U * lines * 64)``: the bytes of cache lines holding
+  the rows it touches. Training repeats the operator over batches whose rows overlap, so
+  what decides whether a first touch misses is whether the shard's touched rows fit in
+  the cache, not whether a table does: a 1e6-row table whose batch touches 12k rows runs
+  at in-cache speed. Fusing tables adds up their footprints, which makes fusion
+  super-additive once the sum outgrows the cache;
+- ``m(S) = sig((log2 S - log2 cache_bytes) / cache_transition_octaves)``: the share of
+  first touches that miss (smooth in ``log S``); ``span = sig(...)`` the same of the
+  table's own bytes (TLB reach: lookups into a table bigger than the cache cost more);
+- forward work (ns)::
 
-      P(S) = near_miss_ns * sig((log2 S - log2 C_near) / w)
-           + last_level_miss_ns * sig((log2 S - log2 C_llc) / w)
+      B * fwd_bag_ns + L * (fwd_lookup_ns + fwd_extra_line_ns * (lines - 1)
+                            + fwd_table_span_ns * span)
+      + U * lines * (fwd_first_touch_ns + fwd_miss_ns * m(S))
+      + B * dim * fwd_output_ns_per_value
 
-  where first touches see the whole table (``S = rows * rb``: its rows stay cached
-  between batches only if the table fits) and repeats see the hot working set
-  (``S = U * (1 - h_0) * rb``, rows touched more than once);
-- forward cost per lookup (ns), non-linear in dim because the in-cache part grows with
-  bytes while misses grow with lines, and the latter only for tables that miss::
+- backward work (ns), with ``passes = ceil(bits(rows) / 8)`` the passes of FBGEMM's
+  8-bit radix sort over ids below ``rows``::
 
-      c_t = fwd_lookup_ns + fwd_row_ns_per_byte * rb
-            + (1 + extra_line_fraction * (lines - 1)) * (ft * P(table) + (1 - ft) * P(hot))
+      B * bwd_bag_ns + L * (bwd_lookup_ns + bwd_sort_pass_ns * passes
+                            + bwd_extra_line_ns * (lines - 1))
+      + U * (bwd_distinct_ns + m(S) * (bwd_miss_ns + bwd_miss_extra_line_ns * (lines - 1)))
 
-- forward work ``L * c_t + fwd_output_ns_per_value * B * dim`` (writing the outputs);
-  backward work ``L * (bwd_lookup_factor * c_t + bwd_sort_ns_per_lookup)
-  + bwd_grad_ns_per_value * B * dim`` (reading the output gradients).
+  The update of a distinct row has no prefetch, so its miss costs far more than a
+  forward miss (the forward kernel prefetches rows 16 lookups ahead).
 
-Per shard, with ``W`` the total output width (sum of dims)::
-
-    fwd_ms = fwd_op_fixed_ms + n * fwd_table_fixed_ms
-             + sum(fwd work) / (1 + fwd_fusion_discount * (1 - 1/n))
-    bwd_ms = bwd_op_fixed_ms + n * bwd_table_fixed_ms
-             + sum(bwd work) * (1 + bwd_wide_fusion_penalty * W / (W + 512))
-
-A device without tables runs no operator and costs nothing. The access histogram is
-taken as defined at ``DEFAULT_BATCH_SIZE``; at other batch sizes the first-touch share
-is kept, which is an approximation.
+Per shard ``fwd_ms = fwd_op_fixed_ms + sum(forward work)`` and ``bwd_ms = bwd_op_fixed_ms
++ sum(backward work)``. A device without tables runs no operator and costs nothing. The
+access histogram is taken as defined at ``DEFAULT_BATCH_SIZE``; at other batch sizes the
+first-touch share ``U / L`` is kept, which is an approximation.
 """
 
 from __future__ import annotations
@@ -60,20 +65,17 @@ from scipy.optimize import least_squares
 
 from dreamshard.backends.base import ShardSample, ShardTiming
 from dreamshard.backends.comm import AllToAllModel
-from dreamshard.constants import (
-    ACCESS_BIN_UPPER_EDGES,
-    BYTES_PER_ELEMENT,
-    DEFAULT_BATCH_SIZE,
-    NUM_ACCESS_BINS,
-)
+from dreamshard.constants import BYTES_PER_ELEMENT, DEFAULT_BATCH_SIZE, NUM_ACCESS_BINS
 from dreamshard.errors import InputError, InvalidPlacementError
+from dreamshard.synthetic import _BIN_MEAN_COUNT
 from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Version of the profile JSON format written by ``SimProfile.to_dict``.
-PROFILE_FORMAT_VERSION = 1
+#: Version of the profile JSON format written by ``SimProfile.to_dict``. Version 2 has
+#: the footprint model's kernel parameters, the cache capacity among them.
+PROFILE_FORMAT_VERSION = 2
 
 #: Packaged profile used when a ``SimBackend`` is built without one.
 DEFAULT_PROFILE_NAME = "cpu-zen4"
@@ -81,23 +83,19 @@ DEFAULT_PROFILE_NAME = "cpu-zen4"
 #: Package folder of the packaged profiles (``src/dreamshard/profiles/<name>.json``).
 _PROFILE_PACKAGE_DIR = "profiles"
 
-#: Bytes of one cache line: a missed row costs one line, or more for wider rows.
+#: Bytes of one cache line: a row occupies at least one line.
 CACHE_LINE_BYTES = 64
 
-#: Total output width (dims) at which the backward super-additivity of wide shards is
-#: half its maximum: MEASUREMENT.md sees +12-16% at widths of 1000+.
-WIDE_SHARD_HALF_WIDTH_DIMS = 512.0
+#: Bits per pass of FBGEMM's CPU radix sort of the ids in the backward (``fbgemm::
+#: radix_sort_parallel``: 8-bit digits, as many passes as the largest id needs).
+RADIX_BITS_PER_PASS = 8
 
 _NS_PER_MS = 1e6
 
-#: Representative access count of each histogram bin (METHOD.md section 2): counts 1 and
-#: 2 for the first two bins, the mean of the integers in (2^(k-1), 2^k] for the doubling
-#: bins, and 2^16 for the open last bin (an assumption: its true counts are unbounded).
-_BIN_COUNTS: FloatArray = np.array(
-    [1.0, 2.0]
-    + [(ACCESS_BIN_UPPER_EDGES[k - 1] + 1 + ACCESS_BIN_UPPER_EDGES[k]) / 2.0 for k in range(2, 16)]
-    + [2.0 * ACCESS_BIN_UPPER_EDGES[-1]]
-)
+#: Mean access count of each histogram bin as ``synthetic.generate_ids`` draws them
+#: (log-uniform within a bin), so that the distinct rows per batch the model assumes are
+#: those the FBGEMM backend's generated ids have.
+_BIN_COUNTS: FloatArray = np.asarray(_BIN_MEAN_COUNT, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,47 +107,54 @@ _BIN_COUNTS: FloatArray = np.array(
 class KernelParams:
     """The fitted parameters of the fused-kernel model; all positive (fit in log space).
 
+    Costs in ns are per unit of work of one table of a shard; see the module docstring
+    for the equations.
+
     Attributes:
         fwd_op_fixed_ms: Fixed cost of one fused forward call (MEASUREMENT.md: ~0.1 ms).
-        bwd_op_fixed_ms: Fixed cost of one fused backward call (~0.05 ms).
-        fwd_table_fixed_ms: Forward cost of each table in a fused call.
-        bwd_table_fixed_ms: Backward cost of each table (per-table sort set-up; ~0.1 ms
-            per table in all, mostly backward).
-        fwd_lookup_ns: Forward cost of one lookup independent of its width.
-        fwd_row_ns_per_byte: Forward cost per byte of a looked-up row served from cache.
-        near_miss_ns: Penalty of the first line of a row missing the near cache (CPU L2).
-        last_level_miss_ns: Further penalty of a line missing the last-level cache.
-        extra_line_fraction: Cost of each further line of a missed row relative to the
-            first (prefetchers make contiguous lines cheaper than the first).
-        cache_transition_octaves: Width of the smooth cache-capacity transition, in
-            octaves (log2 units) of working-set size.
+        fwd_bag_ns: Forward cost per table and sample (the kernel's per-bag work,
+            writing the pooled row included): ~0.1 ms per table at batch 4096.
+        fwd_lookup_ns: Forward cost of one lookup of a one-line row found in cache.
+        fwd_extra_line_ns: Forward cost per lookup of each further cache line of a row.
+        fwd_table_span_ns: Further forward cost per lookup into a table bigger than the
+            cache (address translation; smooth in the table's bytes).
+        fwd_first_touch_ns: Forward cost per line of the first touch of a row in a batch.
+        fwd_miss_ns: Further forward cost per line of a first touch that misses the cache
+            (the shard's footprint outgrows it); small, the kernel prefetches.
         fwd_output_ns_per_value: Forward cost per pooled output value written (B x dim).
-        bwd_grad_ns_per_value: Backward cost per output-gradient value read (B x dim).
-        bwd_lookup_factor: Backward cost of a lookup (gradient + fused SGD update) as a
-            multiple of its forward cost.
-        bwd_sort_ns_per_lookup: Backward cost per lookup of sorting the ids.
-        fwd_fusion_discount: Forward sub-additivity: the fused work is divided by
-            ``1 + discount * (1 - 1/n)`` for ``n`` tables (~0.9 of the sum).
-        bwd_wide_fusion_penalty: Backward super-additivity of wide shards: the backward
-            work is multiplied by ``1 + penalty * W / (W + 512)`` for output width ``W``.
+        bwd_op_fixed_ms: Fixed cost of one fused backward call.
+        bwd_bag_ns: Backward cost per table and sample (building the sort's input).
+        bwd_lookup_ns: Backward cost of one lookup (gathering its output-gradient row).
+        bwd_sort_pass_ns: Backward cost per lookup of each pass of the radix sort.
+        bwd_extra_line_ns: Backward cost per lookup of each further line of a row.
+        bwd_distinct_ns: Backward cost per distinct row (its fused SGD update) in cache.
+        bwd_miss_ns: Further backward cost per distinct row whose update misses the
+            cache (no prefetch: about a memory latency).
+        bwd_miss_extra_line_ns: Further cost of each further line of such a row.
+        cache_bytes: Effective capacity of the caches that keep a shard's rows between
+            batches; fitted (on the Zen 4 VM ~1.6 MiB: the 1 MiB L2 and little of L3).
+        cache_transition_octaves: Width of the smooth cache-capacity transition, in
+            octaves (log2 units) of footprint.
     """
 
     fwd_op_fixed_ms: float
-    bwd_op_fixed_ms: float
-    fwd_table_fixed_ms: float
-    bwd_table_fixed_ms: float
+    fwd_bag_ns: float
     fwd_lookup_ns: float
-    fwd_row_ns_per_byte: float
-    near_miss_ns: float
-    last_level_miss_ns: float
-    extra_line_fraction: float
-    cache_transition_octaves: float
+    fwd_extra_line_ns: float
+    fwd_table_span_ns: float
+    fwd_first_touch_ns: float
+    fwd_miss_ns: float
     fwd_output_ns_per_value: float
-    bwd_grad_ns_per_value: float
-    bwd_lookup_factor: float
-    bwd_sort_ns_per_lookup: float
-    fwd_fusion_discount: float
-    bwd_wide_fusion_penalty: float
+    bwd_op_fixed_ms: float
+    bwd_bag_ns: float
+    bwd_lookup_ns: float
+    bwd_sort_pass_ns: float
+    bwd_extra_line_ns: float
+    bwd_distinct_ns: float
+    bwd_miss_ns: float
+    bwd_miss_extra_line_ns: float
+    cache_bytes: float
+    cache_transition_octaves: float
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -187,9 +192,7 @@ class SimProfile:
         measured: True only when the kernel parameters were fitted to measurements.
         fitted_on: The hardware and measurements behind the numbers, or
             ``"public figures, not measured"``.
-        near_cache_bytes: Capacity of the near cache (CPU: per-core L2).
-        last_level_cache_bytes: Capacity of the last-level cache (CPU: L3).
-        kernel: Parameters of the fused-kernel model.
+        kernel: Parameters of the fused-kernel model (the cache capacity included).
         comm: All-to-all model used for both communication stages.
     """
 
@@ -197,18 +200,8 @@ class SimProfile:
     description: str
     measured: bool
     fitted_on: str
-    near_cache_bytes: int
-    last_level_cache_bytes: int
     kernel: KernelParams
     comm: AllToAllModel
-
-    def __post_init__(self) -> None:
-        for cache in ("near_cache_bytes", "last_level_cache_bytes"):
-            value = getattr(self, cache)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InputError(
-                    f"profile {self.name!r}: {cache} must be a positive integer, got {value!r}"
-                )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (the format ``from_dict`` reads)."""
@@ -218,8 +211,6 @@ class SimProfile:
             "description": self.description,
             "measured": self.measured,
             "fitted_on": self.fitted_on,
-            "near_cache_bytes": self.near_cache_bytes,
-            "last_level_cache_bytes": self.last_level_cache_bytes,
             "kernel": asdict(self.kernel),
             "comm": asdict(self.comm),
         }
@@ -237,23 +228,23 @@ class SimProfile:
         """
         if not isinstance(data, dict):
             raise InputError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if "format_version" in data and data["format_version"] != PROFILE_FORMAT_VERSION:
+            raise InputError(
+                f"{source}: format_version {data['format_version']!r} is not supported "
+                f"(this version reads {PROFILE_FORMAT_VERSION}; profiles of format 1 hold "
+                "the parameters of an earlier kernel model: refit them with "
+                "`dreamshard calibrate`)"
+            )
         expected = {
             "format_version",
             "name",
             "description",
             "measured",
             "fitted_on",
-            "near_cache_bytes",
-            "last_level_cache_bytes",
             "kernel",
             "comm",
         }
         _check_keys(data, expected, source)
-        if data["format_version"] != PROFILE_FORMAT_VERSION:
-            raise InputError(
-                f"{source}: format_version {data['format_version']!r} is not supported "
-                f"(this version reads {PROFILE_FORMAT_VERSION})"
-            )
         for key in ("name", "description", "fitted_on"):
             if not isinstance(data[key], str):
                 raise InputError(f"{source}: field {key!r} must be a string")
@@ -280,8 +271,6 @@ class SimProfile:
             description=data["description"],
             measured=data["measured"],
             fitted_on=data["fitted_on"],
-            near_cache_bytes=data["near_cache_bytes"],
-            last_level_cache_bytes=data["last_level_cache_bytes"],
             kernel=kernel_params,
             comm=AllToAllModel(
                 latency_ms=float(comm["latency_ms"]),
@@ -353,7 +342,6 @@ def load_profile(name_or_path: str | Path) -> SimProfile:
     return SimProfile.from_json(entry.read_text(encoding="utf-8"), source=f"profile {text_name}")
 
 
-# ---------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------
 
@@ -366,21 +354,25 @@ class _TableFeatures:
         lookups: Lookups per batch, ``B * pooling_factor``.
         batch: Batch size of each table's shard.
         dims: Embedding dims (output width).
-        row_bytes: Bytes of one row.
-        extra_lines: ``lines - 1`` with ``lines = max(1, row_bytes / 64)``.
-        first_touch_share: Share of lookups that first-touch their row in the batch.
+        distinct: Distinct rows touched per batch, ``U``.
+        lines: Cache lines per row, ``max(1, row_bytes / 64)``.
+        sort_passes: Radix-sort passes over the table's ids.
         log2_table_bytes: log2 of the table's bytes.
-        log2_hot_bytes: log2 of the bytes of rows touched more than once per batch.
     """
 
     lookups: FloatArray
     batch: FloatArray
     dims: FloatArray
-    row_bytes: FloatArray
-    extra_lines: FloatArray
-    first_touch_share: FloatArray
+    distinct: FloatArray
+    lines: FloatArray
+    sort_passes: FloatArray
     log2_table_bytes: FloatArray
-    log2_hot_bytes: FloatArray
+
+    @property
+    def footprint_bytes(self) -> FloatArray:
+        """Bytes of the cache lines holding the rows a batch touches, ``U * lines * 64``."""
+        out: FloatArray = self.distinct * self.lines * CACHE_LINE_BYTES
+        return out
 
 
 def _table_features(tables: Sequence[TableSpec], batch_sizes: Sequence[int]) -> _TableFeatures:
@@ -405,26 +397,22 @@ def _table_features(tables: Sequence[TableSpec], batch_sizes: Sequence[int]) -> 
         len(tables), NUM_ACCESS_BINS
     )
     hist = hist / hist.sum(axis=1, keepdims=True)  # tolerate rounding in files
+    # Radix passes: ceil(bits / 8) of the largest id the sort is told about (rows).
+    bits = np.array([int(t.rows).bit_length() for t in tables], dtype=np.float64)
     batch = np.asarray(batch_sizes, dtype=np.float64)
 
     lookups = batch * pooling
     row_bytes = dims * elem_bytes
-    mean_count = hist @ _BIN_COUNTS
     # Distinct rows touched per batch; a table cannot touch more rows than it has.
-    distinct = np.minimum(rows, lookups / mean_count)
-    safe_lookups = np.maximum(lookups, 1.0)
-    first_touch = np.where(lookups > 0, np.minimum(distinct / safe_lookups, 1.0), 1.0)
-    hot_bytes = distinct * (1.0 - hist[:, 0]) * row_bytes
+    distinct = np.minimum(rows, lookups / (hist @ _BIN_COUNTS))
     return _TableFeatures(
         lookups=lookups,
         batch=batch,
         dims=dims,
-        row_bytes=row_bytes,
-        extra_lines=np.maximum(row_bytes / CACHE_LINE_BYTES, 1.0) - 1.0,
-        first_touch_share=first_touch,
+        distinct=distinct,
+        lines=np.maximum(row_bytes / CACHE_LINE_BYTES, 1.0),
+        sort_passes=np.maximum(np.ceil(bits / RADIX_BITS_PER_PASS), 1.0),
         log2_table_bytes=np.log2(rows * row_bytes),
-        # Below one byte the penalty is nil anyway; the floor avoids log2(0).
-        log2_hot_bytes=np.log2(np.maximum(hot_bytes, 1.0)),
     )
 
 
@@ -438,55 +426,102 @@ def _sigmoid(x: FloatArray) -> FloatArray:
     return out
 
 
-def _table_work_ns(
-    k: KernelParams, feats: _TableFeatures, near_log2: float, llc_log2: float
-) -> tuple[FloatArray, FloatArray]:
-    """Forward and backward work of each table, in ns, before per-shard fusion effects."""
-    width = k.cache_transition_octaves
+def _miss_share(k: KernelParams, size_bytes: FloatArray) -> FloatArray:
+    """Share of first touches that miss, for a footprint (or table) of ``size_bytes``.
 
-    def penalty(log2_bytes: FloatArray) -> FloatArray:
-        # Cost per missed row rises smoothly as the working set outgrows each cache
-        # (MEASUREMENT.md: L2 1 MiB, L3 32 MiB on the dev machines).
-        return k.near_miss_ns * _sigmoid((log2_bytes - near_log2) / width) + (
-            k.last_level_miss_ns * _sigmoid((log2_bytes - llc_log2) / width)
-        )
+    Smooth in ``log2`` of the size, half at ``cache_bytes``; sizes below one byte count
+    as one byte (nothing to miss).
+    """
+    log2_size = np.log2(np.maximum(size_bytes, 1.0))
+    return _sigmoid((log2_size - math.log2(k.cache_bytes)) / k.cache_transition_octaves)
 
-    ft = feats.first_touch_share
-    miss_ns = (1.0 + k.extra_line_fraction * feats.extra_lines) * (
-        ft * penalty(feats.log2_table_bytes) + (1.0 - ft) * penalty(feats.log2_hot_bytes)
+
+@dataclass(frozen=True)
+class _TableTerms:
+    """Per-table work in ns, split by what the shard's footprint multiplies.
+
+    Attributes:
+        fwd_ns: Forward work independent of the footprint.
+        fwd_miss_ns: Forward work per unit of the shard's miss share ``m(S)``.
+        bwd_ns: Backward work independent of the footprint.
+        bwd_miss_ns: Backward work per unit of ``m(S)``.
+        footprint_bytes: The table's share of the footprint ``S``.
+        dims: Embedding dims (output width).
+    """
+
+    fwd_ns: FloatArray
+    fwd_miss_ns: FloatArray
+    bwd_ns: FloatArray
+    bwd_miss_ns: FloatArray
+    footprint_bytes: FloatArray
+    dims: FloatArray
+
+
+def _table_terms(k: KernelParams, feats: _TableFeatures) -> _TableTerms:
+    """The work of each table, before the per-shard cache miss share is known."""
+    lookups, distinct, extra_lines = feats.lookups, feats.distinct, feats.lines - 1.0
+    span = _sigmoid(
+        (feats.log2_table_bytes - math.log2(k.cache_bytes)) / k.cache_transition_octaves
     )
-    per_lookup_ns = k.fwd_lookup_ns + k.fwd_row_ns_per_byte * feats.row_bytes + miss_ns
-    output_values = feats.batch * feats.dims
-    fwd = feats.lookups * per_lookup_ns + k.fwd_output_ns_per_value * output_values
+    fwd = (
+        feats.batch * (k.fwd_bag_ns + k.fwd_output_ns_per_value * feats.dims)
+        + lookups
+        * (k.fwd_lookup_ns + k.fwd_extra_line_ns * extra_lines + k.fwd_table_span_ns * span)
+        + distinct * feats.lines * k.fwd_first_touch_ns
+    )
     bwd = (
-        feats.lookups * (k.bwd_lookup_factor * per_lookup_ns + k.bwd_sort_ns_per_lookup)
-        + k.bwd_grad_ns_per_value * output_values
+        feats.batch * k.bwd_bag_ns
+        + lookups
+        * (
+            k.bwd_lookup_ns
+            + k.bwd_sort_pass_ns * feats.sort_passes
+            + k.bwd_extra_line_ns * extra_lines
+        )
+        + distinct * k.bwd_distinct_ns
     )
-    return fwd, bwd
+    return _TableTerms(
+        fwd_ns=fwd,
+        fwd_miss_ns=distinct * feats.lines * k.fwd_miss_ns,
+        bwd_ns=bwd,
+        bwd_miss_ns=distinct * (k.bwd_miss_ns + k.bwd_miss_extra_line_ns * extra_lines),
+        footprint_bytes=feats.footprint_bytes,
+        dims=feats.dims,
+    )
 
 
 def _shard_ms(
     k: KernelParams,
     num_tables: FloatArray,
-    width: FloatArray,
-    fwd_work_ns: FloatArray,
-    bwd_work_ns: FloatArray,
+    footprint_bytes: FloatArray,
+    fwd_ns: FloatArray,
+    fwd_miss_ns: FloatArray,
+    bwd_ns: FloatArray,
+    bwd_miss_ns: FloatArray,
 ) -> tuple[FloatArray, FloatArray]:
-    """Forward and backward ms of shards from their aggregated table terms (vectorised).
+    """Forward and backward ms of shards from their summed table terms (vectorised).
 
     Shards with no tables run no operator and cost 0.
     """
+    miss = _miss_share(k, footprint_bytes)
+    fwd = k.fwd_op_fixed_ms + (fwd_ns + miss * fwd_miss_ns) / _NS_PER_MS
+    bwd = k.bwd_op_fixed_ms + (bwd_ns + miss * bwd_miss_ns) / _NS_PER_MS
     present = num_tables > 0
-    n = np.maximum(num_tables, 1.0)
-    fused_fwd = fwd_work_ns / (1.0 + k.fwd_fusion_discount * (1.0 - 1.0 / n))
-    wide = 1.0 + k.bwd_wide_fusion_penalty * width / (width + WIDE_SHARD_HALF_WIDTH_DIMS)
-    fwd = k.fwd_op_fixed_ms + n * k.fwd_table_fixed_ms + fused_fwd / _NS_PER_MS
-    bwd = k.bwd_op_fixed_ms + n * k.bwd_table_fixed_ms + bwd_work_ns * wide / _NS_PER_MS
     return np.where(present, fwd, 0.0), np.where(present, bwd, 0.0)
 
 
-def _cache_log2(profile: SimProfile) -> tuple[float, float]:
-    return math.log2(profile.near_cache_bytes), math.log2(profile.last_level_cache_bytes)
+def _shards_ms(
+    k: KernelParams, terms: _TableTerms, group: IntArray, num_groups: int
+) -> tuple[FloatArray, FloatArray]:
+    """Forward and backward ms of the shards formed by grouping tables by ``group``."""
+    return _shard_ms(
+        k,
+        _sum_by(group, None, num_groups),
+        _sum_by(group, terms.footprint_bytes, num_groups),
+        _sum_by(group, terms.fwd_ns, num_groups),
+        _sum_by(group, terms.fwd_miss_ns, num_groups),
+        _sum_by(group, terms.bwd_ns, num_groups),
+        _sum_by(group, terms.bwd_miss_ns, num_groups),
+    )
 
 
 def shard_timing(
@@ -506,14 +541,8 @@ def shard_timing(
     if not tables:
         return ShardTiming(fwd_comp_ms=0.0, bwd_comp_ms=0.0)
     feats = _table_features(tables, [batch_size] * len(tables))
-    fwd_ns, bwd_ns = _table_work_ns(profile.kernel, feats, *_cache_log2(profile))
-    fwd, bwd = _shard_ms(
-        profile.kernel,
-        np.array([float(len(tables))]),
-        np.array([feats.dims.sum()]),
-        np.array([fwd_ns.sum()]),
-        np.array([bwd_ns.sum()]),
-    )
+    terms = _table_terms(profile.kernel, feats)
+    fwd, bwd = _shards_ms(profile.kernel, terms, np.zeros(len(tables), dtype=np.int64), 1)
     return ShardTiming(fwd_comp_ms=float(fwd[0]), bwd_comp_ms=float(bwd[0]))
 
 
@@ -531,9 +560,7 @@ def _check_batch_size(batch_size: int) -> None:
 class _TaskTerms:
     """Per-task precomputation: everything about a placement's cost except the grouping."""
 
-    fwd_work_ns: FloatArray
-    bwd_work_ns: FloatArray
-    dims: FloatArray
+    table: _TableTerms
     memory_bytes: FloatArray
     capacity_bytes: FloatArray
 
@@ -583,11 +610,8 @@ class SimBackend:
         terms = self._cache.get(task)
         if terms is None:
             feats = _table_features(task.tables, [self.batch_size] * task.num_tables)
-            fwd, bwd = _table_work_ns(self.profile.kernel, feats, *_cache_log2(self.profile))
             terms = _TaskTerms(
-                fwd_work_ns=fwd,
-                bwd_work_ns=bwd,
-                dims=feats.dims,
+                table=_table_terms(self.profile.kernel, feats),
                 memory_bytes=np.array(
                     [task.table_memory_bytes(t) for t in task.tables], dtype=np.float64
                 ),
@@ -605,14 +629,10 @@ class SimBackend:
         self, task: Task, device_of: IntArray
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Per-device fwd ms, bwd ms and output width of a placement (unvalidated)."""
-        terms = self._terms(task)
+        table = self._terms(task).table
         num_devices = task.num_devices
-        counts = _sum_by(device_of, None, num_devices)
-        width = _sum_by(device_of, terms.dims, num_devices)
-        fwd_ns = _sum_by(device_of, terms.fwd_work_ns, num_devices)
-        bwd_ns = _sum_by(device_of, terms.bwd_work_ns, num_devices)
-        fwd, bwd = _shard_ms(self.profile.kernel, counts, width, fwd_ns, bwd_ns)
-        return fwd, bwd, width
+        fwd, bwd = _shards_ms(self.profile.kernel, table, device_of, num_devices)
+        return fwd, bwd, _sum_by(device_of, table.dims, num_devices)
 
     def _a2a_ms(self, width: FloatArray) -> float:
         # Output widths are sums of integer dims, so the rounding is exact.
@@ -695,26 +715,23 @@ class SimBackend:
             )
         for row in dev:
             self._checked_device_of(task, row)
-        terms = self._terms(task)
+        table = self._terms(task).table
         num_placements, num_devices = dev.shape[0], task.num_devices
-        # One bincount over (placement, device) pairs: index p * D + d.
+        # One grouping over (placement, device) pairs: index p * D + d, with the per-table
+        # terms tiled once per placement.
         flat = (dev + num_devices * np.arange(num_placements)[:, None]).ravel()
-        size = num_placements * num_devices
-
-        def per_device(weights: FloatArray | None) -> FloatArray:
-            w = None if weights is None else np.tile(weights, num_placements)
-            return _sum_by(flat, w, size).reshape(num_placements, num_devices)
-
-        width = per_device(terms.dims)
-        fwd, bwd = _shard_ms(
-            self.profile.kernel,
-            per_device(None),
-            width,
-            per_device(terms.fwd_work_ns),
-            per_device(terms.bwd_work_ns),
+        tiled = _TableTerms(
+            **{f.name: np.tile(getattr(table, f.name), num_placements) for f in fields(table)}
         )
+        size = num_placements * num_devices
+        fwd, bwd = _shards_ms(self.profile.kernel, tiled, flat, size)
+        width = _sum_by(flat, tiled.dims, size).reshape(num_placements, num_devices)
         a2a = np.array([self._a2a_ms(w) for w in width])
-        costs: FloatArray = fwd.max(axis=1) + 2.0 * a2a + bwd.max(axis=1)
+        costs: FloatArray = (
+            fwd.reshape(num_placements, num_devices).max(axis=1)
+            + 2.0 * a2a
+            + bwd.reshape(num_placements, num_devices).max(axis=1)
+        )
         return costs
 
 
@@ -725,9 +742,9 @@ class SimBackend:
 
 def _samples_arrays(
     samples: Sequence[ShardSample],
-) -> tuple[_TableFeatures, IntArray, FloatArray, FloatArray, FloatArray]:
-    """Features of every table of every sample, the sample of each table, and per-sample
-    table counts, widths and measured (fwd, bwd) stacked as ``[samples, 2]``."""
+) -> tuple[_TableFeatures, IntArray, FloatArray]:
+    """Features of every table of every sample, the sample of each table, and the
+    measured (fwd, bwd) of every sample stacked as ``[samples, 2]``."""
     if not samples:
         raise InputError("no shard samples given")
     tables: list[TableSpec] = []
@@ -746,33 +763,16 @@ def _samples_arrays(
         tables.extend(sample.tables)
         batches.extend([sample.batch_size] * len(sample.tables))
         owner.extend([i] * len(sample.tables))
-    feats = _table_features(tables, batches)
-    owner_arr = np.array(owner, dtype=np.int64)
-    counts = _sum_by(owner_arr, None, len(samples))
-    width = _sum_by(owner_arr, feats.dims, len(samples))
     measured = np.array(
         [[s.timing.fwd_comp_ms, s.timing.bwd_comp_ms] for s in samples], dtype=np.float64
     )
-    return feats, owner_arr, counts, width, measured
+    return _table_features(tables, batches), np.array(owner, dtype=np.int64), measured
 
 
 def _predict_samples(
-    k: KernelParams,
-    cache_log2: tuple[float, float],
-    feats: _TableFeatures,
-    owner: IntArray,
-    counts: FloatArray,
-    width: FloatArray,
+    k: KernelParams, feats: _TableFeatures, owner: IntArray, num_samples: int
 ) -> tuple[FloatArray, FloatArray]:
-    fwd_ns, bwd_ns = _table_work_ns(k, feats, *cache_log2)
-    num = counts.size
-    return _shard_ms(
-        k,
-        counts,
-        width,
-        _sum_by(owner, fwd_ns, num),
-        _sum_by(owner, bwd_ns, num),
-    )
+    return _shards_ms(k, _table_terms(k, feats), owner, num_samples)
 
 
 #: How far (a factor) a fitted parameter may move from its initial value.
@@ -798,10 +798,11 @@ def fit_profile(
     """Fit the kernel parameters to measured shards by least squares in log space.
 
     Minimises the squared errors of ``log(fwd)`` and ``log(bwd)`` (relative errors, so
-    tiny and huge shards count alike) over ``log(params)`` (keeps them positive), with
+    tiny and huge shards count alike) over ``log(params)`` (keeps them positive; the
+    cache capacity and its transition width are fitted like the rest), with
     ``scipy.optimize.least_squares``. A weak pull of ``prior_weight * (log p - log p0)``
-    per parameter keeps parameters the samples do not determine (say, cache penalties
-    when no sample outgrows a cache) at their initial values instead of drifting.
+    per parameter keeps parameters the samples do not determine (say, miss penalties
+    when no shard outgrows the cache) at their initial values instead of drifting.
 
     Args:
         samples: Measured shards.
@@ -810,7 +811,7 @@ def fit_profile(
         fitted_on: The hardware and measurements (for example "FBGEMM CPU 1.8.0, AMD
             EPYC Zen 4, 400 shards, median of 200 calls over 6 windows").
         comm: All-to-all model to store in the profile.
-        init: Starting point and cache sizes; defaults to the packaged "cpu-zen4".
+        init: Starting point; defaults to the packaged "cpu-zen4".
         measured: Whether the samples are real measurements (False for synthetic ones).
         prior_weight: Weight of the pull towards ``init``; 0 disables it.
         loss: ``least_squares`` loss: "linear", or "soft_l1" to damp outliers (log
@@ -824,14 +825,14 @@ def fit_profile(
             or the optimiser did not converge.
     """
     start = init if init is not None else load_profile(DEFAULT_PROFILE_NAME)
-    feats, owner, counts, width, measured_ms = _samples_arrays(samples)
+    feats, owner, measured_ms = _samples_arrays(samples)
+    num_samples = measured_ms.shape[0]
     log_measured = np.log(measured_ms)
-    cache_log2 = _cache_log2(start)
     x0 = np.log(start.kernel.to_vector())
 
     def residuals(x: FloatArray) -> FloatArray:
         k = KernelParams.from_vector(np.exp(x))
-        fwd, bwd = _predict_samples(k, cache_log2, feats, owner, counts, width)
+        fwd, bwd = _predict_samples(k, feats, owner, num_samples)
         fit = np.concatenate([np.log(fwd) - log_measured[:, 0], np.log(bwd) - log_measured[:, 1]])
         if prior_weight > 0:
             fit = np.concatenate([fit, prior_weight * (x - x0)])
@@ -853,8 +854,6 @@ def fit_profile(
         description=description,
         measured=measured,
         fitted_on=fitted_on,
-        near_cache_bytes=start.near_cache_bytes,
-        last_level_cache_bytes=start.last_level_cache_bytes,
         kernel=KernelParams.from_vector(np.exp(result.x)),
         comm=comm,
     )
@@ -870,8 +869,8 @@ def prediction_errors(
         ``100 * |predicted - measured| / measured`` of the forward, backward and
         forward+backward computation times.
     """
-    feats, owner, counts, width, measured_ms = _samples_arrays(samples)
-    fwd, bwd = _predict_samples(profile.kernel, _cache_log2(profile), feats, owner, counts, width)
+    feats, owner, measured_ms = _samples_arrays(samples)
+    fwd, bwd = _predict_samples(profile.kernel, feats, owner, measured_ms.shape[0])
     meas_fwd, meas_bwd = measured_ms[:, 0], measured_ms[:, 1]
     meas_total = meas_fwd + meas_bwd
 
