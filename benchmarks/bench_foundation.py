@@ -93,10 +93,10 @@ def bench_sim_speed() -> dict[str, Any]:
     return {"sim_evals_per_s": per_second, "sim_measure_per_s": measure_per_second}
 
 
-def bench_precision(repeats: int) -> dict[str, Any]:
+def bench_precision(repeats: int, windows: int, calls: int) -> dict[str, Any]:
     task = dlrm_task(20, 4, BENCH_SEED)
     placement = GreedyPlacer("size-lookup").place(task)
-    backend = FbgemmBackend(FbgemmConfig())
+    backend = FbgemmBackend(FbgemmConfig(windows=windows, calls_per_window=calls))
     backend.measure(task, [placement])  # build the operators once (start-up, not measurement)
     costs, seconds = [], []
     for _ in range(repeats):
@@ -107,7 +107,7 @@ def bench_precision(repeats: int) -> dict[str, Any]:
     spread = max(costs) / min(costs) - 1
     per_measurement = statistics.mean(seconds)
     line(
-        f"fbgemm precision: max/min - 1 over {repeats} measurements (%)",
+        f"fbgemm precision ({windows} windows x {calls} calls): max/min - 1 of {repeats} (%)",
         f"{spread * 100:.2f}",
         "<= 5",
         spread <= 0.05,
@@ -119,6 +119,8 @@ def bench_precision(repeats: int) -> dict[str, Any]:
         per_measurement <= 15,
     )
     return {
+        "precision_windows": windows,
+        "precision_calls_per_window": calls,
         "precision_costs_ms": costs,
         "precision_rel_spread": spread,
         "seconds_per_measurement": per_measurement,
@@ -151,7 +153,7 @@ def bench_sim_accuracy(num_shards: int, num_placements: int) -> dict[str, Any]:
     # Random placements of one task, measured for real (interleaved 10 at a time).
     task = dlrm_task(20, 4, BENCH_SEED + 1)
     placements = random_placements(task, num_placements, BENCH_SEED + 1)
-    real = FbgemmBackend(FbgemmConfig(windows=4, calls_per_window=6))
+    real = FbgemmBackend(FbgemmConfig())  # default precision (8 windows x 8 calls)
     measured: list[float] = []
     for k in range(0, len(placements), 10):
         measured.extend(c.cost_ms for c in real.measure(task, placements[k : k + 10]))
@@ -188,13 +190,15 @@ def main() -> None:
         "--skip-fbgemm", action="store_true", help="only the simulator and pool targets"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--windows", type=int, default=25, help="precision: time windows")
+    parser.add_argument("--calls", type=int, default=8, help="precision: calls per window")
     args = parser.parse_args()
     results: dict[str, Any] = {"quick": args.quick}
     print("Foundation benchmark (this machine; fbgemm = real FBGEMM CPU kernels, 1 thread)")
     results.update(bench_pool_generation())
     results.update(bench_sim_speed())
     if not args.skip_fbgemm:
-        results.update(bench_precision(repeats=5))
+        results.update(bench_precision(repeats=5, windows=args.windows, calls=args.calls))
         results.update(
             bench_sim_accuracy(
                 num_shards=20 if args.quick else 60, num_placements=20 if args.quick else 100

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from dreamshard.costnet import CostNet, CostTargets, PlacementBatch
-from dreamshard.features import FEATURE_NAMES
+from dreamshard.features import NETWORK_FEATURE_NAMES
 from dreamshard.types import Placement, PlacementCost, StageCosts, synchronized_costs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-NUM_FEATURES = len(FEATURE_NAMES)
+NUM_FEATURES = len(NETWORK_FEATURE_NAMES)
 
 
 def features(num_tables: int, seed: int) -> np.ndarray:

@@ -72,3 +72,11 @@ def test_row_cap_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_shard_over_memory_budget_is_a_clear_error() -> None:
     with pytest.raises(BackendError, match="more than the memory budget"):
         backend(memory_budget_bytes=1000).measure_shards([[table("a", rows=1000)]])
+
+
+def test_reference_normalisation_scales_to_the_nominal_speed() -> None:
+    # A nominal reference time 1,000x the real one scales every cost up ~1,000x.
+    (raw,) = backend(reference=False).measure_shards([[table("a")]])
+    (scaled,) = backend(reference_nominal_ms=(1000.0, 1000.0)).measure_shards([[table("a")]])
+    assert scaled.fwd_comp_ms > 50 * raw.fwd_comp_ms
+    assert scaled.bwd_comp_ms > 50 * raw.bwd_comp_ms

@@ -8,7 +8,7 @@ import torch
 from dreamshard import __version__
 from dreamshard.costnet import CostNet, PlacementBatch
 from dreamshard.errors import InputError
-from dreamshard.features import FEATURE_NAMES, FeatureNormalizer
+from dreamshard.features import NETWORK_FEATURE_NAMES, FeatureNormalizer
 from dreamshard.mdp import rollout, task_tensors
 from dreamshard.model import MODEL_FILE, CheckpointError, DreamShardModel
 from dreamshard.placers import PlacerOptions, make_placer
@@ -112,7 +112,7 @@ def test_file_that_is_not_a_checkpoint_raises_checkpoint_error(tmp_path: Path) -
 
 
 def test_feature_name_mismatch_raises(saved: Path) -> None:
-    edit_checkpoint(saved, feature_names=[*FEATURE_NAMES[:-1], "something_else"])
+    edit_checkpoint(saved, feature_names=[*NETWORK_FEATURE_NAMES[:-1], "something_else"])
     with pytest.raises(CheckpointError, match="other table features"):
         DreamShardModel.load(saved)
 

@@ -115,13 +115,12 @@ def measure_samples(
     ]
 
 
-def calibrate(
+def measure_calibration(
     config: CalibrationConfig,
-    name: str,
     comm: AllToAllModel,
     progress: Callable[[int, int], None] | None = None,
-) -> Calibration:
-    """Measure random shards on FBGEMM and fit a simulator profile to them."""
+) -> tuple[list[ShardSample], list[ShardSample]]:
+    """Measure random shards on FBGEMM; returns (fitting samples, held-out samples)."""
     backend = FbgemmBackend(
         FbgemmConfig(
             batch_size=config.batch_size,
@@ -138,18 +137,41 @@ def calibrate(
     num_holdout = max(1, round(config.holdout_fraction * len(samples)))
     holdout = [samples[i] for i in order[:num_holdout]]
     fit = [samples[i] for i in order[num_holdout:]]
+    return fit, holdout
+
+
+def fit_calibration(
+    config: CalibrationConfig,
+    name: str,
+    comm: AllToAllModel,
+    fit: Sequence[ShardSample],
+    holdout: Sequence[ShardSample],
+) -> Calibration:
+    """Fit a simulator profile to the fitting samples of a calibration."""
     profile = fit_profile(
         fit,
         name=name,
         description=(
             f"fitted to {len(fit)} FBGEMM CPU shard measurements (batch {config.batch_size}, "
-            f"1 thread); {len(holdout)} more held out for the error report"
+            f"1 thread, reference-normalised); {len(holdout)} more held out for the error report"
         ),
         fitted_on=f"{platform.processor() or platform.machine()} / {_cpu_model()}, "
         f"fbgemm-gpu-cpu, calibration config {asdict(config)}",
         comm=comm,
+        loss="soft_l1",  # damps the few shards a level shift hit despite normalisation
     )
     return Calibration(profile=profile, fit_samples=tuple(fit), holdout_samples=tuple(holdout))
+
+
+def calibrate(
+    config: CalibrationConfig,
+    name: str,
+    comm: AllToAllModel,
+    progress: Callable[[int, int], None] | None = None,
+) -> Calibration:
+    """Measure random shards on FBGEMM and fit a simulator profile to them."""
+    fit, holdout = measure_calibration(config, comm, progress)
+    return fit_calibration(config, name, comm, fit, holdout)
 
 
 def _cpu_model() -> str:
@@ -163,8 +185,10 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
-def calibration_report(calibration: Calibration) -> dict[str, Any]:
-    """Numbers worth saving next to a fitted profile."""
+def samples_report(
+    fit: Sequence[ShardSample], holdout: Sequence[ShardSample]
+) -> list[dict[str, Any]]:
+    """The measured shards, by table name (sample_shards() regenerates the tables)."""
 
     def rows(samples: Sequence[ShardSample], split: str) -> list[dict[str, Any]]:
         return [
@@ -177,12 +201,15 @@ def calibration_report(calibration: Calibration) -> dict[str, Any]:
             for s in samples
         ]
 
+    return rows(fit, "fit") + rows(holdout, "holdout")
+
+
+def calibration_report(calibration: Calibration) -> dict[str, Any]:
+    """Numbers worth saving next to a fitted profile."""
     return {
         "profile": calibration.profile.name,
         "fit_shards": len(calibration.fit_samples),
         "holdout_shards": len(calibration.holdout_samples),
         "holdout_errors": calibration.holdout_errors(),
-        # Table names refer to the pools sample_shards() regenerates from the seed.
-        "samples": rows(calibration.fit_samples, "fit")
-        + rows(calibration.holdout_samples, "holdout"),
+        "samples": samples_report(calibration.fit_samples, calibration.holdout_samples),
     }

@@ -527,8 +527,13 @@ def calibrate(
 ) -> None:
     """Fit the simulator to FBGEMM measurements of random shards on this machine."""
     from dreamshard.backends.comm import CPU_LOOPBACK
-    from dreamshard.calibrate import CalibrationConfig, calibration_report
-    from dreamshard.calibrate import calibrate as run_calibration
+    from dreamshard.calibrate import (
+        CalibrationConfig,
+        calibration_report,
+        fit_calibration,
+        measure_calibration,
+        samples_report,
+    )
 
     _check_out(out)
     report_path = report if report is not None else out.with_suffix(".report.json")
@@ -541,7 +546,10 @@ def calibrate(
         calls_per_window=calls,
     )
     with _progress(f"measuring {num_shards} shards on fbgemm") as progress:
-        result = run_calibration(config, name=name, comm=CPU_LOOPBACK, progress=progress)
+        fit, held_out = measure_calibration(config, CPU_LOOPBACK, progress)
+    # Keep the measurements even if the fit fails.
+    write_json(report_path, {"samples": samples_report(fit, held_out)})
+    result = fit_calibration(config, name, CPU_LOOPBACK, fit, held_out)
     summary = calibration_report(result)
     errors = summary["holdout_errors"]
     out_console.print(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dreamshard.features import FEATURE_NAMES
+from dreamshard.features import NETWORK_FEATURE_NAMES
 from dreamshard.types import Placement, PlacementCost
 
 #: Per-device heads, in output order.
@@ -45,7 +45,7 @@ class TableEncoder(nn.Module):
     def __init__(self, hidden: int = 128, embed: int = 32) -> None:
         super().__init__()
         self.embed = embed
-        self.net = mlp([len(FEATURE_NAMES), hidden, embed], final_relu=True)
+        self.net = mlp([len(NETWORK_FEATURE_NAMES), hidden, embed], final_relu=True)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)  # type: ignore[no-any-return]

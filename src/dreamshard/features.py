@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dreamshard.constants import ACCESS_BIN_UPPER_EDGES, DIM_MULTIPLE, NUM_ACCESS_BINS
+from dreamshard.constants import (
+    ACCESS_BIN_UPPER_EDGES,
+    DEFAULT_BATCH_SIZE,
+    DIM_MULTIPLE,
+    NUM_ACCESS_BINS,
+)
 from dreamshard.types import TableSpec
 
 #: Names of the table features, in the order of :func:`table_features` (METHOD.md section 2).
@@ -183,20 +188,51 @@ def features_matrix(tables: Sequence[TableSpec]) -> npt.NDArray[np.float64]:
     return out
 
 
+#: Inputs of the networks derived from the 21 features (beyond the paper): the distinct
+#: rows one batch touches, B * pooling / (mean accesses per distinct row), capped at the
+#: rows, and the bytes those rows occupy. Kernel cost follows the rows a batch touches
+#: (cache footprint) rather than table size, and this ratio is hard for a small ReLU
+#: network to compute from the raw histogram.
+DERIVED_FEATURE_NAMES: tuple[str, ...] = ("distinct_rows_per_batch", "touched_bytes_per_batch")
+
+#: What the cost and policy networks read, in order.
+NETWORK_FEATURE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *DERIVED_FEATURE_NAMES)
+
+#: Representative access count of each histogram bin: 1, 2, then the geometric middle
+#: of (2^(k-1), 2^k], and 2^15.5 for the open last bin.
+_BIN_COUNTS = np.array(
+    [1.0, 2.0, *(2.0 ** (k - 0.5) for k in range(2, 16)), 2.0**15.5], dtype=np.float64
+)
+
+
+def network_features(tables: Sequence[TableSpec]) -> npt.NDArray[np.float64]:
+    """Raw network inputs ``[len(tables), len(NETWORK_FEATURE_NAMES)]``: the 21 table
+    features and the derived ones (histograms are over batches of DEFAULT_BATCH_SIZE)."""
+    raw = features_matrix(tables)
+    hist = raw[:, len(FEATURE_NAMES) - NUM_ACCESS_BINS : len(FEATURE_NAMES)]
+    rows, pooling, size = raw[:, 1], raw[:, 2], raw[:, 3]
+    mean_count = np.maximum(hist @ _BIN_COUNTS, 1.0)
+    distinct = np.minimum(rows, DEFAULT_BATCH_SIZE * pooling / mean_count)
+    touched = distinct * size / rows
+    return np.column_stack([raw, distinct, touched])
+
+
 #: Features that span orders of magnitude and enter the networks as log10(1 + x)
 #: (METHOD.md section 2: a fixed log transform generalises better across tasks than
 #: per-task normalisation). The pooling factor stays linear: a table's cost grows
 #: linearly with its lookups, and with the log transform the cost network generalised
 #: markedly worse to unseen tables (held-out placement error 11.5% vs 8.2% on `sim`).
-LOG_FEATURES: frozenset[str] = frozenset({"dim", "rows", "size_bytes"})
+LOG_FEATURES: frozenset[str] = frozenset(
+    {"dim", "rows", "size_bytes", "distinct_rows_per_batch", "touched_bytes_per_batch"}
+)
 
 
 def log_transform(
     raw: npt.NDArray[np.float64], log_features: Collection[str] = LOG_FEATURES
 ) -> npt.NDArray[np.float64]:
-    """Apply the fixed log transform to raw features ``[..., len(FEATURE_NAMES)]``."""
+    """Apply the fixed log transform to raw network inputs ``[..., len(NETWORK_FEATURE_NAMES)]``."""
     out = np.array(raw, dtype=np.float64, copy=True)
-    for k, name in enumerate(FEATURE_NAMES):
+    for k, name in enumerate(NETWORK_FEATURE_NAMES):
         if name in log_features:
             out[..., k] = np.log10(1.0 + out[..., k])
     return out
@@ -226,13 +262,13 @@ class FeatureNormalizer:
         """Statistics of the transformed features of ``tables``."""
         if not tables:
             raise ValueError("cannot fit a feature normaliser on no tables")
-        logged = log_transform(features_matrix(tables))
+        logged = log_transform(network_features(tables))
         std = np.maximum(logged.std(axis=0), cls.MIN_STD)
         return cls(mean=tuple(logged.mean(axis=0).tolist()), std=tuple(std.tolist()))
 
     def transform(self, tables: Sequence[TableSpec]) -> npt.NDArray[np.float32]:
-        """Normalised features ``[len(tables), len(FEATURE_NAMES)]`` as float32."""
-        logged = log_transform(features_matrix(tables), self.log_features)
+        """Normalised network inputs ``[len(tables), len(NETWORK_FEATURE_NAMES)]``, float32."""
+        logged = log_transform(network_features(tables), self.log_features)
         normalised: npt.NDArray[np.float64] = (logged - np.array(self.mean)) / np.array(self.std)
         return normalised.astype(np.float32)
 
@@ -246,9 +282,10 @@ class FeatureNormalizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureNormalizer:
         mean, std = tuple(data["mean"]), tuple(data["std"])
-        if len(mean) != len(FEATURE_NAMES) or len(std) != len(FEATURE_NAMES):
-            raise ValueError(f"normaliser needs {len(FEATURE_NAMES)} means and stds")
-        unknown = set(data["log_features"]) - set(FEATURE_NAMES)
+        width = len(NETWORK_FEATURE_NAMES)
+        if len(mean) != width or len(std) != width:
+            raise ValueError(f"normaliser needs {width} means and stds")
+        unknown = set(data["log_features"]) - set(NETWORK_FEATURE_NAMES)
         if unknown:
             raise ValueError(f"normaliser names unknown features {sorted(unknown)}")
         return cls(mean=mean, std=std, log_features=tuple(data["log_features"]))

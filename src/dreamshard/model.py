@@ -18,7 +18,7 @@ import torch
 from dreamshard import __version__
 from dreamshard.costnet import CostNet
 from dreamshard.errors import InputError
-from dreamshard.features import FEATURE_NAMES, FeatureNormalizer
+from dreamshard.features import NETWORK_FEATURE_NAMES, FeatureNormalizer
 from dreamshard.fileio import write_json
 from dreamshard.policy import PolicyNet
 
@@ -54,7 +54,7 @@ class DreamShardModel:
         return {
             "format": CHECKPOINT_FORMAT,
             "package_version": __version__,
-            "feature_names": list(FEATURE_NAMES),
+            "feature_names": list(NETWORK_FEATURE_NAMES),
             "normalizer": self.normalizer.to_dict(),
             "costnet": self.costnet.state_dict(),
             "costnet_structured_overall": self.costnet.structured_overall,
@@ -82,7 +82,7 @@ class DreamShardModel:
                 f"{state.get('package_version', '?')}); this dreamshard {__version__} reads "
                 f"format {CHECKPOINT_FORMAT}: retrain the model"
             )
-        if state.get("feature_names") != list(FEATURE_NAMES):
+        if state.get("feature_names") != list(NETWORK_FEATURE_NAMES):
             raise CheckpointError(f"{where}: the model was trained on other table features")
         try:
             normalizer = FeatureNormalizer.from_dict(state["normalizer"])

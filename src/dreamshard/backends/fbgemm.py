@@ -9,6 +9,14 @@ every shard of every placement being compared once in turn (A B C A B C ...), an
 per-shard cost is the median over all windows. The spread of the placement cost across
 windows is reported with every result.
 
+Drift: this machine's speed wanders by 10-25% over seconds to minutes, and all kernels
+slow down together. So, by default, a small fixed *reference shard* is timed right
+before every shard in every window, and each time is scaled by (nominal reference time /
+reference time measured next to it): costs come out as *reference-normalised
+milliseconds*, the time the kernel would take at the reference's nominal speed. On the
+development machine this cut the spread of 5 repeated measurements of one placement
+from 24% to 3.7% (benchmarks/bench_foundation.py). ``reference=False`` reports raw times.
+
 Communication stages come from an all-to-all model (backends/comm.py) and are combined
 with the computation as METHOD.md section 1 says (types.synchronized_costs).
 """
@@ -34,7 +42,7 @@ from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import BackendError
 from dreamshard.runtime import one_thread
-from dreamshard.synthetic import generate_ids
+from dreamshard.synthetic import expected_access_histograms, generate_ids
 from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
 from dreamshard.units import format_bytes
 
@@ -61,6 +69,11 @@ class FbgemmConfig:
         seed: Seed of the generated ids.
         device: ``"cpu"`` or ``"cuda"``.
         comm: All-to-all model for the communication stages.
+        reference: Normalise every time by the interleaved reference shard (see above).
+        reference_calls: Reference calls timed before each shard in each window.
+        reference_nominal_ms: Nominal (forward, backward) time of the reference shard;
+            None uses CPU_REFERENCE_NOMINAL_MS for the CPU at the default batch size and
+            otherwise the reference's median over this backend's first warm-up (logged).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -72,6 +85,29 @@ class FbgemmConfig:
     seed: int = DEFAULT_SEED
     device: str = "cpu"
     comm: AllToAllModel = field(default=CPU_LOOPBACK)
+    reference: bool = True
+    reference_calls: int = 2
+    reference_nominal_ms: tuple[float, float] | None = None
+
+
+#: Median (forward, backward) ms of the reference shard on the development machine
+#: (AMD EPYC Zen 4 VM, fbgemm-gpu-cpu 1.8.0, batch 4096, one thread) as it is timed in
+#: practice, interleaved before other shards (240 timings while measuring 60 random
+#: shards). It defines the unit of reference-normalised costs: milliseconds at this
+#: machine's median speed. (Timed back to back, in a hot loop, it runs at 0.5/1.1-0.6/1.3.)
+CPU_REFERENCE_NOMINAL_MS = (0.87, 1.61)
+
+
+def reference_tables() -> tuple[TableSpec, ...]:
+    """The reference shard: two small DLRM-like tables (20,000 rows, dim 16, pooling 8,
+    Zipf-0.8 access), cheap enough to time before every shard."""
+    hist = expected_access_histograms(
+        np.array([20_000, 20_000]), np.array([8.0, 8.0]), np.array([0.8, 0.8])
+    )
+    return tuple(
+        TableSpec(f"__reference_{i}", 20_000, 16, 8.0, tuple(float(v) for v in hist[i]))
+        for i in range(2)
+    )
 
 
 def fbgemm_available() -> bool:
@@ -155,6 +191,9 @@ class FbgemmBackend:
         self._ops: OrderedDict[tuple[str, ...], _Shard] = OrderedDict()
         self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._scaled_logged: set[str] = set()
+        self._anchor: tuple[float, float] | None = None
+        #: (fwd, bwd) ms of every interleaved reference timing, raw.
+        self.reference_ms: list[tuple[float, float]] = []
         #: Shard timings taken so far (one per shard per measure call).
         self.shards_timed = 0
 
@@ -230,19 +269,22 @@ class FbgemmBackend:
         for group in groups:
             built = [self._shard(tables) for tables in group]
             with _quiet_timing():
-                for shard in built:
+                warm = [*built, self._shard(reference_tables())] if cfg.reference else built
+                for shard in warm:
                     for _ in range(cfg.warmup_calls):
                         self._call(shard)
+                nominal = self._reference_nominal()
                 times = [_ShardTimes([], []) for _ in group]
                 for window in range(cfg.windows):
                     # Rotate the order each window so no shard always follows the same one.
                     for j in range(len(group)):
                         k = (j + window) % len(group)
+                        scale_fwd, scale_bwd = self._reference_scale(nominal)
                         fwd, bwd = [], []
                         for _ in range(cfg.calls_per_window):
                             f, b = self._call(built[k])
-                            fwd.append(f)
-                            bwd.append(b)
+                            fwd.append(f * scale_fwd)
+                            bwd.append(b * scale_bwd)
                         times[k].fwd_ms.append(fwd)
                         times[k].bwd_ms.append(bwd)
                         done += 1
@@ -252,6 +294,38 @@ class FbgemmBackend:
                 out[_key(tables)] = t
         self.shards_timed += len(shards)
         return out
+
+    def _reference_nominal(self) -> tuple[float, float] | None:
+        """The reference's nominal (fwd, bwd) ms, measuring it once if no constant applies."""
+        cfg = self.config
+        if not cfg.reference:
+            return None
+        if cfg.reference_nominal_ms is not None:
+            return cfg.reference_nominal_ms
+        if cfg.device == "cpu" and cfg.batch_size == DEFAULT_BATCH_SIZE:
+            return CPU_REFERENCE_NOMINAL_MS
+        if self._anchor is None:
+            reference = self._shard(reference_tables())
+            for _ in range(cfg.warmup_calls):
+                self._call(reference)
+            calls = [self._call(reference) for _ in range(40)]
+            self._anchor = (
+                statistics.median(c[0] for c in calls),
+                statistics.median(c[1] for c in calls),
+            )
+            log.info("reference shard anchor %.3f / %.3f ms (fwd / bwd)", *self._anchor)
+        return self._anchor
+
+    def _reference_scale(self, nominal: tuple[float, float] | None) -> tuple[float, float]:
+        """Factors that bring times taken now to the reference's nominal speed."""
+        if nominal is None:
+            return 1.0, 1.0
+        reference = self._shard(reference_tables())
+        calls = [self._call(reference) for _ in range(self.config.reference_calls)]
+        fwd = statistics.median(c[0] for c in calls)
+        bwd = statistics.median(c[1] for c in calls)
+        self.reference_ms.append((fwd, bwd))
+        return nominal[0] / fwd, nominal[1] / bwd
 
     def _call(self, shard: _Shard) -> tuple[float, float]:
         """One forward and one backward; returns their durations in ms."""

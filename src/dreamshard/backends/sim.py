@@ -51,6 +51,7 @@ first-touch share ``U / L`` is kept, which is an approximation.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -69,6 +70,8 @@ from dreamshard.constants import BYTES_PER_ELEMENT, DEFAULT_BATCH_SIZE, NUM_ACCE
 from dreamshard.errors import InputError, InvalidPlacementError
 from dreamshard.synthetic import _BIN_MEAN_COUNT
 from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
+
+log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -775,6 +778,9 @@ def _predict_samples(
     return _shards_ms(k, _table_terms(k, feats), owner, num_samples)
 
 
+#: Residual evaluations the least-squares fit may spend.
+_FIT_MAX_EVALUATIONS = 5000
+
 #: How far (a factor) a fitted parameter may move from its initial value.
 _FIT_BOUND_FACTOR = 1e4
 
@@ -846,9 +852,13 @@ def fit_profile(
         method="trf",
         loss=loss,
         f_scale=_FIT_OUTLIER_LOG_ERROR,
+        max_nfev=_FIT_MAX_EVALUATIONS,
     )
+    if result.status < 0:
+        raise InputError(f"fitting profile {name!r} failed: {result.message}")
     if not result.success:
-        raise InputError(f"fitting profile {name!r} did not converge: {result.message}")
+        # Out of evaluations: the fit is still the best found; its errors get reported.
+        log.warning("fitting profile %r stopped early: %s", name, result.message)
     return SimProfile(
         name=name,
         description=description,
