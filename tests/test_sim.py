@@ -129,7 +129,7 @@ def test_misses_follow_the_touched_rows_not_the_table_size(profile: SimProfile) 
     for stage in ("fwd_comp_ms", "bwd_comp_ms"):
         # 1 -> 2 lookups per sample: 0.25 -> 0.5 MB touched (in cache); 50 -> 100:
         # 13 -> 26 MB (beyond it).
-        assert marginal_ns(50.0, stage) > 2.0 * marginal_ns(1.0, stage)
+        assert marginal_ns(50.0, stage) > 1.3 * marginal_ns(1.0, stage)
 
 
 def test_backward_sort_cost_grows_with_the_id_range(profile: SimProfile) -> None:
