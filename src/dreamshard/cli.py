@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -37,8 +37,12 @@ from dreamshard.tasks import (
     make_task,
     save_suite,
 )
-from dreamshard.types import CostBackend, PlacementCost, Task
+from dreamshard.types import CostBackend, PlacementCost, Placer, Task
 from dreamshard.units import format_bytes, parse_memory
+
+if TYPE_CHECKING:  # torch-heavy modules load only when a command needs them
+    from dreamshard.model import DreamShardModel
+    from dreamshard.train import TrainConfig
 
 app = typer.Typer(
     help="DreamShard: place embedding tables on devices, measured on real FBGEMM kernels.",
@@ -418,7 +422,7 @@ def evaluate_cmd(
 
 
 def run_evaluation(
-    tasks: Sequence[Task], placers: Sequence[Any], backend: str, options: BackendOptions
+    tasks: Sequence[Task], placers: Sequence[Placer], backend: str, options: BackendOptions
 ) -> Evaluation:
     """Evaluate with a progress bar over tasks."""
     with _progress(f"evaluating {len(placers)} placers on {backend}") as progress:
@@ -616,13 +620,13 @@ def train(
 
 
 def run_training(
-    config: Any,
+    config: TrainConfig,
     tasks: Sequence[Task],
     backend: str,
     options: BackendOptions,
     out: Path,
     resume: bool,
-) -> Any:
+) -> DreamShardModel:
     """Train with one printed line per iteration; returns the model."""
     from dreamshard.train import IterationReport, Trainer
 
