@@ -52,7 +52,7 @@ class DemoConfig:
     placers: tuple[str, ...] = (*BASELINE_PLACERS, "dreamshard")
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            iterations=8, measurements_per_iteration=12, policy_batches=20
+            iterations=8, measurements_per_iteration=12, policy_batches=100
         )
     )
 
