@@ -163,17 +163,6 @@ def fit_calibration(
     return Calibration(profile=profile, fit_samples=tuple(fit), holdout_samples=tuple(holdout))
 
 
-def calibrate(
-    config: CalibrationConfig,
-    name: str,
-    comm: AllToAllModel,
-    progress: Callable[[int, int], None] | None = None,
-) -> Calibration:
-    """Measure random shards on FBGEMM and fit a simulator profile to them."""
-    fit, holdout = measure_calibration(config, comm, progress)
-    return fit_calibration(config, name, comm, fit, holdout)
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:

@@ -495,21 +495,25 @@ def demo(
         f"wrote {escape(str(out / 'tables.json'))}, {escape(str(suite_path))} and "
         f"{escape(str(out / 'config.json'))}"
     )
-    options = BackendOptions(batch_size=config.batch_size, seed=seed, windows=4, calls_per_window=6)
+    # Training measures more placements, each at lower precision, than the evaluation.
+    train_options = BackendOptions(
+        batch_size=config.batch_size, seed=seed, windows=4, calls_per_window=6
+    )
+    eval_options = BackendOptions(batch_size=config.batch_size, seed=seed)
     model_dir = out / "model"
     out_console.print("[bold]1. training DreamShard[/] (collect measurements, fit, improve)")
-    run_training(config.train, suite.train, backend, options, model_dir, resume=False)
+    run_training(config.train, suite.train, backend, train_options, model_dir, resume=False)
     out_console.print("[bold]2. evaluating every placer on the unseen test tasks[/]")
     placer_options = PlacerOptions(seed=seed, model_dir=str(model_dir))
     result = run_evaluation(
         suite.test,
         [make_placer(p, placer_options) for p in config.placers],
         backend,
-        BackendOptions(batch_size=config.batch_size, seed=seed),
+        eval_options,
     )
     print_evaluation(result)
     payload = result.to_json()
-    payload["config"] = {"demo": str(out / "config.json"), **vars(options)}
+    payload["config"] = {"demo": str(out / "config.json"), **vars(eval_options)}
     write_json(out / "evaluation.json", payload)
     out_console.print(f"wrote {escape(str(out / 'evaluation.json'))}")
 

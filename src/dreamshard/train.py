@@ -175,7 +175,6 @@ class Trainer:
             return self._run()
 
     def _run(self) -> DreamShardModel:
-        start_wall = time.perf_counter()
         while self.state.iteration < self.config.iterations:
             t0 = time.perf_counter()
             new = self.collect()
@@ -204,7 +203,6 @@ class Trainer:
             self.save_checkpoint()
             if self.on_iteration is not None:
                 self.on_iteration(report)
-        self.model.info.setdefault("train_wall_s", time.perf_counter() - start_wall)
         return self.model
 
     # -- 1. collect: measure placements sampled from the current policy -------------------
@@ -245,7 +243,7 @@ class Trainer:
     def fit_cost_model(self) -> float:
         """``cost_steps`` steps of MSE on random batches of the buffer; mean loss."""
         costnet = self.model.costnet
-        if self.state.iteration == 0 and len(self.state.history) == 0:
+        if self.state.iteration == 0:
             # Costs enter the networks in units of the first measurements' mean.
             costnet.cost_scale_ms = float(np.mean([m.cost.cost_ms for m in self.state.buffer]))
         costnet.train()

@@ -194,8 +194,6 @@ class FbgemmBackend:
         self._anchor: tuple[float, float] | None = None
         #: (fwd, bwd) ms of every interleaved reference timing, raw.
         self.reference_ms: list[tuple[float, float]] = []
-        #: Shard timings taken so far (one per shard per measure call).
-        self.shards_timed = 0
 
     # -- public API --------------------------------------------------------------------
 
@@ -292,7 +290,6 @@ class FbgemmBackend:
                             self.progress(done, total)
             for tables, t in zip(group, times, strict=True):
                 out[_key(tables)] = t
-        self.shards_timed += len(shards)
         return out
 
     def _reference_nominal(self) -> tuple[float, float] | None:
