@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # The venv is rebuilt when the pinned dependencies change.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-torchrec.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-torchrec.txt
 	touch $(STAMP)
 
 demo: setup
