@@ -26,30 +26,26 @@ from __future__ import annotations
 import gc
 import logging
 import statistics
-import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
 
 from dreamshard.backends.base import ShardTiming
 from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
+from dreamshard.backends.kernels import FusedShard, build_fused, time_fused_call
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import BackendError
+from dreamshard.ids import table_ids
 from dreamshard.runtime import one_thread
-from dreamshard.synthetic import expected_access_histograms, generate_ids
+from dreamshard.synthetic import expected_access_histograms
 from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
 from dreamshard.units import format_bytes
 
 log = logging.getLogger(__name__)
-
-#: Learning rate of the fused SGD update; its value does not change the cost.
-SGD_LEARNING_RATE = 0.01
 
 
 @dataclass(frozen=True)
@@ -120,17 +116,6 @@ def fbgemm_available() -> bool:
 
 
 @dataclass
-class _Shard:
-    """A built fused operator with its inputs, ready to time."""
-
-    op: Any
-    indices: torch.Tensor
-    offsets: torch.Tensor
-    grad: torch.Tensor
-    weight_bytes: int
-
-
-@dataclass
 class _ShardTimes:
     """Per-window lists of forward and backward times of one shard, in ms."""
 
@@ -188,7 +173,7 @@ class FbgemmBackend:
         if self.config.device not in ("cpu", "cuda"):
             raise BackendError(f"unknown device {self.config.device!r} (use cpu or cuda)")
         self.progress = progress
-        self._ops: OrderedDict[tuple[str, ...], _Shard] = OrderedDict()
+        self._ops: OrderedDict[tuple[str, ...], FusedShard] = OrderedDict()
         self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._scaled_logged: set[str] = set()
         self._anchor: tuple[float, float] | None = None
@@ -324,21 +309,9 @@ class FbgemmBackend:
         self.reference_ms.append((fwd, bwd))
         return nominal[0] / fwd, nominal[1] / bwd
 
-    def _call(self, shard: _Shard) -> tuple[float, float]:
+    def _call(self, shard: FusedShard) -> tuple[float, float]:
         """One forward and one backward; returns their durations in ms."""
-        cuda = self.config.device == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = shard.op(shard.indices, shard.offsets)
-        if cuda:
-            torch.cuda.synchronize()
-        middle = time.perf_counter()
-        out.backward(shard.grad)
-        if cuda:
-            torch.cuda.synchronize()
-        end = time.perf_counter()
-        return (middle - start) * 1e3, (end - middle) * 1e3
+        return time_fused_call(shard, self.config.device)
 
     # -- building operators ------------------------------------------------------------
 
@@ -360,8 +333,7 @@ class FbgemmBackend:
 
     def _table_ids(self, table: TableSpec) -> tuple[np.ndarray, np.ndarray]:
         if table.name not in self._ids:
-            seed = zlib.crc32(f"{self.config.seed}:{table.name}".encode())
-            self._ids[table.name] = generate_ids(table, self.config.batch_size, seed)
+            self._ids[table.name] = table_ids(table, self.config.batch_size, self.config.seed)
         return self._ids[table.name]
 
     def _weight_bytes(self, tables: Sequence[TableSpec]) -> int:
@@ -389,7 +361,7 @@ class FbgemmBackend:
             used += need
         return groups
 
-    def _shard(self, tables: tuple[TableSpec, ...]) -> _Shard:
+    def _shard(self, tables: tuple[TableSpec, ...]) -> FusedShard:
         key = _key(tables)
         if key in self._ops:
             self._ops.move_to_end(key)
@@ -404,50 +376,10 @@ class FbgemmBackend:
         self._ops[key] = shard
         return shard
 
-    def _build(self, tables: tuple[TableSpec, ...]) -> _Shard:
-        from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
-        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
-        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-            ComputeDevice,
-            SplitTableBatchedEmbeddingBagsCodegen,
-        )
-
-        cuda = self.config.device == "cuda"
-        location = EmbeddingLocation.DEVICE if cuda else EmbeddingLocation.HOST
-        compute = ComputeDevice.CUDA if cuda else ComputeDevice.CPU
+    def _build(self, tables: tuple[TableSpec, ...]) -> FusedShard:
         run_tables = [self._run_table(t) for t in tables]
-        dtypes = {t.dtype for t in run_tables}
-        if len(dtypes) > 1:
-            raise BackendError(
-                f"tables of one device must share a dtype to fuse, got {sorted(dtypes)}"
-            )
-        precision = SparseType.FP16 if dtypes == {"fp16"} else SparseType.FP32
-        try:
-            op = SplitTableBatchedEmbeddingBagsCodegen(
-                [(t.rows, t.dim, location, compute) for t in run_tables],
-                optimizer=EmbOptimType.EXACT_SGD,
-                learning_rate=SGD_LEARNING_RATE,
-                weights_precision=precision,
-                device=torch.device(self.config.device),
-            )
-        except (RuntimeError, MemoryError) as err:
-            raise BackendError(f"could not build the fused operator: {err}") from None
-        batch = self.config.batch_size
-        indices, offsets, total = [], [np.zeros(1, dtype=np.int64)], 0
-        for table in run_tables:
-            ids, offs = self._table_ids(table)
-            indices.append(ids)
-            offsets.append(offs[1:] + total)
-            total += len(ids)
-        width = sum(t.dim for t in run_tables)
-        device = torch.device(self.config.device)
-        return _Shard(
-            op=op,
-            indices=torch.from_numpy(np.concatenate(indices)).to(device),
-            offsets=torch.from_numpy(np.concatenate(offsets)).to(device),
-            grad=torch.ones(batch, width, device=device),
-            weight_bytes=self._weight_bytes(tables),
-        )
+        ids = [self._table_ids(t) for t in run_tables]
+        return build_fused(run_tables, ids, self.config.batch_size, self.config.device)
 
 
 def _key(tables: Sequence[TableSpec]) -> tuple[str, ...]:
