@@ -112,6 +112,17 @@ CallsOpt = Annotated[
     int, typer.Option("--calls", help="Timed calls per shard per window; fbgemm only.")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of everything random.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="Where fused operators run: cpu or cuda; fbgemm only.")
+]
+KernelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kernel",
+        help="fbgemm or torch-fused (default: FBGEMM where it runs on the device, else "
+        "torch-fused); fbgemm only.",
+    ),
+]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")]
 ModelOpt = Annotated[
     Path | None,
@@ -126,7 +137,14 @@ SamplesOpt = Annotated[
 
 
 def _backend_options(
-    batch_size: int, seed: int, profile: str, row_cap: int | None, windows: int, calls: int
+    batch_size: int,
+    seed: int,
+    profile: str,
+    row_cap: int | None,
+    windows: int,
+    calls: int,
+    device: str = "cpu",
+    kernel: str | None = None,
 ) -> BackendOptions:
     if row_cap is not None and row_cap < 100:
         raise InputError(f"--row-cap must be at least 100, got {row_cap}")
@@ -137,6 +155,8 @@ def _backend_options(
         row_cap=row_cap,
         windows=windows,
         calls_per_window=calls,
+        device=device,
+        kernel=kernel,
     )
 
 
@@ -249,6 +269,48 @@ def gen_tables(
     )
 
 
+@app.command("tables-from-data")
+@handle_errors
+def tables_from_data(
+    data: Annotated[Path, typer.Argument(help="DLRM dataset file (.pt, or .pt.gz).")],
+    out: Annotated[Path, typer.Option("--out", help="Table file to write (.json or .csv).")],
+    dim: Annotated[int, typer.Option("--dim", help="Embedding dim of every table.")] = 16,
+    tables: Annotated[
+        str | None,
+        typer.Option("--tables", help="Tables to take: N, N-M or a comma list (default: all)."),
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Weight precision: fp32 or fp16.")] = "fp32",
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    seed: SeedOpt = DEFAULT_SEED,
+) -> None:
+    """Tables from a public DLRM dataset file; backends then measure them on its real ids."""
+    from dreamshard.dlrm_data import load_dlrm_file, parse_table_selection, tables_from_dlrm
+
+    if dim <= 0 or dim % 4:
+        raise InputError(f"--dim {dim}: must be a positive multiple of 4 for FBGEMM")
+    if dtype not in ("fp32", "fp16"):
+        raise InputError(f"--dtype must be fp32 or fp16, got {dtype!r}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if out.suffix.lower() not in (".json", ".csv"):
+        raise InputError(f"--out {out}: use a .json or .csv file name")
+    _check_out(out)
+    start = time.perf_counter()
+    loaded = load_dlrm_file(data)
+    chosen = parse_table_selection(tables, loaded.num_tables) if tables is not None else None
+    with _progress(f"reading tables of {data.name}") as progress:
+        specs = tables_from_dlrm(
+            data, chosen, dim=dim, dtype=dtype, batch_size=batch_size, seed=seed, progress=progress
+        )
+    save_tables(out, specs)
+    out_console.print(
+        f"wrote {len(specs)} of {loaded.num_tables} tables (data batch {loaded.batch_size}, "
+        f"mean pooling {sum(t.pooling_factor for t in specs) / len(specs):.2f}, "
+        f"{format_bytes(sum(t.size_bytes for t in specs))} of weights at dim {dim}) to "
+        f"{escape(str(out))} in {time.perf_counter() - start:.2f} s"
+    )
+
+
 @app.command("gen-tasks")
 @handle_errors
 def gen_tasks(
@@ -304,6 +366,8 @@ def place(
     calls: CallsOpt = 8,
     model: ModelOpt = None,
     samples: SamplesOpt = 0,
+    device: DeviceOpt = "cpu",
+    kernel: KernelOpt = None,
 ) -> None:
     """Place one task and print the placement with its per-device stage costs."""
     _check_out(out)
@@ -316,7 +380,11 @@ def place(
     place_ms = (time.perf_counter() - start) * 1e3
     with _progress(f"measuring on {backend}") as progress:
         cost_backend = make_backend(
-            backend, _backend_options(batch_size, seed, profile, row_cap, windows, calls), progress
+            backend,
+            _backend_options(
+                batch_size, seed, profile, row_cap, windows, calls, device=device, kernel=kernel
+            ),
+            progress,
         )
         (cost,) = cost_backend.measure(task, [placement])
     _print_placement(task, placement.device_of, cost, chosen.name, place_ms)
@@ -399,6 +467,8 @@ def evaluate_cmd(
     calls: CallsOpt = 8,
     model: ModelOpt = None,
     samples: SamplesOpt = 0,
+    device: DeviceOpt = "cpu",
+    kernel: KernelOpt = None,
 ) -> None:
     """Compare placers on a suite's tasks, measured on one backend."""
     _check_out(out)
@@ -411,7 +481,9 @@ def evaluate_cmd(
         raise InputError(f"--placers: a placer is named twice in {placers!r}")
     options_ = _placer_options(seed, model, samples)
     placer_objs = [make_placer(n, options_) for n in names]
-    options = _backend_options(batch_size, seed, profile, row_cap, windows, calls)
+    options = _backend_options(
+        batch_size, seed, profile, row_cap, windows, calls, device=device, kernel=kernel
+    )
     result = run_evaluation(chosen_tasks, placer_objs, backend, options)
     print_evaluation(result)
     if out is not None:
@@ -599,6 +671,8 @@ def train(
     row_cap: RowCapOpt = None,
     windows: WindowsOpt = 4,
     calls: CallsOpt = 6,
+    device: DeviceOpt = "cpu",
+    kernel: KernelOpt = None,
 ) -> None:
     """Train DreamShard on a suite's training tasks (METHOD.md section 4)."""
     from dreamshard.train import TrainConfig
@@ -619,7 +693,9 @@ def train(
         entropy_weight=entropy,
         seed=seed,
     )
-    options = _backend_options(batch_size, seed, profile, row_cap, windows, calls)
+    options = _backend_options(
+        batch_size, seed, profile, row_cap, windows, calls, device=device, kernel=kernel
+    )
     run_training(config, suite.train, backend, options, out, resume)
 
 

@@ -1,9 +1,11 @@
 """Where a table's ids come from when a backend runs it.
 
 Measuring backends never invent ids themselves: they ask :func:`table_ids` for one batch
-of a table's ids. Today the ids are generated from the table's statistics
-(:func:`dreamshard.synthetic.generate_ids`), seeded per table so that every backend and
-every process sees the same ids for the same table and seed.
+of a table's ids, seeded per table so that every backend and every process sees the same
+ids for the same table and seed. A table with a data source (``TableSpec.source``) gets
+real ids from its DLRM dataset file, resampled to the batch size
+(:func:`dreamshard.dlrm_data.source_ids`); any other table gets ids generated from its
+statistics (:func:`dreamshard.synthetic.generate_ids`).
 """
 
 from __future__ import annotations
@@ -22,5 +24,13 @@ def table_seed(seed: int, table: TableSpec) -> int:
 
 
 def table_ids(table: TableSpec, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One batch of ``table``'s ids: ``(indices, offsets)`` in FBGEMM layout."""
+    """One batch of ``table``'s ids: ``(indices, offsets)`` in FBGEMM layout.
+
+    Raises:
+        InputError: The table's data file is missing or malformed.
+    """
+    if table.source is not None:
+        from dreamshard.dlrm_data import source_ids  # loads torch; only for real data
+
+        return source_ids(table, batch_size, table_seed(seed, table))
     return generate_ids(table, batch_size, table_seed(seed, table))

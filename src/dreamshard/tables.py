@@ -11,7 +11,13 @@ dim                yes       embedding dimension (integer > 0, multiple of 4)
 pooling_factor     yes       mean ids per sample (> 0)
 access_bin_0..16   yes       17 access-histogram fractions (>= 0, sum to 1)
 dtype              no        "fp32" (default) or "fp16"
+source_file        no        DLRM dataset file with the table's real ids
+source_table       no        index of the table in that file (with source_file)
 =================  ========  ===================================================
+
+A table with ``source_file``/``source_table`` is measured on its real ids (dlrm_data.py);
+a relative ``source_file`` in a table file is relative to the table file's folder. CSV
+files have the two source columns only when some table has a source.
 
 JSON files hold ``{"tables": [...]}`` where each record may give the histogram either as
 ``access_bin_0``..``access_bin_16`` or as one list ``access_hist``. CSV files have a
@@ -24,18 +30,21 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dreamshard.constants import BYTES_PER_ELEMENT, DIM_MULTIPLE, NUM_ACCESS_BINS
 from dreamshard.errors import InputError
 from dreamshard.fileio import atomic_write_text, read_json, write_json
-from dreamshard.types import TableSpec
+from dreamshard.types import DataSource, TableSpec
 
 BIN_FIELDS: tuple[str, ...] = tuple(f"access_bin_{k}" for k in range(NUM_ACCESS_BINS))
 REQUIRED_FIELDS: tuple[str, ...] = ("name", "rows", "dim", "pooling_factor")
 OPTIONAL_FIELDS: tuple[str, ...] = ("dtype",)
 CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS, *BIN_FIELDS)
+#: Optional fields that point a table at real ids (types.DataSource); both or neither.
+SOURCE_FIELDS: tuple[str, ...] = ("source_file", "source_table")
 
 #: Histogram fractions may be rounded in files; they must sum to 1 within this.
 HIST_SUM_TOLERANCE = 1e-3
@@ -80,7 +89,7 @@ def table_from_record(record: Mapping[str, Any], where: str) -> TableSpec:
     name = str(name_raw).strip()
     where = f"{where} (table {name!r})"
 
-    allowed = {*REQUIRED_FIELDS, *OPTIONAL_FIELDS, *BIN_FIELDS, "access_hist"}
+    allowed = {*REQUIRED_FIELDS, *OPTIONAL_FIELDS, *BIN_FIELDS, *SOURCE_FIELDS, "access_hist"}
     unknown = sorted(set(record) - allowed)
     if unknown:
         raise InputError(f"{where}: unknown field {unknown[0]!r}")
@@ -104,8 +113,33 @@ def table_from_record(record: Mapping[str, Any], where: str) -> TableSpec:
 
     hist = _histogram(record, where)
     return TableSpec(
-        name=name, rows=rows, dim=dim, pooling_factor=pooling, access_hist=hist, dtype=dtype
+        name=name,
+        rows=rows,
+        dim=dim,
+        pooling_factor=pooling,
+        access_hist=hist,
+        dtype=dtype,
+        source=_source(record, where),
     )
+
+
+def _source(record: Mapping[str, Any], where: str) -> DataSource | None:
+    """The table's data source from ``source_file``/``source_table`` (empty = absent)."""
+    given = {f: record.get(f) for f in SOURCE_FIELDS if record.get(f) not in (None, "")}
+    if not given:
+        return None
+    if len(given) == 1:
+        missing = next(f for f in SOURCE_FIELDS if f not in given)
+        raise InputError(f"{where}: field {missing!r} is missing (give both source fields)")
+    if not isinstance(given["source_file"], str):
+        raise InputError(f"{where}: field 'source_file' must be a path string")
+    index = _number(where, "source_table", given["source_table"])
+    if index < 0 or index != int(index):
+        raise InputError(
+            f"{where}: field 'source_table' must be a table index >= 0, "
+            f"got {given['source_table']!r}"
+        )
+    return DataSource(file=given["source_file"], table=int(index))
 
 
 def _histogram(record: Mapping[str, Any], where: str) -> tuple[float, ...]:
@@ -152,6 +186,8 @@ def table_to_record(table: TableSpec) -> dict[str, Any]:
         "dtype": table.dtype,
     }
     record.update({f: v for f, v in zip(BIN_FIELDS, table.access_hist, strict=True)})
+    if table.source is not None:
+        record.update(source_file=table.source.file, source_table=table.source.table)
     return record
 
 
@@ -169,8 +205,20 @@ def load_tables(path: str | Path) -> list[TableSpec]:
     if not source.is_file():
         raise InputError(f"{source}: file not found")
     if suffix == ".json":
-        return tables_from_json(read_json(source), str(source))
-    return _load_csv(source)
+        tables = tables_from_json(read_json(source), str(source))
+    else:
+        tables = _load_csv(source)
+    return [_resolve_source(t, source.parent) for t in tables]
+
+
+def _resolve_source(table: TableSpec, folder: Path) -> TableSpec:
+    """``table`` with a relative source file made absolute against ``folder``."""
+    if table.source is None or Path(table.source.file).is_absolute():
+        return table
+    resolved = DataSource(
+        file=str((folder / table.source.file).resolve()), table=table.source.table
+    )
+    return replace(table, source=resolved)
 
 
 def tables_from_json(payload: Any, where: str) -> list[TableSpec]:
@@ -200,7 +248,7 @@ def _load_csv(source: Path) -> list[TableSpec]:
     header = reader.fieldnames or []
     if not header:
         raise InputError(f"{source}: empty file (expected a header row)")
-    unknown = [c for c in header if c not in CSV_COLUMNS]
+    unknown = [c for c in header if c not in (*CSV_COLUMNS, *SOURCE_FIELDS)]
     if unknown:
         raise InputError(f"{source}: line 1: unknown column {unknown[0]!r}")
     missing = [c for c in (*REQUIRED_FIELDS, *BIN_FIELDS) if c not in header]
@@ -228,7 +276,8 @@ def save_tables(path: str | Path, tables: Sequence[TableSpec]) -> None:
         write_json(target, {"tables": records})
     elif suffix == ".csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        columns = [*CSV_COLUMNS, *(SOURCE_FIELDS if any(t.source for t in tables) else ())]
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
         atomic_write_text(target, buffer.getvalue())

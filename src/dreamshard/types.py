@@ -20,6 +20,19 @@ OPTIMIZER_STATE_BYTES_PER_ROW: dict[str, int] = {"sgd": 0, "rowwise_adagrad": 4}
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """Where a table's real ids come from: one table of a DLRM dataset file (dlrm_data.py).
+
+    Attributes:
+        file: Path of the file (``indices, offsets, lengths = torch.load(file)``).
+        table: Index of the table in the file (row of ``lengths``).
+    """
+
+    file: str
+    table: int
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One embedding table and its access statistics.
 
@@ -31,6 +44,8 @@ class TableSpec:
         access_hist: 17 fractions of the distinct rows accessed in one batch whose access
             count falls in (0,1], (1,2], (2,4], ..., (2^14,2^15], (2^15, inf); sums to 1.
         dtype: Training precision of the weights, ``"fp32"`` or ``"fp16"``.
+        source: Real ids of the table, which measuring backends then use instead of ids
+            generated from the statistics (ids.py); None for synthetic tables.
     """
 
     name: str
@@ -39,6 +54,7 @@ class TableSpec:
     pooling_factor: float
     access_hist: tuple[float, ...]
     dtype: str = "fp32"
+    source: DataSource | None = None
 
     def __post_init__(self) -> None:
         if len(self.access_hist) != NUM_ACCESS_BINS:

@@ -28,6 +28,8 @@ class BackendOptions:
         windows: Time windows of repetitions; ``fbgemm`` only.
         calls_per_window: Timed calls per shard per window; ``fbgemm`` only.
         device: ``cpu`` or ``cuda``; ``fbgemm`` only.
+        kernel: ``fbgemm``, ``torch-fused`` or None (FBGEMM where it runs on the device,
+            else torch-fused); ``fbgemm`` only.
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -37,6 +39,7 @@ class BackendOptions:
     windows: int = 8
     calls_per_window: int = 8
     device: str = "cpu"
+    kernel: str | None = None
 
 
 def make_backend(
@@ -60,6 +63,7 @@ def make_backend(
             row_cap=opts.row_cap,
             seed=opts.seed,
             device=opts.device,
+            kernel=opts.kernel,
             comm=default_comm(opts.device),
         )
         return FbgemmBackend(config, progress=progress)

@@ -1,7 +1,9 @@
 """The real cost backend: each device's tables run as one FBGEMM TBE operator.
 
 Devices are emulated one at a time on the local device (METHOD.md section 5): the CPU
-build of FBGEMM here, the CUDA build where a GPU and fbgemm_gpu's CUDA operators exist.
+build of FBGEMM here, the CUDA build where a GPU and fbgemm_gpu's CUDA operators exist,
+and on a GPU without them PyTorch's own fused kernels (kernel ``torch-fused``, see
+backends/kernels.py; the backend is then named ``fbgemm[torch-fused]`` in every result).
 Forward and backward (with the fused EXACT_SGD update) are timed separately. Timing
 noise on the development CPUs comes as level shifts lasting 0.1 s to seconds
 (MEASUREMENT.md), so repetitions are spread over several *windows*: each window times
@@ -32,11 +34,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
 from dreamshard.backends.base import ShardTiming
 from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
-from dreamshard.backends.kernels import FusedShard, build_fused, time_fused_call
+from dreamshard.backends.kernels import (
+    FBGEMM_KERNEL,
+    FusedShard,
+    build_fused,
+    select_kernel,
+    time_fused_call,
+)
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import BackendError
 from dreamshard.ids import table_ids
@@ -64,6 +71,8 @@ class FbgemmConfig:
         memory_budget_bytes: Most bytes of weights held in built operators at once.
         seed: Seed of the generated ids.
         device: ``"cpu"`` or ``"cuda"``.
+        kernel: ``"fbgemm"`` or ``"torch-fused"``; None picks FBGEMM where it runs on the
+            device, else torch-fused (backends/kernels.py ``select_kernel``).
         comm: All-to-all model for the communication stages.
         reference: Normalise every time by the interleaved reference shard (see above).
         reference_calls: Reference calls timed before each shard in each window.
@@ -80,6 +89,7 @@ class FbgemmConfig:
     memory_budget_bytes: int = 8 * 2**30
     seed: int = DEFAULT_SEED
     device: str = "cpu"
+    kernel: str | None = None
     comm: AllToAllModel = field(default=CPU_LOOPBACK)
     reference: bool = True
     reference_calls: int = 2
@@ -162,16 +172,12 @@ class FbgemmBackend:
         config: Settings; defaults to FbgemmConfig() (CPU).
         progress: Called with (done, total) timed shard-windows during a measurement.
         """
-        if not fbgemm_available():
-            raise BackendError(
-                "the fbgemm backend needs fbgemm_gpu (pip install fbgemm-gpu-cpu==1.8.0); "
-                "use --backend sim for the simulator"
-            )
         self.config = config or FbgemmConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise BackendError("device 'cuda' asked for but torch sees no CUDA device")
-        if self.config.device not in ("cpu", "cuda"):
-            raise BackendError(f"unknown device {self.config.device!r} (use cpu or cuda)")
+        #: The kernel every operator runs on (recorded in the name of the results).
+        self.kernel = select_kernel(self.config.device, self.config.kernel)
+        if self.kernel != FBGEMM_KERNEL:
+            self.name = f"fbgemm[{self.kernel}]"
+            log.info("fused operators run on kernel %r on %s", self.kernel, self.config.device)
         self.progress = progress
         self._ops: OrderedDict[tuple[str, ...], FusedShard] = OrderedDict()
         self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -284,7 +290,11 @@ class FbgemmBackend:
             return None
         if cfg.reference_nominal_ms is not None:
             return cfg.reference_nominal_ms
-        if cfg.device == "cpu" and cfg.batch_size == DEFAULT_BATCH_SIZE:
+        if (
+            cfg.device == "cpu"
+            and self.kernel == FBGEMM_KERNEL
+            and (cfg.batch_size == DEFAULT_BATCH_SIZE)
+        ):
             return CPU_REFERENCE_NOMINAL_MS
         if self._anchor is None:
             reference = self._shard(reference_tables())
@@ -379,7 +389,7 @@ class FbgemmBackend:
     def _build(self, tables: tuple[TableSpec, ...]) -> FusedShard:
         run_tables = [self._run_table(t) for t in tables]
         ids = [self._table_ids(t) for t in run_tables]
-        return build_fused(run_tables, ids, self.config.batch_size, self.config.device)
+        return build_fused(run_tables, ids, self.config.batch_size, self.config.device, self.kernel)
 
 
 def _key(tables: Sequence[TableSpec]) -> tuple[str, ...]:
