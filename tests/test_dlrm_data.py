@@ -356,3 +356,23 @@ def test_cli_bad_data_file_is_one_line(tmp_path: Path) -> None:
         "5",
     )
     assert_one_line_error(result, "--tables", "table 5 does not exist")
+
+
+def test_suites_keep_the_source(tmp_path: Path, data_file: Path) -> None:
+    from dreamshard.tasks import SuiteConfig, generate_suite, load_suite, save_suite
+
+    pool = [*tables_from_dlrm(data_file, dim=8, batch_size=BATCH), table("a"), table("b")]
+    config = SuiteConfig(
+        num_train=1,
+        num_test=1,
+        min_tables=2,
+        max_tables=2,
+        num_devices=2,
+        memory_bytes=10**9,
+        seed=0,
+    )
+    suite = generate_suite(pool, config)
+    save_suite(tmp_path / "suite.json", suite)
+    loaded = load_suite(tmp_path / "suite.json")
+    assert loaded == suite
+    assert {t.source for task in loaded.train + loaded.test for t in task.tables} - {None}

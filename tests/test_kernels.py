@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,20 @@ def test_kernels_module_imports_without_fbgemm_scipy_or_cli_libraries() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "torch-fused"
+
+
+def test_cli_device_and_kernel_options(tmp_path: Path) -> None:
+    from dreamshard.tables import save_tables
+
+    from .test_cli import FAST, assert_one_line_error, run
+
+    tables = tmp_path / "t.json"
+    save_tables(tables, mixed_tables())
+    args = ["place", "--tables", tables, "--devices", 2, "--memory", "1GB", *FAST]
+    out = tmp_path / "p.json"
+    result = run(*args, "--kernel", "torch-fused", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["backend"] == "fbgemm[torch-fused]"
+    assert_one_line_error(run(*args, "--kernel", "triton"), "unknown kernel 'triton'")
+    if not torch.cuda.is_available():
+        assert_one_line_error(run(*args, "--device", "cuda"), "torch sees no CUDA device")

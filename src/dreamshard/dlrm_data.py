@@ -9,7 +9,9 @@ shared/data/dlrm_dataset_stats.md) holds one batch of ids of many tables::
     # indices [offsets[-1]]: all ids; table t's are indices[offsets[t*B] : offsets[(t+1)*B]]
 
 Files may be gzip-compressed (``.pt.gz``, the 2022 release). :func:`load_dlrm_file`
-validates a file and keeps the last few loaded (they are large); :func:`tables_from_dlrm`
+validates a file and keeps the last few loaded (they are large; uncompressed files
+are memory-mapped, compressed ones decompressed to a temporary file in ``TMPDIR`` and
+mapped); :func:`tables_from_dlrm`
 derives each table's 21 features as the DreamShard authors did (rows = max id + 1, at
 least 100; pooling factor = mean bag length; access histogram of one batch) and points the
 table at its ids (``TableSpec.source``), so that the measuring backends feed them real ids
@@ -19,10 +21,11 @@ table at its ids (``TableSpec.source``), so that the measuring backends feed the
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import pickle
 import re
+import shutil
+import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -50,6 +53,7 @@ CACHED_FILES = 2
 _NAME_SHAPE = re.compile(r"_t(\d+)_bs(\d+)")
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_COPY_CHUNK_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -119,15 +123,20 @@ def load_dlrm_file(path: str | Path) -> DlrmBatch:
 
 
 def _read(source: Path) -> Any:
+    """The unpickled payload; gzip files are decompressed to a temporary file first."""
     with source.open("rb") as handle:
         compressed = handle.read(2) == _GZIP_MAGIC
     try:
-        if compressed:
-            with gzip.open(source, "rb") as handle:
-                buffer = io.BytesIO(handle.read())
-            return torch.load(buffer, map_location="cpu", weights_only=True)
-        mmap = zipfile.is_zipfile(source)  # only the zip format (torch >= 1.6) maps
-        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+        if not compressed:
+            return _load(source)
+        # A 2022 file holds ~11 GB of ids: decompress to disk (TMPDIR) and map it rather
+        # than hold the bytes and the tensors in memory at once. The mapping outlives
+        # the file's deletion.
+        with tempfile.NamedTemporaryFile(suffix=".pt") as plain:
+            with gzip.open(source, "rb") as packed:
+                shutil.copyfileobj(packed, plain, _COPY_CHUNK_BYTES)
+            plain.flush()
+            return _load(Path(plain.name))
     except (
         pickle.UnpicklingError,
         RuntimeError,
@@ -139,6 +148,11 @@ def _read(source: Path) -> Any:
     ) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise InputError(f"{source}: not a readable torch file ({reason})") from None
+
+
+def _load(path: Path) -> Any:
+    mmap = zipfile.is_zipfile(path)  # only the zip format (torch >= 1.6) can be mapped
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _is_integer(tensor: torch.Tensor) -> bool:

@@ -290,11 +290,8 @@ class FbgemmBackend:
             return None
         if cfg.reference_nominal_ms is not None:
             return cfg.reference_nominal_ms
-        if (
-            cfg.device == "cpu"
-            and self.kernel == FBGEMM_KERNEL
-            and (cfg.batch_size == DEFAULT_BATCH_SIZE)
-        ):
+        fbgemm_cpu = cfg.device == "cpu" and self.kernel == FBGEMM_KERNEL
+        if fbgemm_cpu and cfg.batch_size == DEFAULT_BATCH_SIZE:
             return CPU_REFERENCE_NOMINAL_MS
         if self._anchor is None:
             reference = self._shard(reference_tables())
