@@ -340,6 +340,49 @@ def place(
         out_console.print(f"wrote {escape(str(out))}")
 
 
+@app.command()
+@handle_errors
+def export(
+    placement: Annotated[
+        Path, typer.Option("--placement", help="Placement file written by `place --out`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Plan file to write (.json).")],
+    tables: Annotated[
+        Path | None,
+        typer.Option(
+            "--tables",
+            help="Table file the placement was made for (default: the placement's "
+            "'tables_file'). Its rows and dims go into the plan, so loading it for another "
+            "model fails.",
+        ),
+    ] = None,
+    module_path: Annotated[
+        str,
+        typer.Option(
+            "--module-path",
+            help="Path of the EmbeddingBagCollection in the model given to "
+            "DistributedModelParallel, e.g. sparse.ebc (default: the model is the collection).",
+        ),
+    ] = "",
+) -> None:
+    """Export a placement as a TorchRec plan file (table-wise, fused kernel).
+
+    Device k of the placement becomes rank k. Load the plan in the training job with
+    dreamshard.torchrec_plan.load_sharding_plan(FILE, model, world_size) and pass it to
+    DistributedModelParallel(model, plan=...).
+    """
+    from dreamshard.torchrec_plan import plan_from_placement_file, save_plan
+
+    _check_out(out)
+    spec = plan_from_placement_file(placement, tables, module_path)
+    save_plan(out, spec)
+    (tables_planned,) = spec.modules.values()
+    out_console.print(
+        f"wrote {escape(str(out))}: {len(tables_planned)} tables on {spec.world_size} ranks "
+        f"(module {escape(module_path) or '<root>'})"
+    )
+
+
 def _print_placement(
     task: Task, device_of: Sequence[int], cost: PlacementCost, placer: str, place_ms: float
 ) -> None:
