@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from dreamshard.features import FeatureNormalizer
+from dreamshard.model import DreamShardModel
 from dreamshard.torchrec_plan import plan_from_placement, save_plan
 from dreamshard.types import Placement
 
@@ -70,12 +72,13 @@ def _batch(rank: int) -> Any:
     )
 
 
-def _worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, plan_path: str, out_dir: str, model_dir: str) -> None:
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
 
-    from dreamshard.torchrec_plan import load_sharding_plan
+    from dreamshard.torchrec_plan import load_sharding_plan, ranks_of_tables
+    from dreamshard.torchrec_planner import DreamShardPlanner, PlannerTopology, TableStats
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -104,8 +107,16 @@ def _worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
             name: not torch.equal(before, after[f"{prefix}{name}.weight"].local_shards()[0].tensor)
             for name, before in local.items()
         }
+        # The drop-in planner: plans on rank 0 and broadcasts to every rank.
+        planner = DreamShardPlanner(
+            PlannerTopology.uniform(WORLD_SIZE, 10**6, "cpu"),
+            model_dir,
+            {n: TableStats(pooling_factor=2.0) for n, _, _ in TABLES},
+        )
+        collective = ranks_of_tables(planner.collective_plan(SparseModel()))
         result = {
             "rank": rank,
+            "collective_plan": collective,
             "tables": sorted(local),
             "shapes": {n: list(t.shape) for n, t in local.items()},
             "updated": changed,
@@ -125,13 +136,16 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_distributed_model_parallel_runs_our_plan(tmp_path: Path) -> None:
     placed = task([table(n, rows=r, dim=d) for n, r, d in TABLES], [10**6] * WORLD_SIZE)
+    torch.manual_seed(0)  # an untrained model: the collective plan needs weights, not quality
+    model_dir = tmp_path / "model"
+    DreamShardModel(normalizer=FeatureNormalizer.fit(placed.tables)).save(model_dir)
     spec = plan_from_placement(placed, Placement(RANKS), module_path="sparse.ebc")
     plan_path = tmp_path / "plan.json"
     save_plan(plan_path, spec)
 
     mp.spawn(
         _worker,
-        args=(_free_port(), str(plan_path), str(tmp_path)),
+        args=(_free_port(), str(plan_path), str(tmp_path), str(model_dir)),
         nprocs=WORLD_SIZE,
         join=True,
     )
@@ -140,8 +154,8 @@ def test_distributed_model_parallel_runs_our_plan(tmp_path: Path) -> None:
         rank: sorted(n for (n, _, _), r in zip(TABLES, RANKS, strict=True) if r == rank)
         for rank in range(WORLD_SIZE)
     }
-    for rank in range(WORLD_SIZE):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    for rank, result in enumerate(results):
         assert result["tables"] == expected[rank]
         # Whole tables (table-wise): each local shard has the table's full shape.
         for name, rows, dim in TABLES:
@@ -150,3 +164,8 @@ def test_distributed_model_parallel_runs_our_plan(tmp_path: Path) -> None:
         # Backward ran the fused SGD update on every local table (every table was looked up).
         assert all(result["updated"].values())
         assert result["output_shape"] == [BATCH_PER_RANK, 1]
+    # Every rank received rank 0's DreamShard plan: every table once, on a real rank.
+    collective = results[0]["collective_plan"]
+    assert results[1]["collective_plan"] == collective
+    assert sorted(collective["sparse.ebc"]) == sorted(n for n, _, _ in TABLES)
+    assert all(r in ([0], [1]) for r in collective["sparse.ebc"].values())

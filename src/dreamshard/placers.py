@@ -144,6 +144,10 @@ PLACER_FACTORIES: dict[str, Callable[[PlacerOptions], Placer]] = {
 #: The paper's baselines, in display order.
 BASELINE_PLACERS: tuple[str, ...] = ("random", "size", "dim", "lookup", "size-lookup")
 
+#: What comparisons run by default: the paper's baselines and TorchRec's own planner
+#: (table-wise), the production baseline users would pick instead (METHOD.md section 6).
+COMPARISON_PLACERS: tuple[str, ...] = (*BASELINE_PLACERS, "torchrec")
+
 
 def make_placer(name: str, options: PlacerOptions | None = None) -> Placer:
     """The placer called ``name``; unknown names raise InputError listing the known ones."""

@@ -482,10 +482,7 @@ def ranks_of_tables(plan: ShardingPlan) -> dict[str, dict[str, list[int]]]:
     """Module path -> table name -> ranks holding it, read back from a ``ShardingPlan``."""
     out: dict[str, dict[str, list[int]]] = {}
     for path, module_plan in plan.plan.items():
-        out[path] = {
-            name: list(sharding.ranks or [])
-            for name, sharding in module_plan.items()
-        }
+        out[path] = {name: list(sharding.ranks or []) for name, sharding in module_plan.items()}
     return out
 
 

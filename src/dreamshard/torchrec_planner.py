@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torchrec.distributed.types import ModuleSharder, ShardingPlan
 
+    from dreamshard.evaluate import Evaluation
     from dreamshard.model import DreamShardModel
 
 logger = logging.getLogger(__name__)
@@ -653,3 +654,37 @@ def torchrec_estimate(
         for a, b, c, e in zip(fwd_comp, fwd_comm, bwd_comm, bwd_comp, strict=True)
     )
     return TorchRecEstimate(per_device, tuple(storage))
+
+
+def torchrec_estimates(
+    evaluation: Evaluation,
+    tasks: Sequence[Task],
+    compute_device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, Any]:
+    """TorchRec's estimate of every placement of an evaluation, beside the measured cost.
+
+    Returns:
+        JSON-ready: ``per_task`` (placer -> task -> TorchRec's estimated cost in ms),
+        ``mean_estimate_ms`` and ``mean_measured_ms`` (placer -> mean over the tasks every
+        placer placed), ``compute_device`` and ``batch_size``.
+    """
+    by_name = {t.name: t for t in tasks}
+    per_task: dict[str, dict[str, float]] = {p: {} for p in evaluation.placers}
+    for r in evaluation.results:
+        if r.placement is not None:
+            estimate = torchrec_estimate(by_name[r.task], r.placement, compute_device, batch_size)
+            per_task[r.placer][r.task] = estimate.cost_ms
+    common = evaluation.common_tasks()
+    mean_estimate = {
+        p: float(np.mean([per_task[p][t] for t in common])) if common else float("nan")
+        for p in evaluation.placers
+    }
+    mean_measured = {s.placer: s.mean_cost_ms for s in evaluation.summary()}
+    return {
+        "compute_device": compute_device,
+        "batch_size": batch_size,
+        "per_task": per_task,
+        "mean_estimate_ms": mean_estimate,
+        "mean_measured_ms": mean_measured,
+    }
