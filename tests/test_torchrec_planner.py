@@ -37,11 +37,12 @@ from dreamshard.torchrec_planner import (
 )
 from dreamshard.types import Placement, TableSpec
 
-from .conftest import table, task
+from .conftest import ONCE, table, task
 
 #: name, rows, dim
 TABLES = [("a", 1000, 16), ("b", 250, 32), ("c", 500, 8), ("d", 8000, 4)]
 STATS = {n: TableStats(pooling_factor=float(k + 1)) for k, (n, _, _) in enumerate(TABLES)}
+FULL_STATS = {n: TableStats(float(k + 1), ONCE) for k, (n, _, _) in enumerate(TABLES)}
 
 
 def make_ebc(tables: list[tuple[str, int, int]] = TABLES) -> EmbeddingBagCollection:
@@ -168,7 +169,7 @@ def test_torchrec_topology_is_accepted(model_dir: Path, single_thread: None) -> 
         TrainerConfig(world_size=3, hbm_cap_bytes=500_000),
         kernel_config=KernelConfig(compute_device="cuda"),
     )
-    planner = DreamShardPlanner(topology, model_dir, STATS)
+    planner = DreamShardPlanner(topology, model_dir, FULL_STATS)
     assert planner.topology == PlannerTopology((500_000,) * 3, "cuda", 3)
     plan = planner.plan(make_ebc())
     shard = plan.plan[""]["a"].sharding_spec.shards[0]  # type: ignore[index]

@@ -77,6 +77,7 @@ def _worker(rank: int, port: int, plan_path: str, out_dir: str, model_dir: str) 
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
 
+    from dreamshard.errors import InputError
     from dreamshard.torchrec_plan import load_sharding_plan, ranks_of_tables
     from dreamshard.torchrec_planner import DreamShardPlanner, PlannerTopology, TableStats
 
@@ -114,9 +115,16 @@ def _worker(rank: int, port: int, plan_path: str, out_dir: str, model_dir: str) 
             {n: TableStats(pooling_factor=2.0) for n, _, _ in TABLES},
         )
         collective = ranks_of_tables(planner.collective_plan(SparseModel()))
+        wrong = DreamShardPlanner(PlannerTopology.uniform(3, 10**6, "cpu"), model_dir)
+        try:
+            wrong.collective_plan(SparseModel())
+            mismatch = ""
+        except InputError as err:
+            mismatch = str(err)
         result = {
             "rank": rank,
             "collective_plan": collective,
+            "world_size_error": mismatch,
             "tables": sorted(local),
             "shapes": {n: list(t.shape) for n, t in local.items()},
             "updated": changed,
@@ -169,3 +177,6 @@ def test_distributed_model_parallel_runs_our_plan(tmp_path: Path) -> None:
     assert results[1]["collective_plan"] == collective
     assert sorted(collective["sparse.ebc"]) == sorted(n for n, _, _ in TABLES)
     assert all(r in ([0], [1]) for r in collective["sparse.ebc"].values())
+    # A topology for another world size is refused on every rank, naming the field.
+    for result in results:
+        assert result["world_size_error"] == ("topology: world size 3, but the job runs on 2 ranks")

@@ -374,7 +374,15 @@ class DreamShardPlanner:
     def plan(
         self, module: nn.Module, sharders: Sequence[ModuleSharder[Any]] | None = None
     ) -> ShardingPlan:
-        """A table-wise, fused-kernel ``ShardingPlan`` for every collection in ``module``."""
+        """A table-wise, fused-kernel ``ShardingPlan`` for every collection in ``module``.
+
+        Raises:
+            InputError: as :meth:`place`, or a job whose world size is not the topology's.
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            self._check_world_size(dist.get_world_size())
         result = self.place(module, sharders)
         return build_sharding_plan(
             result.spec,
@@ -394,10 +402,18 @@ class DreamShardPlanner:
         from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
 
         group = pg if pg is not None else dist.GroupMember.WORLD
+        self._check_world_size(dist.get_world_size(group))
         plan: ShardingPlan = invoke_on_rank_and_broadcast_result(
             group, 0, self.plan, module, sharders
         )
         return plan
+
+    def _check_world_size(self, world_size: int) -> None:
+        if world_size != self.topology.world_size:
+            raise InputError(
+                f"topology: world size {self.topology.world_size}, but the job runs on "
+                f"{world_size} ranks"
+            )
 
     def _specs(self, tables: Sequence[ModelTable]) -> tuple[list[TableSpec], dict[str, list[str]]]:
         stats = self.table_stats
