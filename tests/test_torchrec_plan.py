@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from dreamshard.cli import app
 from dreamshard.errors import InputError, InvalidPlacementError
 from dreamshard.tables import save_tables
+from dreamshard.tasks import SuiteConfig
 from dreamshard.torchrec_plan import (
     PLAN_FORMAT,
     build_sharding_plan,
@@ -250,3 +251,39 @@ def test_export_of_unplaced_table_names_it(four_tables: list[TableSpec], tmp_pat
     (tmp_path / "placement.json").write_text(json.dumps(placement))
     with pytest.raises(InputError, match=r"table .d. of .* is not placed"):
         plan_from_placement_file(tmp_path / "placement.json", tmp_path / "tables.json")
+
+
+def test_cli_evaluate_shows_torchrec_estimates(
+    four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    from dreamshard.tasks import TaskSuite, save_suite
+
+    suite = TaskSuite(
+        config=SuiteConfig(0, 2, 4, 4, 2, 10**6, 0),
+        train=(),
+        test=tuple(task(four_tables, [10**6] * 2, name=f"test-{k}") for k in range(2)),
+    )
+    save_suite(tmp_path / "suite.json", suite)
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--tasks",
+            str(tmp_path / "suite.json"),
+            "--backend",
+            "sim",
+            "--placers",
+            "size,torchrec",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "TorchRec's estimate" in result.output
+    payload = json.loads((tmp_path / "eval.json").read_text())
+    estimates = payload["torchrec_estimates"]
+    assert set(estimates["per_task"]) == {"size", "torchrec"}
+    assert set(estimates["per_task"]["torchrec"]) == {"test-0", "test-1"}
+    assert all(v > 0 for v in estimates["mean_estimate_ms"].values())
+    measured = {s["placer"]: s["mean_cost_ms"] for s in payload["summary"]}
+    assert estimates["mean_measured_ms"] == measured
