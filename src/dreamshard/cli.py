@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import DreamShardError, InputError
 from dreamshard.evaluate import Evaluation, evaluate
 from dreamshard.fileio import write_json
-from dreamshard.placers import BASELINE_PLACERS, PlacerOptions, make_placer
+from dreamshard.placers import COMPARISON_PLACERS, PlacerOptions, make_placer
 from dreamshard.tables import load_tables, save_tables
 from dreamshard.tasks import (
     SuiteConfig,
@@ -408,6 +408,49 @@ def place(
         out_console.print(f"wrote {escape(str(out))}")
 
 
+@app.command()
+@handle_errors
+def export(
+    placement: Annotated[
+        Path, typer.Option("--placement", help="Placement file written by `place --out`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Plan file to write (.json).")],
+    tables: Annotated[
+        Path | None,
+        typer.Option(
+            "--tables",
+            help="Table file the placement was made for (default: the placement's "
+            "'tables_file'). Its rows and dims go into the plan, so loading it for another "
+            "model fails.",
+        ),
+    ] = None,
+    module_path: Annotated[
+        str,
+        typer.Option(
+            "--module-path",
+            help="Path of the EmbeddingBagCollection in the model given to "
+            "DistributedModelParallel, e.g. sparse.ebc (default: the model is the collection).",
+        ),
+    ] = "",
+) -> None:
+    """Export a placement as a TorchRec plan file (table-wise, fused kernel).
+
+    Device k of the placement becomes rank k. Load the plan in the training job with
+    dreamshard.torchrec_plan.load_sharding_plan(FILE, model, world_size) and pass it to
+    DistributedModelParallel(model, plan=...).
+    """
+    from dreamshard.torchrec_plan import plan_from_placement_file, save_plan
+
+    _check_out(out)
+    spec = plan_from_placement_file(placement, tables, module_path)
+    save_plan(out, spec)
+    (tables_planned,) = spec.modules.values()
+    out_console.print(
+        f"wrote {escape(str(out))}: {len(tables_planned)} tables on {spec.world_size} ranks "
+        f"(module {escape(module_path) or '<root>'})"
+    )
+
+
 def _print_placement(
     task: Task, device_of: Sequence[int], cost: PlacementCost, placer: str, place_ms: float
 ) -> None:
@@ -453,7 +496,7 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option("--split", help="Which split: test or train.")] = "test",
     placers: Annotated[
         str, typer.Option("--placers", help="Comma-separated placer names.")
-    ] = ",".join(BASELINE_PLACERS),
+    ] = ",".join(COMPARISON_PLACERS),
     backend: BackendOpt = "fbgemm",
     out: OutOpt = None,
     max_tasks: Annotated[
@@ -486,9 +529,16 @@ def evaluate_cmd(
     )
     result = run_evaluation(chosen_tasks, placer_objs, backend, options)
     print_evaluation(result)
+    estimates = (
+        print_torchrec_estimates(result, chosen_tasks, options.batch_size)
+        if "torchrec" in names
+        else None
+    )
     if out is not None:
         payload = result.to_json()
         payload["config"] = {"tasks_file": str(tasks), "split": split, **vars(options)}
+        if estimates is not None:
+            payload["torchrec_estimates"] = estimates
         write_json(out, payload)
         out_console.print(f"wrote {escape(str(out))}")
 
@@ -540,6 +590,28 @@ def print_evaluation(result: Evaluation) -> None:
     out_console.print(summary)
 
 
+def print_torchrec_estimates(
+    result: Evaluation, tasks: Sequence[Task], batch_size: int
+) -> dict[str, Any]:
+    """TorchRec's own estimate of every placer's placements beside the measured means."""
+    from dreamshard.torchrec_planner import torchrec_estimates
+
+    estimates = torchrec_estimates(result, tasks, batch_size=batch_size)
+    table = Table(
+        title="TorchRec's estimate (its cost model, CPU) vs measured, means over common tasks"
+    )
+    for column in ("placer", "TorchRec estimate ms", f"measured ms ({result.backend})"):
+        table.add_column(column, justify="left" if column == "placer" else "right")
+    for p in result.placers:
+        table.add_row(
+            p,
+            f"{estimates['mean_estimate_ms'][p]:.3f}",
+            f"{estimates['mean_measured_ms'][p]:.3f}",
+        )
+    out_console.print(table)
+    return estimates
+
+
 @app.command()
 @handle_errors
 def demo(
@@ -586,6 +658,10 @@ def demo(
     print_evaluation(result)
     payload = result.to_json()
     payload["config"] = {"demo": str(out / "config.json"), **vars(eval_options)}
+    if "torchrec" in config.placers:
+        payload["torchrec_estimates"] = print_torchrec_estimates(
+            result, suite.test, config.batch_size
+        )
     write_json(out / "evaluation.json", payload)
     out_console.print(f"wrote {escape(str(out / 'evaluation.json'))}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.fileio import write_json
-from dreamshard.placers import BASELINE_PLACERS
+from dreamshard.placers import COMPARISON_PLACERS
 from dreamshard.synthetic import generate_table_pool
 from dreamshard.tables import save_tables
 from dreamshard.tasks import SuiteConfig, TaskSuite, generate_suite, save_suite
@@ -49,7 +49,7 @@ class DemoConfig:
     backend: str = "fbgemm"
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = DEFAULT_SEED
-    placers: tuple[str, ...] = (*BASELINE_PLACERS, "dreamshard")
+    placers: tuple[str, ...] = (*COMPARISON_PLACERS, "dreamshard")
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             iterations=8, measurements_per_iteration=12, policy_batches=100

@@ -127,15 +127,26 @@ def _dreamshard_factory(options: PlacerOptions) -> Placer:
     return DreamShardPlacer(model, samples=options.samples, seed=options.seed)
 
 
+def _torchrec_factory(options: PlacerOptions) -> Placer:
+    from dreamshard.torchrec_planner import TorchRecPlacer
+
+    return TorchRecPlacer()
+
+
 #: Placers available by name, with how to build each.
 PLACER_FACTORIES: dict[str, Callable[[PlacerOptions], Placer]] = {
     "random": lambda options: RandomPlacer(options.seed),
     **{proxy: _greedy_factory(proxy) for proxy in PROXIES},
     "dreamshard": _dreamshard_factory,
+    "torchrec": _torchrec_factory,
 }
 
 #: The paper's baselines, in display order.
 BASELINE_PLACERS: tuple[str, ...] = ("random", "size", "dim", "lookup", "size-lookup")
+
+#: What comparisons run by default: the paper's baselines and TorchRec's own planner
+#: (table-wise), the production baseline users would pick instead (METHOD.md section 6).
+COMPARISON_PLACERS: tuple[str, ...] = (*BASELINE_PLACERS, "torchrec")
 
 
 def make_placer(name: str, options: PlacerOptions | None = None) -> Placer:
