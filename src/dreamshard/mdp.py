@@ -105,10 +105,12 @@ class EpisodeBatch:
     def cost_features(self) -> torch.Tensor:
         """[B, D, 9] predicted costs now, if the table joined, and the largest now."""
         with torch.no_grad():
-            now = self.costnet.heads(self.device_sums)
+            # Costs now and if the table joined, in one pass: [2, B, D, 3].
+            now, joined = self.costnet.heads(
+                torch.stack([self.device_sums, self.device_sums + self.table_enc[self.table]])
+            )
             # A device without tables computes nothing yet: zero its fwd/bwd.
             now[..., :2] *= self.occupied().unsqueeze(-1)
-            joined = self.costnet.heads(self.device_sums + self.table_enc[self.table])
             largest = now.max(dim=1, keepdim=True).values.expand_as(now)
             return torch.cat([now, joined, largest], dim=-1)
 

@@ -70,6 +70,10 @@ class Choice:
     entropy: torch.Tensor
 
 
+#: Relative tolerance under which greedy inference treats two logits as equal.
+GREEDY_TIE_TOLERANCE = 1e-5
+
+
 def choose(
     logits: torch.Tensor,
     legal: torch.Tensor,
@@ -93,7 +97,12 @@ def choose(
     log_probs = torch.log_softmax(masked, dim=-1)
     probs = log_probs.exp()
     if greedy:
-        actions = masked.argmax(dim=-1)
+        # Lowest-index device among those tied with the best up to float noise: devices
+        # in the same state (e.g. two empty ones) differ only in rounding, which varies
+        # with the batch shape, and must not decide the placement.
+        best = masked.max(dim=-1, keepdim=True).values
+        tied = masked >= best - GREEDY_TIE_TOLERANCE * (1.0 + best.abs())
+        actions = tied.int().argmax(dim=-1)
     else:
         actions = torch.multinomial(probs.detach(), 1, generator=generator).squeeze(-1)
     log_prob = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
