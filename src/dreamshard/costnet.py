@@ -188,8 +188,12 @@ class CostNet(nn.Module):
         dot product: the same function as calling them in turn, with 2 kernel launches
         instead of 6 (the MDP calls this at every step of every episode).
         """
-        first = [head[0] for head in self.device_heads]
-        second = [head[2] for head in self.device_heads]
+        first: list[nn.Linear] = []
+        second: list[nn.Linear] = []
+        for head in self.device_heads:
+            assert isinstance(head, nn.Sequential)
+            first.append(head[0])
+            second.append(head[2])
         hidden = torch.relu(
             nn.functional.linear(
                 device_repr,
@@ -197,10 +201,11 @@ class CostNet(nn.Module):
                 torch.cat([layer.bias for layer in first]),
             )
         )  # [..., 3 * H]
-        hidden = hidden.unflatten(-1, (len(first), -1))  # [..., 3, H]
+        hidden = hidden.reshape(*hidden.shape[:-1], len(first), -1)  # [..., 3, H]
         out_weight = torch.cat([layer.weight for layer in second])  # [3, H]
         out_bias = torch.cat([layer.bias for layer in second])  # [3]
-        return (hidden * out_weight).sum(dim=-1) + out_bias
+        out: torch.Tensor = (hidden * out_weight).sum(dim=-1) + out_bias
+        return out
 
     def paper_overall(self, device_repr: torch.Tensor) -> torch.Tensor:
         """[P, D, E] -> [P]: the paper's overall head on the MAX over devices.
