@@ -191,9 +191,9 @@ class CostNet(nn.Module):
         first: list[nn.Linear] = []
         second: list[nn.Linear] = []
         for head in self.device_heads:
-            assert isinstance(head, nn.Sequential)
-            first.append(head[0])
-            second.append(head[2])
+            in_layer, out_layer = (m for m in head.modules() if isinstance(m, nn.Linear))
+            first.append(in_layer)
+            second.append(out_layer)
         hidden = torch.relu(
             nn.functional.linear(
                 device_repr,
