@@ -168,3 +168,21 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["benchmark", "--config", str(missing)])
     assert result.exit_code == 2
     assert "none.toml: file not found" in ANSI.sub("", result.stderr)
+
+
+def test_rerun_resumes_training_and_refuses_another_config(tmp_path: Path) -> None:
+    one = with_change("suites", TINY["suites"][:1])
+    one["families"] = TINY["families"][:1]
+    one["placers"] = ["size", "dreamshard"]
+    first = run_benchmark(parse_config(one, "a"), tmp_path, "a", log=lambda _: None)
+    lines: list[str] = []
+    again = run_benchmark(parse_config(one, "a"), tmp_path, "a", log=lines.append)
+    assert any("resumed at iteration 2" in line for line in lines)
+    assert (
+        again["suites"]["s6x2"]["placers"]["dreamshard"]["mean_cost_ms"]
+        == first["suites"]["s6x2"]["placers"]["dreamshard"]["mean_cost_ms"]
+    )
+    other = copy.deepcopy(one)
+    other["families"][0]["memory"] = "2GB"
+    with pytest.raises(InputError, match="trained with another config"):
+        run_benchmark(parse_config(other, "b"), tmp_path, "b", log=lambda _: None)

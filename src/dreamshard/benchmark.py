@@ -36,7 +36,7 @@ from dreamshard.backends import BACKEND_NAMES, BackendOptions, make_backend
 from dreamshard.costnet import PlacementBatch
 from dreamshard.errors import InputError
 from dreamshard.evaluate import Evaluation, evaluate
-from dreamshard.fileio import atomic_write_text, write_json
+from dreamshard.fileio import atomic_write_text, read_json, write_json
 from dreamshard.model import DreamShardModel
 from dreamshard.placers import PLACER_FACTORIES, PlacerOptions, make_placer
 from dreamshard.rnn_placer import RnnConfig, RnnPlacer
@@ -662,7 +662,7 @@ def run_benchmark(
                 memory_bytes=parse_memory(fam.memory, f"family {fam.name} memory"),
             )
             models[fam.name], families[fam.name] = _train_family(
-                fam, tasks, backend, out / "models" / fam.name, log
+                fam, tasks, backend, out / "models" / fam.name, _fingerprint(config, fam), log
             )
 
     # 2. Every placer on every suite, measured together per task.
@@ -774,10 +774,42 @@ def run_benchmark(
     return results
 
 
+def _fingerprint(config: BenchmarkConfig, fam: FamilySpec) -> dict[str, Any]:
+    """Everything a family's training depends on (a resumed run must match it)."""
+    # Through JSON, so it compares equal to the copy read back from family.json.
+    stamp: dict[str, Any] = json.loads(
+        json.dumps(
+            {
+                "family": asdict(fam),
+                "seed": config.seed,
+                "num_train_tasks": config.num_train_tasks,
+                "pool": [config.pool_tables, config.dim, config.max_rows],
+                "backend": config.backend,
+                "backend_options": asdict(config.backend_options),
+            }
+        )
+    )
+    return stamp
+
+
 def _train_family(
-    fam: FamilySpec, tasks: list[Task], backend: CostBackend, model_dir: Path, log: Log
+    fam: FamilySpec,
+    tasks: list[Task],
+    backend: CostBackend,
+    model_dir: Path,
+    fingerprint: dict[str, Any],
+    log: Log,
 ) -> tuple[DreamShardModel, dict[str, Any]]:
     cfg = fam.train
+    stamp = model_dir / "family.json"
+    if model_dir.exists() and any(model_dir.iterdir()):
+        if not stamp.is_file() or read_json(stamp) != fingerprint:
+            raise InputError(
+                f"{model_dir}: holds a model trained with another config; remove the folder "
+                "or use another --out"
+            )
+    else:
+        write_json(stamp, fingerprint)
     log(
         f"training family {fam.name}: {len(tasks)} tasks of {_range(fam)} tables on "
         f"{fam.devices} devices ({fam.memory} each); {cfg.iterations} iterations x "

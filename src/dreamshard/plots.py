@@ -138,7 +138,8 @@ def plot_training(results: dict[str, Any], path: Path) -> Path | None:
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.legend(fontsize=8)
-    right.legend(fontsize=8)
+    if right.lines:
+        right.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -18,7 +18,11 @@ def render_report(results: dict[str, Any]) -> str:
     suites = results["suites"]
     lines: list[str] = []
     add = lines.append
-    kind = "simulated (calibrated analytical model)" if results["backend"] == "sim" else "measured"
+    kind = (
+        "simulated: the calibrated analytical model"
+        if results["backend"] == "sim"
+        else "real kernel measurements"
+    )
     add(f"# DreamShard benchmark{' (quick)' if results['quick'] else ''}")
     add("")
     add(f"Command: `{results['command']}`")
@@ -31,6 +35,18 @@ def render_report(results: dict[str, Any]) -> str:
         f"{cfg['num_test_tasks']} test tasks per suite from the other. Seed {cfg['seed']}. "
         f"Total wall time {results['wall_s'] / 60:.1f} min."
     )
+    failed = [
+        f"{p} on {st['failures']} of {s['tasks']} tasks of {name}"
+        for name, s in suites.items()
+        for p, st in s["placers"].items()
+        if st["failures"]
+    ]
+    if failed:
+        add("")
+        add(
+            "Placers that found no placement within memory (those tasks are left out of "
+            "every mean of their suite): " + "; ".join(failed) + "."
+        )
     for s in results["skipped_placers"]:
         add("")
         add(f"Placer `{s['placer']}` was skipped: {s['reason']}.")
@@ -113,7 +129,7 @@ def render_report(results: dict[str, Any]) -> str:
             add(
                 f"Strongest baseline: **{s['strongest_baseline']}**; DreamShard speedup over it: "
                 f"**{s['dreamshard_speedup']:.3f}x** "
-                f"({(1 - 1 / s['dreamshard_speedup']) * 100:+.1f}% cost). Strongest baseline "
+                f"(cost {(1 / s['dreamshard_speedup'] - 1) * 100:+.1f}%). Strongest baseline "
                 f"that spends no measurements: {s['strongest_measurement_free_baseline']} "
                 f"(speedup {_fmt(s['dreamshard_speedup_vs_measurement_free'])}x)."
             )
