@@ -65,6 +65,23 @@ def render_report(results: dict[str, Any]) -> str:
                 f"- **{name}**: DreamShard's mean cost ({ds:.3f} ms) is not lower than "
                 f"that of {', '.join(parts)}."
             )
+    for name, s in suites.items():
+        stats = s["placers"]
+        if LEARNED not in stats or not stats[LEARNED]["failures"]:
+            continue
+        fewer = [
+            p
+            for p in s["main_placers"]
+            if p != LEARNED and stats[p]["failures"] < stats[LEARNED]["failures"]
+        ]
+        if fewer:
+            others = ", ".join(f"{p} ({stats[p]['failures']})" for p in fewer)
+            losses.append(
+                f"- **{name}**: DreamShard found no placement within memory on "
+                f"{stats[LEARNED]['failures']} of {s['tasks']} tasks, where "
+                f"{others} failed on fewer "
+                "(failed tasks are left out of every mean of the suite)."
+            )
     if losses:
         lines.extend(losses)
     elif any("dreamshard_speedup" in s for s in suites.values()):
