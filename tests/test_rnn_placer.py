@@ -67,3 +67,14 @@ def test_factory_needs_a_backend() -> None:
 def test_config_rejects_zero_budget() -> None:
     with pytest.raises(InputError, match="budget"):
         RnnConfig(budget=0)
+
+
+def test_evaluation_counts_rnn_as_a_baseline(sim_task: Task) -> None:
+    from dreamshard.evaluate import evaluate
+    from dreamshard.placers import GreedyPlacer
+
+    rnn = RnnPlacer(SimBackend(), RnnConfig(budget=30, samples_per_update=10), seed=0)
+    result = evaluate([sim_task], [GreedyPlacer("size"), rnn], SimBackend())
+    costs = {r.placer: r.cost.cost_ms for r in result.results if r.cost is not None}
+    assert costs["rnn"] < costs["size"]  # the search beats the size rule on this task
+    assert result.best_baseline() == "rnn"
