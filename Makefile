@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench calibrate clean
+.PHONY: setup demo test lint bench benchmark calibrate clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: setup
 
 bench: setup
 	$(PYTHON) benchmarks/bench_foundation.py
+
+# The paper-style benchmark on the simulator (about 20-30 minutes on 2 cores).
+benchmark: setup
+	$(VENV)/bin/dreamshard benchmark --config configs/benchmark-default.toml --out runs/benchmark
 
 calibrate: setup
 	$(VENV)/bin/dreamshard calibrate --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-calibration.json

@@ -198,8 +198,21 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _placer_options(seed: int, model: Path | None, samples: int) -> PlacerOptions:
-    return PlacerOptions(seed=seed, model_dir=str(model) if model else None, samples=samples)
+def _placer_options(
+    seed: int,
+    model: Path | None,
+    samples: int,
+    backend: str | None = None,
+    backend_options: BackendOptions | None = None,
+) -> PlacerOptions:
+    # The backend is for placers that search on measured costs (rnn).
+    return PlacerOptions(
+        seed=seed,
+        model_dir=str(model) if model else None,
+        samples=samples,
+        backend=backend,
+        backend_options=backend_options,
+    )
 
 
 def _parse_count_range(text: str, what: str) -> tuple[int, int]:
@@ -374,18 +387,15 @@ def place(
     task = make_task(
         tables.stem, load_tables(tables), make_devices(devices, parse_memory(memory, "--memory"))
     )
-    chosen = make_placer(placer, _placer_options(seed, model, samples))
+    backend_options = _backend_options(
+        batch_size, seed, profile, row_cap, windows, calls, device=device, kernel=kernel
+    )
+    chosen = make_placer(placer, _placer_options(seed, model, samples, backend, backend_options))
     start = time.perf_counter()
     placement = chosen.place(task)
     place_ms = (time.perf_counter() - start) * 1e3
     with _progress(f"measuring on {backend}") as progress:
-        cost_backend = make_backend(
-            backend,
-            _backend_options(
-                batch_size, seed, profile, row_cap, windows, calls, device=device, kernel=kernel
-            ),
-            progress,
-        )
+        cost_backend = make_backend(backend, backend_options, progress)
         (cost,) = cost_backend.measure(task, [placement])
     _print_placement(task, placement.device_of, cost, chosen.name, place_ms)
     if out is not None:
@@ -522,11 +532,11 @@ def evaluate_cmd(
     names = [n.strip() for n in placers.split(",") if n.strip()]
     if len(set(names)) != len(names):
         raise InputError(f"--placers: a placer is named twice in {placers!r}")
-    options_ = _placer_options(seed, model, samples)
-    placer_objs = [make_placer(n, options_) for n in names]
     options = _backend_options(
         batch_size, seed, profile, row_cap, windows, calls, device=device, kernel=kernel
     )
+    options_ = _placer_options(seed, model, samples, backend, options)
+    placer_objs = [make_placer(n, options_) for n in names]
     result = run_evaluation(chosen_tasks, placer_objs, backend, options)
     print_evaluation(result)
     estimates = (
@@ -808,3 +818,51 @@ def run_training(
         f"{model.info.get('train_wall_s', 0):.1f} s; model in {escape(str(out))}"
     )
     return model
+
+
+@app.command()
+@handle_errors
+def benchmark(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Benchmark config (.toml or .json); default: the packaged one."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for results, report and plots.")] = (
+        Path("runs/benchmark")
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Shrink tasks and budgets (the config's [quick]).")
+    ] = False,
+) -> None:
+    """Run the paper-style benchmark end to end: train, place, measure, report."""
+    from dreamshard.benchmark import DEFAULT_CONFIG, command_line, load_config, run_benchmark
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    resolved = load_config(config if config is not None else DEFAULT_CONFIG)
+    if quick:
+        resolved = resolved.shrunk()
+
+    def log(line: str) -> None:
+        out_console.print(escape(line), highlight=False, soft_wrap=True)
+
+    def progress(description: str) -> Callable[[int, int], None]:
+        start = time.perf_counter()
+        shown = [-1]
+
+        def report(done: int, total: int) -> None:
+            step = max(1, total // 4)
+            if done == total or done // step > shown[0]:
+                shown[0] = done // step
+                err_console.print(
+                    f"{description}: {done}/{total} tasks ({time.perf_counter() - start:.0f} s)",
+                    highlight=False,
+                )
+
+        return report
+
+    results = run_benchmark(resolved, out, command_line(), log=log, progress=progress)
+    report_path = escape(str(out / "report.md"))
+    out_console.print(f"benchmark done in {results['wall_s'] / 60:.1f} min; report: {report_path}")

@@ -74,7 +74,7 @@ class Evaluation:
     def best_baseline(self) -> str | None:
         """The baseline placer with the lowest mean cost, or None without baselines."""
         means = self._means()
-        baselines = [p for p in self.placers if p in (*BASELINE_PLACERS, "torchrec")]
+        baselines = [p for p in self.placers if p in (*BASELINE_PLACERS, "rnn", "torchrec")]
         if not baselines or not means:
             return None
         return min(baselines, key=lambda p: means[p])

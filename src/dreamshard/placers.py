@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dreamshard.backends import BackendOptions
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.errors import InfeasiblePlacementError, InputError
 from dreamshard.types import Placement, Placer, TableSpec, Task
@@ -104,11 +105,17 @@ class PlacerOptions:
         seed: Seed of any randomness.
         model_dir: Folder of a trained DreamShard model (``dreamshard`` only).
         samples: Extra sampled placements rated by the cost network (``dreamshard`` only).
+        backend: Cost backend name that placers searching on measurements use (``rnn``).
+        backend_options: Options of that backend (``rnn``; defaults when None).
+        budget: Backend measurements per task (``rnn``).
     """
 
     seed: int = DEFAULT_SEED
     model_dir: str | None = None
     samples: int = 0
+    backend: str | None = None
+    backend_options: BackendOptions | None = None
+    budget: int = 500
 
 
 def _greedy_factory(proxy: str) -> Callable[[PlacerOptions], Placer]:
@@ -133,12 +140,23 @@ def _torchrec_factory(options: PlacerOptions) -> Placer:
     return TorchRecPlacer()
 
 
+def _rnn_factory(options: PlacerOptions) -> Placer:
+    from dreamshard.backends import make_backend
+    from dreamshard.rnn_placer import RnnConfig, RnnPlacer
+
+    if options.backend is None:
+        raise InputError("placer 'rnn' trains on measured costs: it needs a cost backend")
+    backend = make_backend(options.backend, options.backend_options)
+    return RnnPlacer(backend, RnnConfig(budget=options.budget), seed=options.seed)
+
+
 #: Placers available by name, with how to build each.
 PLACER_FACTORIES: dict[str, Callable[[PlacerOptions], Placer]] = {
     "random": lambda options: RandomPlacer(options.seed),
     **{proxy: _greedy_factory(proxy) for proxy in PROXIES},
     "dreamshard": _dreamshard_factory,
     "torchrec": _torchrec_factory,
+    "rnn": _rnn_factory,
 }
 
 #: The paper's baselines, in display order.

@@ -224,19 +224,29 @@ class Trainer:
         return out
 
     def sample_placement(self, task: Task, attempts: int = 8) -> Placement:
-        """One feasible placement sampled from the current policy."""
+        """One feasible placement sampled from the current policy.
+
+        Tries ``attempts`` episodes, then four times as many up to 16 rounds' worth: on
+        tight memory a policy mid-training can dead-end often (the first round alone keeps
+        the random stream of runs that never needed more).
+        """
         tt = self.task_tensors(task)
-        with torch.no_grad():
-            result = rollout(
-                self.model.policy, self.model.costnet, tt, attempts, False, self.generator
-            )
-        feasible = torch.nonzero(result.feasible).flatten()
-        if len(feasible) == 0:
-            raise InputError(
-                f"task {task.name!r}: the policy found no placement that fits memory in "
-                f"{attempts} tries (is the task feasible?)"
-            )
-        return Placement(tuple(int(d) for d in result.device_of[int(feasible[0])]))
+        tried = 0
+        batch = attempts
+        while tried < 16 * attempts:
+            with torch.no_grad():
+                result = rollout(
+                    self.model.policy, self.model.costnet, tt, batch, False, self.generator
+                )
+            tried += batch
+            feasible = torch.nonzero(result.feasible).flatten()
+            if len(feasible):
+                return Placement(tuple(int(d) for d in result.device_of[int(feasible[0])]))
+            batch = min(4 * batch, 16 * attempts - tried) or 1
+        raise InputError(
+            f"task {task.name!r}: the policy found no placement that fits memory in "
+            f"{tried} tries (is the task feasible?)"
+        )
 
     # -- 2. fit: train the cost network on all measurements so far -------------------------
 

@@ -1,0 +1,191 @@
+"""The benchmark end to end on a tiny config, its config validation and its CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from dreamshard.benchmark import DEFAULT_CONFIG, load_config, parse_config, run_benchmark
+from dreamshard.cli import app
+from dreamshard.errors import InputError
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+TRAIN = {
+    "iterations": 2,
+    "measurements_per_iteration": 6,
+    "cost_steps": 5,
+    "cost_batch_size": 8,
+    "policy_batches": 2,
+    "episodes_per_batch": 4,
+}
+
+#: Two families, two suites, a handful of tables: seconds end to end.
+TINY: dict[str, Any] = {
+    "seed": 0,
+    "num_train_tasks": 3,
+    "num_test_tasks": 2,
+    "placers": ["random", "size", "lookup", "torchrec", "rnn", "dreamshard"],
+    "breakdown_suite": "s6x2",
+    "backend": {"name": "sim"},
+    "pool": {"num_tables": 60},
+    "rnn": {"budget": 10, "samples_per_update": 5},
+    "families": [
+        {"name": "f2", "tables": [4, 6], "devices": 2, "memory": "1GB", "train": TRAIN},
+        {"name": "f3", "tables": 6, "devices": 3, "memory": "1GB", "train": TRAIN},
+    ],
+    "suites": [
+        {"name": "s6x2", "tables": 6, "devices": 2, "memory": "1GB", "family": "f2"},
+        {"name": "s6x3", "tables": 6, "devices": 3, "memory": "1GB", "family": "f3"},
+    ],
+}
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """TINY with one field (dotted path, list indices as numbers) set to ``value``."""
+    data = copy.deepcopy(TINY)
+    *parents, last = path.split(".")
+    node: Any = data
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    return data
+
+
+def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
+    lines: list[str] = []
+    results = run_benchmark(parse_config(TINY, "tiny"), tmp_path, "tiny", log=lines.append)
+    for name in ("results.json", "report.md", "config.json"):
+        assert (tmp_path / name).is_file(), name
+    for plot in (
+        "cost_per_suite.png",
+        "stage_breakdown.png",
+        "training_curve.png",
+        "generalisation.png",
+    ):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000, plot
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["format"] == "dreamshard-benchmark"
+    assert set(saved["suites"]) == {"s6x2", "s6x3"}
+    assert set(saved["families"]) == {"f2", "f3"}
+    for family in saved["families"].values():
+        assert family["measurements"] == 12
+        assert len(family["history"]) == 2
+    for suite in saved["suites"].values():
+        assert suite["main_placers"] == [
+            "random",
+            "size",
+            "lookup",
+            "torchrec",
+            "rnn",
+            "dreamshard",
+        ]
+        assert suite["rnn_measurements"] == 2 * 10
+        assert suite["tasks"] == 2
+        assert suite["strongest_baseline"] in suite["main_placers"]
+        assert "dreamshard_speedup" in suite
+        # Every compared cost is a backend measurement recorded per task.
+        evaluation = saved["evaluations"][suite["spec"]["name"]]
+        for placer in suite["main_placers"]:
+            costs = [r["cost_ms"] for r in evaluation["results"] if r["placer"] == placer]
+            assert suite["placers"][placer]["mean_cost_ms"] == pytest.approx(
+                sum(costs) / len(costs)
+            )
+    gen = saved["generalisation"]
+    assert gen["families"] == ["f2", "f3"] and gen["suites"] == ["s6x2", "s6x3"]
+    assert gen["speedup"][0][0] == pytest.approx(saved["suites"]["s6x2"]["dreamshard_speedup"])
+    assert saved["skipped_placers"] == []
+    report = (tmp_path / "report.md").read_text()
+    assert "## Where DreamShard does not beat a baseline" in report
+    for suite_name, suite in saved["suites"].items():
+        if suite["dreamshard_not_better_than"]:
+            assert f"**{suite_name}**: DreamShard's mean cost" in report
+    assert "torch:" in report and "cpu_model:" in report
+    assert any("training family f2" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("suites.1.devices", 0, "suites[1].devices: must be an integer >= 1"),
+        ("suites.0.family", "nope", "suites[0].family: unknown family 'nope'"),
+        ("suites.0.memory", "5 parsecs", "suites[0].memory: unknown unit"),
+        ("families.0.train.iterations", "ten", "families[0].train.iterations: must be an"),
+        ("placers", ["random", "magic"], "placers: unknown placer 'magic'"),
+        ("backend.name", "gpu", "backend.name: unknown backend 'gpu'"),
+        ("rnn.budget", 0, "rnn.budget: must be an integer >= 1"),
+        ("breakdown_suite", "s9", "breakdown_suite: unknown suite 's9'"),
+        ("families.1.name", "f2", "families: a family name is used twice"),
+        ("pool.dim", 10, "pool.dim: must be a multiple of 4"),
+    ],
+)
+def test_config_errors_name_the_field(path: str, value: Any, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_config(with_change(path, value), "cfg.toml")
+    assert str(err.value).startswith("cfg.toml: ")
+    assert message in str(err.value)
+
+
+def test_unknown_field_is_named() -> None:
+    data = with_change("suites.0.colour", "red")
+    with pytest.raises(InputError, match=r"suites\[0\]\.colour: unknown field"):
+        parse_config(data, "cfg")
+
+
+def test_default_config_and_quick() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    assert [s.name for s in config.suites] == [
+        "dlrm-20x4",
+        "dlrm-40x4",
+        "dlrm-60x4",
+        "dlrm-80x4",
+        "dlrm-80x2",
+        "dlrm-80x8",
+    ]
+    assert config.dim == 16 and config.backend == "sim"
+    quick = config.shrunk()
+    assert quick.quick and quick.num_test_tasks == 4 and quick.rnn.budget == 100
+    assert all(f.train.iterations == 4 for f in quick.families)
+    assert quick.suites == config.suites
+
+
+def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('seed = 0\nplacers = ["random"]\n[[suites]]\nname = "x"\n')
+    result = CliRunner().invoke(app, ["benchmark", "--config", str(bad), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    lines = ANSI.sub("", result.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "families: must be a non-empty list" in lines[0]
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_cli_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "none.toml"
+    result = CliRunner().invoke(app, ["benchmark", "--config", str(missing)])
+    assert result.exit_code == 2
+    assert "none.toml: file not found" in ANSI.sub("", result.stderr)
+
+
+def test_rerun_resumes_training_and_refuses_another_config(tmp_path: Path) -> None:
+    one = with_change("suites", TINY["suites"][:1])
+    one["families"] = TINY["families"][:1]
+    one["placers"] = ["size", "dreamshard"]
+    first = run_benchmark(parse_config(one, "a"), tmp_path, "a", log=lambda _: None)
+    lines: list[str] = []
+    again = run_benchmark(parse_config(one, "a"), tmp_path, "a", log=lines.append)
+    assert any("resumed at iteration 2" in line for line in lines)
+    assert (
+        again["suites"]["s6x2"]["placers"]["dreamshard"]["mean_cost_ms"]
+        == first["suites"]["s6x2"]["placers"]["dreamshard"]["mean_cost_ms"]
+    )
+    other = copy.deepcopy(one)
+    other["families"][0]["memory"] = "2GB"
+    with pytest.raises(InputError, match="trained with another config"):
+        run_benchmark(parse_config(other, "b"), tmp_path, "b", log=lambda _: None)
