@@ -24,7 +24,7 @@ from rich.table import Table
 from dreamshard import __version__
 from dreamshard.backends import BACKEND_NAMES, BackendOptions, make_backend
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
-from dreamshard.errors import DreamShardError, InputError
+from dreamshard.errors import DreamShardError, InputError, ServedAsWorker
 from dreamshard.evaluate import Evaluation, evaluate
 from dreamshard.fileio import write_json
 from dreamshard.placers import BASELINE_PLACERS, PlacerOptions, make_placer
@@ -67,6 +67,9 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
+        except ServedAsWorker:
+            # A non-zero torchrun rank of the distributed backend: rank 0 reports.
+            raise typer.Exit(0) from None
         except DreamShardError as err:
             message = escape(str(err))  # file names like data[v2].csv are not markup
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

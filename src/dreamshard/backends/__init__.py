@@ -2,6 +2,8 @@
 
 - ``fbgemm``: real FBGEMM fused operators, one emulated device at a time (default).
 - ``sim``: a calibrated analytical simulator (labelled as such in every result).
+- ``distributed``: one process per device (gloo on CPU, NCCL on GPU), real all-to-alls;
+  launches its own worker group, or uses the one ``torchrun`` started.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import InputError
 from dreamshard.types import CostBackend
 
-BACKEND_NAMES: tuple[str, ...] = ("fbgemm", "sim")
+BACKEND_NAMES: tuple[str, ...] = ("fbgemm", "sim", "distributed")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,9 @@ class BackendOptions:
         row_cap: Run tables with at most this many rows; ``fbgemm`` only (logged).
         windows: Time windows of repetitions; ``fbgemm`` only.
         calls_per_window: Timed calls per shard per window; ``fbgemm`` only.
-        device: ``cpu`` or ``cuda``; ``fbgemm`` only.
+        device: ``cpu`` or ``cuda``; ``fbgemm`` and ``distributed``.
+        timeout_s: Collective timeout in seconds: a failed or hung rank is reported
+            within about this long; ``distributed`` only.
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -37,6 +41,7 @@ class BackendOptions:
     windows: int = 8
     calls_per_window: int = 8
     device: str = "cpu"
+    timeout_s: float = 30.0
 
 
 def make_backend(
@@ -67,4 +72,19 @@ def make_backend(
         from dreamshard.backends.sim import SimBackend, load_profile
 
         return SimBackend(load_profile(opts.profile), batch_size=opts.batch_size)
+    if name == "distributed":
+        from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
+
+        return DistributedBackend(
+            DistributedConfig(
+                batch_size=opts.batch_size,
+                windows=opts.windows,
+                calls_per_window=opts.calls_per_window,
+                row_cap=opts.row_cap,
+                seed=opts.seed,
+                device=opts.device,
+                timeout_s=opts.timeout_s,
+            ),
+            progress=progress,
+        )
     raise InputError(f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)})")
