@@ -25,7 +25,9 @@ class BackendOptions:
     Attributes:
         batch_size: Global batch of one training iteration.
         seed: Seed of generated ids.
-        profile: Simulator hardware profile (packaged name or JSON path); ``sim`` only.
+        profile: Hardware profile (packaged name or JSON path): the simulator's kernel
+            model (``sim``) and the all-to-all model of the communication stages
+            (``sim``, ``fbgemm``).
         row_cap: Run tables with at most this many rows; ``fbgemm`` only (logged).
         windows: Time windows of repetitions; ``fbgemm`` only.
         calls_per_window: Timed calls per shard per window; ``fbgemm`` only.
@@ -65,7 +67,11 @@ def make_backend(
             row_cap=opts.row_cap,
             seed=opts.seed,
             device=opts.device,
-            comm=default_comm(opts.device),
+            # The profile's comm section; the default (CPU) profile does not describe GPUs.
+            comm=default_comm(
+                opts.device,
+                opts.profile if opts.device == "cpu" or opts.profile != "cpu-zen4" else None,
+            ),
         )
         return FbgemmBackend(config, progress=progress)
     if name == "sim":

@@ -85,6 +85,10 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+#: Backends holding a worker group, closed by close_all() (and at exit). Strong
+#: references: a group must be shut down even when its backend is no longer used.
+_LIVE: set[DistributedBackend] = set()
+
 #: Lines of a failed worker's stderr quoted in the error.
 STDERR_TAIL_LINES = 6
 
@@ -348,7 +352,19 @@ class _SpawnedGroup(_Group):
 
     def diagnose(self, err: BaseException) -> str:
         # Give the failure a moment to spread to the other workers (see failure()).
-        return self.failure(grace_s=FAILURE_GRACE_S) or super().diagnose(err)
+        failure = self.failure(grace_s=FAILURE_GRACE_S)
+        if failure is not None:
+            return failure
+        # Every worker still runs: rank 0's own collective timed out. Blame the workers
+        # that reported less progress than rank 0, or all if none did.
+        own = self.progress_of(0)
+        behind = [r for r in self.procs if self.progress_of(r) != own] or list(self.procs)
+        if len(behind) == 1:
+            return (
+                f"worker rank {behind[0]} stopped responding (rank 0 timed out waiting for "
+                f"it: {_first_line(err)}; it last reported {self.progress_of(behind[0])!r})"
+            )
+        return super().diagnose(err)
 
     def shutdown(self) -> None:
         with self._changed:
@@ -470,7 +486,7 @@ class DistributedBackend:
                     _destroy()
                 raise ServedAsWorker(f"rank {self._torchrun.rank} served rank 0")
             self._group = _TorchrunGroup(group)
-        atexit.register(self.close)
+            _LIVE.add(self)
 
     def _join_torchrun(self, env: TorchrunEnv) -> RankGroup:
         # torchrun's agent hosts the store at MASTER_PORT; ranks join it as clients.
@@ -553,6 +569,7 @@ class DistributedBackend:
     def close(self) -> None:
         """Shut the worker group down (idempotent)."""
         group, self._group = self._group, None
+        _LIVE.discard(self)
         if group is not None:
             group.shutdown()
 
@@ -579,8 +596,14 @@ class DistributedBackend:
         if self._group is not None and self._group.world_size != world_size:
             self.close()
         if self._group is None:
+            if dist.is_initialized():
+                raise BackendError(
+                    "distributed backend: torch.distributed is already initialised in this "
+                    "process (another backend or program uses it); close it first"
+                )
             start = time.perf_counter()
             self._group = _SpawnedGroup(world_size, self.config)
+            _LIVE.add(self)
             log.info("started %d ranks in %.1f s", world_size, time.perf_counter() - start)
         return self._group
 
@@ -603,10 +626,12 @@ class DistributedBackend:
         except (RuntimeError, dist.DistError) as err:
             cause = group.diagnose(err)
             self._group = None
+            _LIVE.discard(self)
             group.abort()
             raise BackendError(f"distributed backend: {cause}") from None
         except BaseException:
             self._group = None
+            _LIVE.discard(self)
             group.abort()
             raise
         if gathered is None:
@@ -670,3 +695,13 @@ def _placement_costs(
             )
         )
     return out
+
+
+def close_all() -> None:
+    """Close every distributed backend of this process (the CLI does after each command,
+    so that no worker outlives it; also run at interpreter exit)."""
+    for backend in list(_LIVE):
+        backend.close()
+
+
+atexit.register(close_all)

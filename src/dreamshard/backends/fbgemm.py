@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from dreamshard.backends.base import ShardTiming
-from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
+from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel
 from dreamshard.backends.kernels import FusedShard, build_fused, time_fused_call
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import BackendError
@@ -46,6 +46,10 @@ from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchron
 from dreamshard.units import format_bytes
 
 log = logging.getLogger(__name__)
+
+
+def _default_cpu_comm() -> AllToAllModel:
+    return default_comm("cpu")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class FbgemmConfig:
         memory_budget_bytes: Most bytes of weights held in built operators at once.
         seed: Seed of the generated ids.
         device: ``"cpu"`` or ``"cuda"``.
-        comm: All-to-all model for the communication stages.
+        comm: All-to-all model for the communication stages (default: the packaged CPU
+            profile's, see default_comm).
         reference: Normalise every time by the interleaved reference shard (see above).
         reference_calls: Reference calls timed before each shard in each window.
         reference_nominal_ms: Nominal (forward, backward) time of the reference shard;
@@ -80,7 +85,7 @@ class FbgemmConfig:
     memory_budget_bytes: int = 8 * 2**30
     seed: int = DEFAULT_SEED
     device: str = "cpu"
-    comm: AllToAllModel = field(default=CPU_LOOPBACK)
+    comm: AllToAllModel = field(default_factory=_default_cpu_comm)
     reference: bool = True
     reference_calls: int = 2
     reference_nominal_ms: tuple[float, float] | None = None
@@ -391,6 +396,18 @@ def _cost(shards: Sequence[ShardTiming], a2a_ms: float) -> float:
     return max(s.fwd_comp_ms for s in shards) + 2 * a2a_ms + max(s.bwd_comp_ms for s in shards)
 
 
-def default_comm(device: str) -> AllToAllModel:
-    """The all-to-all model that fits the device kind."""
-    return NVLINK_GPU if device == "cuda" else CPU_LOOPBACK
+def default_comm(device: str, profile: str | None = None) -> AllToAllModel:
+    """The all-to-all model for the communication stages: the ``comm`` section of a
+    hardware profile (fitted to measured all-to-alls by ``dreamshard calibrate-comm``).
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        profile: Profile name or JSON path. None: the packaged CPU profile on ``cpu``;
+            on ``cuda`` the NVLink figures (comm.NVLINK_GPU), since the packaged CPU
+            profile describes processes on a CPU host.
+    """
+    from dreamshard.backends.sim import DEFAULT_PROFILE_NAME, load_profile
+
+    if profile is None and device == "cuda":
+        return NVLINK_GPU
+    return load_profile(profile or DEFAULT_PROFILE_NAME).comm
