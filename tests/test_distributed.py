@@ -10,13 +10,20 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch.distributed as dist
 
 from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
-from dreamshard.backends.distributed_worker import CommPoint, TimingSettings, batch_slices
+from dreamshard.backends.distributed_worker import (
+    CommPoint,
+    TimingSettings,
+    add_turn_waits,
+    batch_slices,
+)
 from dreamshard.errors import BackendError, InputError
 from dreamshard.tables import save_tables
 from dreamshard.types import Placement, Task
@@ -90,10 +97,16 @@ class TestOneGroup:
             backend.measure_comm([CommPoint(256, (8, 8)), CommPoint(256, (8, 8, 8))])
 
 
+def test_turn_waits_are_added_to_forward_communication() -> None:
+    # [device, stage]: device 1 computes 3 ms longer, so device 0 waits 3 ms.
+    times = np.array([[1.0, 0.5, 0.4, 2.0], [4.0, 0.5, 0.4, 1.0]])
+    assert add_turn_waits(times).tolist() == [[1.0, 3.5, 0.4, 2.0], [4.0, 0.5, 0.4, 1.0]]
+
+
 @pytest.mark.slow
-def test_four_ranks_and_group_restart() -> None:
+def test_four_ranks_computing_at_once_and_group_restart() -> None:
     """A task with another device count gets a new group of the right size."""
-    with DistributedBackend(FAST) as b:
+    with DistributedBackend(replace(FAST, compute_turns=False)) as b:
         (two,) = b.measure(small_task(2), [Placement((0, 1, 0, 1))])
         (four,) = b.measure(small_task(4), [Placement((0, 1, 2, 3))])
         assert b.world_size == 4 and len(b.worker_pids) == 3

@@ -5,9 +5,10 @@ METHOD.md section 5, "Hardware, distributed": every device of a task is one proc
 embedding part, forward, the all-to-all of pooled embeddings split by each rank's output
 widths, the backward all-to-all of their gradients and the backward with the fused sparse
 update, each stage timed between barriers (backends/distributed_worker.py has the
-iteration). Gloo on CPUs, NCCL on GPUs. Per-device stage costs are the medians over all
-timed iterations, and communication stages include each device's wait for the slowest,
-as METHOD.md section 1 defines them.
+iteration). Gloo on CPUs, NCCL on GPUs. On a CPU host the ranks compute in turns by
+default (``DistributedConfig.compute_turns``): devices do not share cores, processes do.
+Per-device stage costs are the medians over all timed iterations, and communication
+stages include each device's wait for the slowest, as METHOD.md section 1 defines them.
 
 Launching. Start-up (importing torch and FBGEMM, the rendezvous) takes seconds, so a
 worker group serves many measurements:
@@ -71,6 +72,7 @@ from dreamshard.backends.distributed_worker import (
     RankStageTimes,
     ShutdownCommand,
     TimingSettings,
+    add_turn_waits,
     init_rank_group,
     run_comm_grid,
     run_measure,
@@ -115,6 +117,14 @@ class DistributedConfig:
         startup_timeout_s: Longest wait for spawned workers to join the group.
         memory_budget_bytes: Most bytes of weights built at once over all ranks of this
             host; placements beyond it are measured in several rounds.
+        compute_turns: Ranks run their forward (and backward) computation one after the
+            other instead of at once; the all-to-alls stay real and simultaneous, and each
+            device's forward communication still includes its wait for the slowest (added
+            from the gathered times, as types.synchronized_costs does). Devices do not
+            share compute, but processes on one CPU host do: run at once, two ranks on a
+            2-core host shared with other work slowed each other's backward down up to
+            2x, so balanced placements looked as slow as unbalanced ones. None (default):
+            on for ``cpu``, off for ``cuda`` (one GPU per rank).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -128,6 +138,7 @@ class DistributedConfig:
     build_timeout_s: float = 600.0
     startup_timeout_s: float = 120.0
     memory_budget_bytes: int = 8 * 2**30
+    compute_turns: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -142,6 +153,11 @@ class DistributedConfig:
     @property
     def timing(self) -> TimingSettings:
         return TimingSettings(self.windows, self.calls_per_window, self.warmup_calls)
+
+    @property
+    def turns(self) -> bool:
+        """Whether ranks compute in turns (compute_turns resolved for the device)."""
+        return self.device == "cpu" if self.compute_turns is None else self.compute_turns
 
 
 @dataclass(frozen=True)
@@ -541,6 +557,7 @@ class DistributedBackend:
                 seed=self.config.seed,
                 row_cap=self.config.row_cap,
                 timing=self.config.timing,
+                compute_turns=self.config.turns,
             )
             group = self._ready(task.num_devices)
             gathered = self._run(
@@ -673,6 +690,8 @@ def _placement_costs(
     """Per-device medians of each stage, and the spread of the cost across windows."""
     ranks = sorted(gathered, key=lambda g: g.rank)
     times = np.stack([g.stage_ms for g in ranks])  # [device, placement, window, call, stage]
+    if command.compute_turns:
+        times = add_turn_waits(times)
     out = []
     for k in range(len(command.placements)):
         per_device = tuple(

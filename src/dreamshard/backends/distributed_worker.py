@@ -14,6 +14,10 @@ so that their collectives match:
       all-to-all of their gradients (reverse direction) -> bwd_comm
       backward with the fused sparse update             -> bwd_comp
 
+  or, with ``compute_turns``, the same with the ranks computing one after the other
+  (barriers between turns), for ranks that share one host's cores (see
+  ``DistributedConfig.compute_turns``).
+
   Repetitions are spread over *windows*, each timing every placement in turn (rotated),
   as the ``fbgemm`` backend does; the per-call times are gathered to rank 0.
 - :class:`CommGridCommand`: time the all-to-all alone over a grid of per-rank widths and
@@ -112,6 +116,7 @@ class MeasureCommand:
         seed: Seed of the generated ids.
         row_cap: Tables with more rows run with this many (None: full size).
         timing: Repetitions.
+        compute_turns: Ranks compute one at a time (see DistributedConfig).
     """
 
     task: Task
@@ -120,6 +125,7 @@ class MeasureCommand:
     seed: int
     row_cap: int | None
     timing: TimingSettings
+    compute_turns: bool = False
 
 
 @dataclass(frozen=True)
@@ -378,21 +384,42 @@ def _check_all_built(group: RankGroup, error: str | None) -> None:
 
 
 def _timed_iteration(
-    shard: FusedShard | None, exchange: _Exchange, group: RankGroup, batch_size: int
+    shard: FusedShard | None,
+    exchange: _Exchange,
+    group: RankGroup,
+    batch_size: int,
+    turns: bool,
 ) -> tuple[float, float, float, float]:
-    """One training iteration of the embedding part; its four stage times in ms."""
+    """One training iteration of the embedding part; its four stage times in ms.
+
+    With ``turns`` the ranks compute one after the other (each computing rank alone on
+    the host), and the forward communication time is the all-to-all alone: the wait for
+    the slowest rank is added from the gathered times (``add_turn_waits``).
+    """
     clock = time.perf_counter
-    dist.barrier()
-    group.sync()
-    t0 = clock()
-    if shard is not None:
-        out = shard.op(shard.indices, shard.offsets)
+    out = None
+    fwd_comp = bwd_comp = 0.0
+    if turns:
+        for turn in range(group.world_size):
+            dist.barrier()
+            if turn == group.rank and shard is not None:
+                start = clock()
+                out = shard.op(shard.indices, shard.offsets)
+                group.sync()
+                fwd_comp = (clock() - start) * 1e3
+        dist.barrier()
         group.sync()
-        send = out.detach().reshape(-1)
+        t1 = clock()
     else:
-        out = None
-        send = exchange.grad_in  # empty: this rank holds no table
-    t1 = clock()
+        dist.barrier()
+        group.sync()
+        start = clock()
+        if shard is not None:
+            out = shard.op(shard.indices, shard.offsets)
+            group.sync()
+            fwd_comp = (clock() - start) * 1e3
+        t1 = clock()
+    send = out.detach().reshape(-1) if out is not None else exchange.grad_in  # empty: no table
     dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
     group.sync()
     t2 = clock()
@@ -404,13 +431,24 @@ def _timed_iteration(
     )
     group.sync()
     t4 = clock()
-    if out is not None:
-        out.backward(exchange.grad_in.view(batch_size, -1))
-        group.sync()
-    t5 = clock()
-    fwd_comp = (t1 - t0) * 1e3 if shard is not None else 0.0
-    bwd_comp = (t5 - t4) * 1e3 if shard is not None else 0.0
+    for turn in range(group.world_size if turns else 1):
+        if turns:
+            dist.barrier()
+        if out is not None and (not turns or turn == group.rank):
+            start = clock()
+            out.backward(exchange.grad_in.view(batch_size, -1))
+            group.sync()
+            bwd_comp = (clock() - start) * 1e3
     return fwd_comp, (t2 - t1) * 1e3, (t4 - t3) * 1e3, bwd_comp
+
+
+def add_turn_waits(times: FloatArray) -> FloatArray:
+    """Forward communication including the wait for the slowest rank, for times taken
+    in turns: ``times[device, ..., stage]`` (stages in STAGES order); a copy."""
+    out = times.copy()
+    fwd = times[..., 0]
+    out[..., 1] += fwd.max(axis=0, keepdims=True) - fwd
+    return out
 
 
 def _rotations(items: int, windows: int) -> Iterator[tuple[int, int]]:
@@ -426,7 +464,7 @@ def run_measure(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[RankStageTimes] | None:
     """Execute a measurement on this rank; rank 0 gets every rank's times, others None."""
-    task, timing = command.task, command.timing
+    task, timing, turns = command.task, command.timing, command.compute_turns
     error: str | None = None
     shards: list[FusedShard | None] = []
     group.report("building")
@@ -451,13 +489,13 @@ def run_measure(
         group.report("warm-up")
         for k in range(num):
             for _ in range(timing.warmup_calls):
-                _timed_iteration(shards[k], exchanges[k], group, command.batch_size)
+                _timed_iteration(shards[k], exchanges[k], group, command.batch_size, turns)
         for done, (window, k) in enumerate(_rotations(num, timing.windows), start=1):
             if k == window % num:
                 group.report(f"window {window + 1} of {timing.windows}")
             for call in range(timing.calls_per_window):
                 stage_ms[k, window, call] = _timed_iteration(
-                    shards[k], exchanges[k], group, command.batch_size
+                    shards[k], exchanges[k], group, command.batch_size, turns
                 )
             if progress is not None:
                 progress(done, num * timing.windows)
