@@ -24,6 +24,8 @@ from dreamshard.backends.fbgemm import default_comm
 from dreamshard.backends.sim import SimProfile, load_profile
 from dreamshard.errors import InputError
 
+from .test_cli import assert_one_line_error, run
+
 CONFIG = CommFitConfig(batch_sizes=(1024, 4096), widths=(0, 16, 256), max_points_per_batch=8)
 
 
@@ -95,3 +97,17 @@ def test_fbgemm_takes_its_comm_model_from_the_profile() -> None:
     assert default_comm("cpu") == load_profile("cpu-zen4").comm
     assert default_comm("cpu", "h100-public") == load_profile("h100-public").comm
     assert default_comm("cuda") == NVLINK_GPU
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (["--devices", "1"], ["at least 2 devices"]),
+        (["--widths", "16,wide"], ["--widths", "comma-separated integers"]),
+        (["--profile", "nope"], ["unknown simulator profile 'nope'"]),
+    ],
+)
+def test_calibrate_comm_bad_input(tmp_path: Path, args: list[str], parts: list[str]) -> None:
+    out = tmp_path / "p.json"
+    assert_one_line_error(run("calibrate-comm", "--out", out, *args), *parts)
+    assert not out.exists()
