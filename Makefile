@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench benchmark calibrate clean
+.PHONY: setup demo test lint bench benchmark calibrate clean bench-distributed calibrate-comm
 
 setup: $(STAMP)
 
@@ -34,6 +34,13 @@ benchmark: setup
 
 calibrate: setup
 	$(VENV)/bin/dreamshard calibrate --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-calibration.json
+
+bench-distributed: setup
+	$(PYTHON) benchmarks/bench_distributed.py
+
+# The all-to-all model of the packaged CPU profile, fitted to 2 gloo processes.
+calibrate-comm: setup
+	$(VENV)/bin/dreamshard calibrate-comm --devices 2 --profile cpu-zen4 --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-comm.json --windows 6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

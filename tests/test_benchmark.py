@@ -60,7 +60,7 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
 
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     lines: list[str] = []
-    results = run_benchmark(parse_config(TINY, "tiny"), tmp_path, "tiny", log=lines.append)
+    run_benchmark(parse_config(TINY, "tiny"), tmp_path, "tiny", log=lines.append)
     for name in ("results.json", "report.md", "config.json"):
         assert (tmp_path / name).is_file(), name
     for plot in (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from rich.table import Table
 from dreamshard import __version__
 from dreamshard.backends import BACKEND_NAMES, BackendOptions, make_backend
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
-from dreamshard.errors import DreamShardError, InputError
+from dreamshard.errors import DreamShardError, InputError, ServedAsWorker
 from dreamshard.evaluate import Evaluation, evaluate
 from dreamshard.fileio import write_json
 from dreamshard.placers import COMPARISON_PLACERS, PlacerOptions, make_placer
@@ -67,10 +68,19 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
+        except ServedAsWorker:
+            # A non-zero torchrun rank of the distributed backend: rank 0 reports.
+            raise typer.Exit(0) from None
         except DreamShardError as err:
             message = escape(str(err))  # file names like data[v2].csv are not markup
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
+        finally:
+            # Shut down distributed-backend worker groups the command started (the module
+            # is only loaded, with torch, if one was used).
+            distributed = sys.modules.get("dreamshard.backends.distributed")
+            if distributed is not None:
+                distributed.close_all()
 
     return wrapper
 
@@ -692,7 +702,7 @@ def calibrate(
     calls: CallsOpt = 6,
 ) -> None:
     """Fit the simulator to FBGEMM measurements of random shards on this machine."""
-    from dreamshard.backends.comm import CPU_LOOPBACK
+    from dreamshard.backends.fbgemm import default_comm
     from dreamshard.calibrate import (
         CalibrationConfig,
         calibration_report,
@@ -711,11 +721,12 @@ def calibrate(
         windows=windows,
         calls_per_window=calls,
     )
+    comm = default_comm("cpu")  # keep the packaged profile's fitted all-to-all model
     with _progress(f"measuring {num_shards} shards on fbgemm") as progress:
-        fit, held_out = measure_calibration(config, CPU_LOOPBACK, progress)
+        fit, held_out = measure_calibration(config, comm, progress)
     # Keep the measurements even if the fit fails.
     write_json(report_path, {"samples": samples_report(fit, held_out)})
-    result = fit_calibration(config, name, CPU_LOOPBACK, fit, held_out)
+    result = fit_calibration(config, name, comm, fit, held_out)
     summary = calibration_report(result)
     errors = summary["holdout_errors"]
     out_console.print(
@@ -726,6 +737,83 @@ def calibrate(
     result.profile.save(out)
     write_json(report_path, summary)
     out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")
+
+
+@app.command("calibrate-comm")
+@handle_errors
+def calibrate_comm(
+    out: Annotated[
+        Path, typer.Option("--out", help="Profile JSON to write (may be the --profile file).")
+    ],
+    profile: Annotated[
+        str,
+        typer.Option("--profile", help="Profile whose comm section is refitted (name or path)."),
+    ] = "cpu-zen4",
+    devices: Annotated[int, typer.Option("--devices", help="Processes (ranks) to time.")] = 2,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="Comma-separated global batch sizes.")
+    ] = "1024,4096,16384",
+    widths: Annotated[
+        str, typer.Option("--widths", help="Comma-separated per-rank output widths.")
+    ] = "0,16,64,256,1024",
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Where to write the fit report (default: beside --out)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu (gloo) or cuda (NCCL).")] = "cpu",
+    seed: SeedOpt = DEFAULT_SEED,
+    windows: WindowsOpt = 4,
+    calls: CallsOpt = 5,
+) -> None:
+    """Fit the all-to-all model to real all-to-alls between processes; store it in a profile."""
+    from dreamshard.backends.commfit import (
+        CommFitConfig,
+        fit_comm,
+        fit_report,
+        grid_points,
+        measure_grid,
+        update_profile,
+    )
+    from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
+    from dreamshard.backends.sim import load_profile
+
+    _check_out(out)
+    report_path = report if report is not None else out.with_suffix(".comm-report.json")
+    _check_out(report_path)
+    load_profile(profile)  # a bad profile fails before minutes of measuring
+    config = CommFitConfig(
+        num_devices=devices,
+        batch_sizes=tuple(_parse_ints(batch_sizes, "--batch-sizes")),
+        widths=tuple(_parse_ints(widths, "--widths")),
+        windows=windows,
+        calls_per_window=calls,
+        device=device,
+        seed=seed,
+    )
+    out_console.print(
+        f"timing {len(grid_points(config))} all-to-alls on {devices} "
+        f"{'NCCL' if device == 'cuda' else 'gloo'} processes ({windows} windows x {calls} calls)"
+    )
+    with DistributedBackend(DistributedConfig(device=device, seed=seed)) as backend:
+        samples = measure_grid(config, backend.measure_comm)
+    result = fit_comm(config, samples)
+    model, errors = result.model, result.holdout_errors()
+    out_console.print(
+        f"fitted: latency {model.latency_ms:.3f} ms, bandwidth {model.bandwidth_gbps:.3f} GB/s, "
+        f"volume {model.volume!r}; held-out points ({len(result.holdout_samples)}): "
+        f"median APE {errors['median_ape']:.1f}%, max {errors['max_ape']:.1f}%",
+        highlight=False,
+    )
+    update_profile(profile, model, out)
+    write_json(report_path, fit_report(config, result))
+    out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
 @app.command()

@@ -31,3 +31,12 @@ class InvalidPlacementError(DreamShardError):
 
 class BackendError(DreamShardError):
     """A cost backend could not measure (missing dependency, out of memory, ...)."""
+
+
+class ServedAsWorker(Exception):
+    """Raised on a non-zero ``torchrun`` rank of the ``distributed`` backend once rank 0
+    has shut the worker group down.
+
+    Not an error (so not a DreamShardError): the rank served rank 0's measurements, and
+    only rank 0 reports results. The CLI exits 0 without output.
+    """

@@ -2,6 +2,8 @@
 
 - ``fbgemm``: real FBGEMM fused operators, one emulated device at a time (default).
 - ``sim``: a calibrated analytical simulator (labelled as such in every result).
+- ``distributed``: one process per device (gloo on CPU, NCCL on GPU), real all-to-alls;
+  launches its own worker group, or uses the one ``torchrun`` started.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import InputError
 from dreamshard.types import CostBackend
 
-BACKEND_NAMES: tuple[str, ...] = ("fbgemm", "sim")
+BACKEND_NAMES: tuple[str, ...] = ("fbgemm", "sim", "distributed")
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,15 @@ class BackendOptions:
     Attributes:
         batch_size: Global batch of one training iteration.
         seed: Seed of generated ids.
-        profile: Simulator hardware profile (packaged name or JSON path); ``sim`` only.
+        profile: Hardware profile (packaged name or JSON path): the simulator's kernel
+            model (``sim``) and the all-to-all model of the communication stages
+            (``sim``, ``fbgemm``).
         row_cap: Run tables with at most this many rows; ``fbgemm`` only (logged).
         windows: Time windows of repetitions; ``fbgemm`` only.
         calls_per_window: Timed calls per shard per window; ``fbgemm`` only.
-        device: ``cpu`` or ``cuda``; ``fbgemm`` only.
+        device: ``cpu`` or ``cuda``; ``fbgemm`` and ``distributed``.
+        timeout_s: Collective timeout in seconds: a failed or hung rank is reported
+            within about this long; ``distributed`` only.
         kernel: ``fbgemm``, ``torch-fused`` or None (FBGEMM where it runs on the device,
             else torch-fused); ``fbgemm`` only.
     """
@@ -40,6 +46,7 @@ class BackendOptions:
     calls_per_window: int = 8
     device: str = "cpu"
     kernel: str | None = None
+    timeout_s: float = 30.0
 
 
 def make_backend(
@@ -64,11 +71,30 @@ def make_backend(
             seed=opts.seed,
             device=opts.device,
             kernel=opts.kernel,
-            comm=default_comm(opts.device),
+            # The profile's comm section; the default (CPU) profile does not describe GPUs.
+            comm=default_comm(
+                opts.device,
+                opts.profile if opts.device == "cpu" or opts.profile != "cpu-zen4" else None,
+            ),
         )
         return FbgemmBackend(config, progress=progress)
     if name == "sim":
         from dreamshard.backends.sim import SimBackend, load_profile
 
         return SimBackend(load_profile(opts.profile), batch_size=opts.batch_size)
+    if name == "distributed":
+        from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
+
+        return DistributedBackend(
+            DistributedConfig(
+                batch_size=opts.batch_size,
+                windows=opts.windows,
+                calls_per_window=opts.calls_per_window,
+                row_cap=opts.row_cap,
+                seed=opts.seed,
+                device=opts.device,
+                timeout_s=opts.timeout_s,
+            ),
+            progress=progress,
+        )
     raise InputError(f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)})")

@@ -8,10 +8,18 @@ With ``D`` devices, global batch ``B``, device ``d`` holding tables of total out
 - device ``d`` sends ``B * w_d * (D - 1) / D`` values (all but its own slice);
 - device ``d`` receives ``(B / D) * (W - w_d)`` values (its slice from every other device).
 
-Each device's transfer takes ``latency + max(sent, received) / bandwidth`` (full-duplex
-links); the collective ends when the slowest device is done. The backward all-to-all
-moves the gradients of the same tensors in reverse, so it has the same size. With one
-device there is nothing to exchange and both stages cost zero.
+Each device's transfer takes ``latency + volume / bandwidth``; the collective ends when
+the slowest device is done. The volume depends on the links (``AllToAllModel.volume``):
+
+- ``"max"``: ``max(sent, received)``, full-duplex links that send and receive at once
+  (NVLink, network);
+- ``"sum"``: ``sent + received``, where both directions share one resource, as between
+  processes of one CPU host, where every byte is copied by the CPUs through memory.
+  Measured gloo all-to-alls on the 2-core development host fit this form (an exchange
+  with both ranks sending costs twice one with one rank sending; ``calibrate-comm``).
+
+The backward all-to-all moves the gradients of the same tensors in reverse, so it has the
+same size. With one device there is nothing to exchange and both stages cost zero.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from dataclasses import dataclass
 #: Bytes per value of the pooled embeddings exchanged (FP32 outputs).
 OUTPUT_BYTES_PER_VALUE = 4
 
+#: Ways a device's sent and received bytes combine into its transfer volume.
+VOLUME_MODES: tuple[str, ...] = ("max", "sum")
+
 
 @dataclass(frozen=True)
 class AllToAllModel:
@@ -31,11 +42,20 @@ class AllToAllModel:
         latency_ms: Fixed cost of one collective on one device.
         bandwidth_gbps: Per-device transfer rate in GB/s (1e9 bytes per second).
         source: Where the numbers come from ("fitted to ..." or "assumed from ...").
+        volume: How a device's bytes add up: ``"max"`` of sent and received (full duplex)
+            or their ``"sum"`` (shared; see the module docstring).
     """
 
     latency_ms: float
     bandwidth_gbps: float
     source: str
+    volume: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.volume not in VOLUME_MODES:
+            raise ValueError(
+                f"all-to-all volume must be one of {VOLUME_MODES}, got {self.volume!r}"
+            )
 
     def time_ms(self, widths: Sequence[int], batch_size: int) -> float:
         """Duration of one all-to-all of pooled outputs for per-device output widths."""
@@ -48,7 +68,8 @@ class AllToAllModel:
         for width in widths:
             sent = batch_size * width * (num_devices - 1) / num_devices
             received = batch_size / num_devices * (total_width - width)
-            volume_bytes = max(sent, received) * OUTPUT_BYTES_PER_VALUE
+            values = sent + received if self.volume == "sum" else max(sent, received)
+            volume_bytes = values * OUTPUT_BYTES_PER_VALUE
             slowest = max(slowest, self.latency_ms + volume_bytes / bytes_per_ms)
         return slowest
 

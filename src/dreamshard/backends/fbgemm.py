@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from dreamshard.backends.base import ShardTiming
-from dreamshard.backends.comm import CPU_LOOPBACK, NVLINK_GPU, AllToAllModel
+from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel
 from dreamshard.backends.kernels import (
     FBGEMM_KERNEL,
     FusedShard,
@@ -53,6 +53,10 @@ from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchron
 from dreamshard.units import format_bytes
 
 log = logging.getLogger(__name__)
+
+
+def _default_cpu_comm() -> AllToAllModel:
+    return default_comm("cpu")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class FbgemmConfig:
         device: ``"cpu"`` or ``"cuda"``.
         kernel: ``"fbgemm"`` or ``"torch-fused"``; None picks FBGEMM where it runs on the
             device, else torch-fused (backends/kernels.py ``select_kernel``).
-        comm: All-to-all model for the communication stages.
+        comm: All-to-all model for the communication stages (default: the packaged CPU
+            profile's, see default_comm).
         reference: Normalise every time by the interleaved reference shard (see above).
         reference_calls: Reference calls timed before each shard in each window.
         reference_nominal_ms: Nominal (forward, backward) time of the reference shard;
@@ -90,7 +95,7 @@ class FbgemmConfig:
     seed: int = DEFAULT_SEED
     device: str = "cpu"
     kernel: str | None = None
-    comm: AllToAllModel = field(default=CPU_LOOPBACK)
+    comm: AllToAllModel = field(default_factory=_default_cpu_comm)
     reference: bool = True
     reference_calls: int = 2
     reference_nominal_ms: tuple[float, float] | None = None
@@ -398,6 +403,18 @@ def _cost(shards: Sequence[ShardTiming], a2a_ms: float) -> float:
     return max(s.fwd_comp_ms for s in shards) + 2 * a2a_ms + max(s.bwd_comp_ms for s in shards)
 
 
-def default_comm(device: str) -> AllToAllModel:
-    """The all-to-all model that fits the device kind."""
-    return NVLINK_GPU if device == "cuda" else CPU_LOOPBACK
+def default_comm(device: str, profile: str | None = None) -> AllToAllModel:
+    """The all-to-all model for the communication stages: the ``comm`` section of a
+    hardware profile (fitted to measured all-to-alls by ``dreamshard calibrate-comm``).
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        profile: Profile name or JSON path. None: the packaged CPU profile on ``cpu``;
+            on ``cuda`` the NVLink figures (comm.NVLINK_GPU), since the packaged CPU
+            profile describes processes on a CPU host.
+    """
+    from dreamshard.backends.sim import DEFAULT_PROFILE_NAME, load_profile
+
+    if profile is None and device == "cuda":
+        return NVLINK_GPU
+    return load_profile(profile or DEFAULT_PROFILE_NAME).comm

@@ -65,7 +65,7 @@ import numpy.typing as npt
 from scipy.optimize import least_squares
 
 from dreamshard.backends.base import ShardSample, ShardTiming
-from dreamshard.backends.comm import AllToAllModel
+from dreamshard.backends.comm import VOLUME_MODES, AllToAllModel
 from dreamshard.constants import BYTES_PER_ELEMENT, DEFAULT_BATCH_SIZE, NUM_ACCESS_BINS
 from dreamshard.errors import InputError, InvalidPlacementError
 from dreamshard.synthetic import _BIN_MEAN_COUNT
@@ -258,7 +258,12 @@ class SimProfile:
         if not isinstance(kernel, dict) or not isinstance(comm, dict):
             raise InputError(f"{source}: fields 'kernel' and 'comm' must be JSON objects")
         _check_keys(kernel, set(KernelParams.names()), f"{source}: kernel")
-        _check_keys(comm, {f.name for f in fields(AllToAllModel)}, f"{source}: comm")
+        # "volume" came later: profiles without it keep the full-duplex default.
+        _check_keys(
+            {"volume": "max", **comm}, {f.name for f in fields(AllToAllModel)}, f"{source}: comm"
+        )
+        if comm.get("volume", "max") not in VOLUME_MODES:
+            raise InputError(f"{source}: comm.volume must be one of {', '.join(VOLUME_MODES)}")
         for key in ("latency_ms", "bandwidth_gbps"):
             value = comm[key]
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
@@ -279,6 +284,7 @@ class SimProfile:
                 latency_ms=float(comm["latency_ms"]),
                 bandwidth_gbps=float(comm["bandwidth_gbps"]),
                 source=comm["source"],
+                volume=comm.get("volume", "max"),
             ),
         )
 
