@@ -7,11 +7,12 @@ import torch
 
 from dreamshard import __version__
 from dreamshard.costnet import CostNet, PlacementBatch
-from dreamshard.errors import InputError
+from dreamshard.errors import InfeasiblePlacementError, InputError
 from dreamshard.features import NETWORK_FEATURE_NAMES, FeatureNormalizer
 from dreamshard.mdp import rollout, task_tensors
 from dreamshard.model import MODEL_FILE, CheckpointError, DreamShardModel
 from dreamshard.placers import PlacerOptions, make_placer
+from dreamshard.search import DreamShardPlacer
 from dreamshard.types import Placement, TableSpec, Task
 
 from .conftest import table, task
@@ -155,3 +156,27 @@ def test_dreamshard_placer_with_samples_respects_memory(saved: Path) -> None:
 def test_dreamshard_placer_without_model_dir_raises() -> None:
     with pytest.raises(InputError, match="needs a trained model"):
         make_placer("dreamshard", PlacerOptions())
+
+
+def test_dreamshard_placer_falls_back_to_samples_when_greedy_does_not_fit() -> None:
+    # 2,000 rows on two devices of 1,000 rows: only {600, 400} / {500, 300, 200} fits.
+    tables = [table(f"t{i}", rows, 16) for i, rows in enumerate([600, 500, 400, 300, 200])]
+    t = task(tables, [64_000, 64_000])
+    model = make_model(tables, seed=1)
+    with torch.no_grad():
+        greedy = rollout(
+            model.policy, model.costnet, task_tensors(t, model.normalizer, model.costnet), 1, True
+        )
+    assert not bool(greedy.feasible[0])  # the case the fallback exists for
+    placement = DreamShardPlacer(model).place(t)
+    placement.validate(t)
+    assert {tuple(i for i, d in enumerate(placement.device_of) if d == k) for k in (0, 1)} == {
+        (0, 2),
+        (1, 3, 4),
+    }
+
+
+def test_dreamshard_placer_reports_a_task_nothing_fits() -> None:
+    tables = [table(f"t{i}", rows, 16) for i, rows in enumerate([600, 600, 600])]
+    with pytest.raises(InfeasiblePlacementError, match="t"):
+        DreamShardPlacer(make_model(tables)).place(task(tables, [64_000, 64_000]))

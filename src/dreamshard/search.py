@@ -3,6 +3,12 @@
 The greedy policy on the estimated MDP gives a placement in milliseconds without
 running anything. Beyond the paper, ``samples=K`` also draws K placements from the
 policy and keeps the one the cost network rates best (the greedy one included).
+
+Memory: the MDP only offers devices with room for the current table, but a greedy
+episode can still paint itself into a corner (every device too full for a later large
+table). Then, beyond the paper, the placer draws up to :data:`FALLBACK_SAMPLES` sampled
+episodes and keeps the best that fits (the cost network rates them); only if none fits
+is the task reported infeasible.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from dreamshard.mdp import rollout, task_tensors
 from dreamshard.model import DreamShardModel
 from dreamshard.runtime import one_thread
 from dreamshard.types import Placement, Task
+
+#: Sampled episodes tried, in rounds, when the greedy episode does not fit in memory.
+FALLBACK_SAMPLES: tuple[int, ...] = (16, 64, 256)
 
 
 class DreamShardPlacer:
@@ -44,6 +53,14 @@ class DreamShardPlacer:
             if self.samples:
                 generator = torch.Generator().manual_seed(self.seed)
                 sampled = rollout(model.policy, model.costnet, tt, self.samples, False, generator)
+                device_of = torch.cat([device_of, sampled.device_of])
+                cost = torch.cat([cost, sampled.predicted_cost])
+                feasible = torch.cat([feasible, sampled.feasible])
+            for round_, episodes in enumerate(FALLBACK_SAMPLES):
+                if bool(feasible.any()):
+                    break
+                generator = torch.Generator().manual_seed(self.seed + 1 + round_)
+                sampled = rollout(model.policy, model.costnet, tt, episodes, False, generator)
                 device_of = torch.cat([device_of, sampled.device_of])
                 cost = torch.cat([cost, sampled.predicted_cost])
                 feasible = torch.cat([feasible, sampled.feasible])
