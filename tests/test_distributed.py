@@ -115,6 +115,19 @@ def test_four_ranks_computing_at_once_and_group_restart() -> None:
     assert not dist.is_initialized()
 
 
+def test_ranks_run_the_kernel_asked_for() -> None:
+    with DistributedBackend(replace(FAST, kernel="torch-fused")) as b:
+        assert b.kernel == "torch-fused"
+        (cost,) = b.measure(small_task(2), [Placement((0, 1, 0, 1))])
+    assert cost.backend == "distributed[torch-fused]"
+    assert all(s.fwd_comp_ms > 0 and s.bwd_comp_ms > 0 for s in cost.per_device)
+
+
+def test_unknown_kernel_is_refused_before_starting_workers() -> None:
+    with pytest.raises(BackendError, match="unknown kernel 'magic'"):
+        DistributedBackend(replace(FAST, kernel="magic"))
+
+
 def _signal_later(pid: int, sig: signal.Signals, delay_s: float) -> threading.Thread:
     thread = threading.Thread(target=lambda: (time.sleep(delay_s), os.kill(pid, sig)))
     thread.start()

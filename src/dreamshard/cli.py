@@ -123,14 +123,17 @@ CallsOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of everything random.")]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="Where fused operators run: cpu or cuda; fbgemm only.")
+    str,
+    typer.Option(
+        "--device", help="Where fused operators run: cpu or cuda; fbgemm and distributed."
+    ),
 ]
 KernelOpt = Annotated[
     str | None,
     typer.Option(
         "--kernel",
         help="fbgemm or torch-fused (default: FBGEMM where it runs on the device, else "
-        "torch-fused); fbgemm only.",
+        "torch-fused); fbgemm and distributed.",
     ),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")]
@@ -170,6 +173,23 @@ def _backend_options(
     )
 
 
+def _progress_lines(description: str, lines: int, unit: str = "") -> Callable[[int, int], None]:
+    """A (done, total) callback printing a progress line on stderr about ``lines`` times."""
+    start = time.perf_counter()
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        step = max(1, total // lines)
+        if done == total or done // step > shown[0]:
+            shown[0] = done // step
+            err_console.print(
+                f"{description}: {done}/{total}{unit} ({time.perf_counter() - start:.0f} s)",
+                highlight=False,
+            )
+
+    return report
+
+
 @contextmanager
 def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar on stderr; yields a (done, total) callback.
@@ -178,19 +198,7 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
     line at every tenth of the work instead.
     """
     if not err_console.is_terminal:
-        start = time.perf_counter()
-        shown = [-1]
-
-        def report(done: int, total: int) -> None:
-            step = max(1, total // 10)
-            if done == total or done // step > shown[0]:
-                shown[0] = done // step
-                err_console.print(
-                    f"{description}: {done}/{total} ({time.perf_counter() - start:.0f} s)",
-                    highlight=False,
-                )
-
-        yield report
+        yield _progress_lines(description, lines=10)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -937,19 +945,7 @@ def benchmark(
         out_console.print(escape(line), highlight=False, soft_wrap=True)
 
     def progress(description: str) -> Callable[[int, int], None]:
-        start = time.perf_counter()
-        shown = [-1]
-
-        def report(done: int, total: int) -> None:
-            step = max(1, total // 4)
-            if done == total or done // step > shown[0]:
-                shown[0] = done // step
-                err_console.print(
-                    f"{description}: {done}/{total} tasks ({time.perf_counter() - start:.0f} s)",
-                    highlight=False,
-                )
-
-        return report
+        return _progress_lines(description, lines=4, unit=" tasks")
 
     results = run_benchmark(resolved, out, command_line(), log=log, progress=progress)
     report_path = escape(str(out / "report.md"))

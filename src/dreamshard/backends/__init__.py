@@ -35,7 +35,7 @@ class BackendOptions:
         timeout_s: Collective timeout in seconds: a failed or hung rank is reported
             within about this long; ``distributed`` only.
         kernel: ``fbgemm``, ``torch-fused`` or None (FBGEMM where it runs on the device,
-            else torch-fused); ``fbgemm`` only.
+            else torch-fused); ``fbgemm`` and ``distributed``.
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -58,11 +58,11 @@ def make_backend(
     opts = options or BackendOptions()
     if opts.batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {opts.batch_size}")
+    if name in ("fbgemm", "distributed") and (opts.windows < 1 or opts.calls_per_window < 1):
+        raise InputError("windows and calls per window must be at least 1")
     if name == "fbgemm":
         from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig, default_comm
 
-        if opts.windows < 1 or opts.calls_per_window < 1:
-            raise InputError("windows and calls per window must be at least 1")
         config = FbgemmConfig(
             batch_size=opts.batch_size,
             windows=opts.windows,
@@ -93,6 +93,7 @@ def make_backend(
                 row_cap=opts.row_cap,
                 seed=opts.seed,
                 device=opts.device,
+                kernel=opts.kernel,
                 timeout_s=opts.timeout_s,
             ),
             progress=progress,

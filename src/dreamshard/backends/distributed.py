@@ -56,7 +56,6 @@ from datetime import timedelta
 from typing import IO, TypeVar
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, TCPStore  # typed, unlike torch.distributed
 
@@ -79,6 +78,7 @@ from dreamshard.backends.distributed_worker import (
     send_command,
     serve,
 )
+from dreamshard.backends.kernels import FBGEMM_KERNEL, select_kernel
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.errors import BackendError, InputError, ServedAsWorker
 from dreamshard.types import Placement, PlacementCost, StageCosts, Task
@@ -111,6 +111,8 @@ class DistributedConfig:
         row_cap: Tables with more rows run with this many (None: full size).
         seed: Seed of the generated ids.
         device: ``cpu`` (gloo) or ``cuda`` (NCCL; rank r on GPU r of its host).
+        kernel: Fused-operator kernel (backends/kernels.py ``select_kernel``; None: FBGEMM
+            where it runs on the device, else torch-fused).
         timeout_s: Timeout of each collective: a failed or hung rank is reported
             within about this many seconds.
         build_timeout_s: Longest wait for the slowest rank to build its operators.
@@ -139,6 +141,7 @@ class DistributedConfig:
     startup_timeout_s: float = 120.0
     memory_budget_bytes: int = 8 * 2**30
     compute_turns: bool | None = None
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -477,17 +480,13 @@ class DistributedBackend:
 
         Raises:
             ServedAsWorker: On a non-zero torchrun rank, after serving rank 0.
-            BackendError: FBGEMM or the device is missing.
+            BackendError: The device or its kernel is missing (kernels.select_kernel).
         """
-        from dreamshard.backends.fbgemm import fbgemm_available
-
-        if not fbgemm_available():
-            raise BackendError(
-                "the distributed backend needs fbgemm_gpu (pip install fbgemm-gpu-cpu==1.8.0)"
-            )
         self.config = config or DistributedConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise BackendError("device 'cuda' asked for but torch sees no CUDA device")
+        #: The kernel every rank's operator runs on (recorded in the name of the results).
+        self.kernel = select_kernel(self.config.device, self.config.kernel)
+        if self.kernel != FBGEMM_KERNEL:
+            self.name = f"distributed[{self.kernel}]"
         if not dist.is_available():
             raise BackendError("this torch build has no torch.distributed")
         self.progress = progress
@@ -558,6 +557,7 @@ class DistributedBackend:
                 row_cap=self.config.row_cap,
                 timing=self.config.timing,
                 compute_turns=self.config.turns,
+                kernel=self.kernel,
             )
             group = self._ready(task.num_devices)
             gathered = self._run(

@@ -59,7 +59,7 @@ from torch._C._distributed_c10d import (
     TCPStore,
 )  # typed, unlike torch.distributed
 
-from dreamshard.backends.kernels import FusedShard, build_fused
+from dreamshard.backends.kernels import FBGEMM_KERNEL, FusedShard, build_fused
 from dreamshard.errors import BackendError
 from dreamshard.ids import table_ids
 from dreamshard.types import Placement, TableSpec, Task
@@ -117,6 +117,7 @@ class MeasureCommand:
         row_cap: Tables with more rows run with this many (None: full size).
         timing: Repetitions.
         compute_turns: Ranks compute one at a time (see DistributedConfig).
+        kernel: Kernel of the fused operators (resolved by rank 0 with select_kernel).
     """
 
     task: Task
@@ -126,6 +127,7 @@ class MeasureCommand:
     row_cap: int | None
     timing: TimingSettings
     compute_turns: bool = False
+    kernel: str = FBGEMM_KERNEL
 
 
 @dataclass(frozen=True)
@@ -360,7 +362,9 @@ def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedS
         key = tuple(t.name for t in tables)
         if key not in built:
             ids = [_ID_CACHE.get(t, command.batch_size, command.seed) for t in tables]
-            built[key] = build_fused(tables, ids, command.batch_size, group.device)
+            built[key] = build_fused(
+                tables, ids, command.batch_size, group.device, kernel=command.kernel
+            )
         out.append(built[key])
     return out
 

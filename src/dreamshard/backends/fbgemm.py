@@ -121,15 +121,6 @@ def reference_tables() -> tuple[TableSpec, ...]:
     )
 
 
-def fbgemm_available() -> bool:
-    """Whether fbgemm_gpu's TBE operators import."""
-    try:
-        import fbgemm_gpu.split_table_batched_embeddings_ops_training  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
-
-
 @dataclass
 class _ShardTimes:
     """Per-window lists of forward and backward times of one shard, in ms."""
