@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from common import line, random_placements
 from dreamshard.backends.commfit import CommFitConfig, fit_comm, measure_grid
 from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
 from dreamshard.backends.distributed_worker import CommPoint, TimingSettings
@@ -37,15 +38,10 @@ from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig, default_comm
 from dreamshard.errors import BackendError
 from dreamshard.synthetic import generate_table_pool
 from dreamshard.tasks import make_devices
-from dreamshard.types import Placement, Task
+from dreamshard.types import Task
 
 RESULTS = Path(__file__).parent / "results" / "distributed.json"
 BENCH_SEED = 1000
-
-
-def line(name: str, value: str, target: str, met: bool | None) -> None:
-    verdict = "" if met is None else ("MET" if met else "NOT MET")
-    print(f"{name:<62} {value:>14}   target {target:<8} {verdict}", flush=True)
 
 
 def small_task(num_tables: int, num_devices: int, seed: int) -> Task:
@@ -62,14 +58,6 @@ def small_task(num_tables: int, num_devices: int, seed: int) -> Task:
         tables=tuple(pool),
         devices=make_devices(num_devices, 10**12),
     )
-
-
-def random_placements(task: Task, count: int, seed: int) -> list[Placement]:
-    rng = np.random.default_rng(seed)
-    return [
-        Placement(tuple(int(d) for d in rng.integers(task.num_devices, size=task.num_tables)))
-        for _ in range(count)
-    ]
 
 
 def bench_agreement(placements: int, windows: int, calls: int) -> dict[str, Any]:

@@ -21,23 +21,19 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from common import line, random_placements
 from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig
 from dreamshard.backends.sim import SimBackend, load_profile, prediction_errors
 from dreamshard.calibrate import CalibrationConfig, measure_samples, sample_shards
 from dreamshard.placers import GreedyPlacer
 from dreamshard.synthetic import generate_table_pool
 from dreamshard.tasks import make_devices
-from dreamshard.types import Placement, Task
+from dreamshard.types import Task
 
 RESULTS = Path(__file__).parent / "results" / "foundation.json"
 #: Seed of the benchmark's own draws, distinct from the calibration's (seed 0), so the
 #: simulator is judged on tables and shards it was not fitted on.
 BENCH_SEED = 1000
-
-
-def line(name: str, value: str, target: str, met: bool | None) -> None:
-    verdict = "" if met is None else ("MET" if met else "NOT MET")
-    print(f"{name:<58} {value:>18}   target {target:<12} {verdict}")
 
 
 def bench_pool_generation() -> dict[str, Any]:
@@ -60,14 +56,6 @@ def dlrm_task(num_tables: int, num_devices: int, seed: int, max_rows: int = 1_00
         tables=tuple(pool[i] for i in chosen),
         devices=make_devices(num_devices, 10**12),
     )
-
-
-def random_placements(task: Task, count: int, seed: int) -> list[Placement]:
-    rng = np.random.default_rng(seed)
-    return [
-        Placement(tuple(int(d) for d in rng.integers(task.num_devices, size=task.num_tables)))
-        for _ in range(count)
-    ]
 
 
 def bench_sim_speed() -> dict[str, Any]:

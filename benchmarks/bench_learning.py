@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import line, suite_tasks
 from dreamshard.backends.sim import SimBackend
 from dreamshard.costnet import PlacementBatch
 from dreamshard.evaluate import evaluate
@@ -37,36 +38,11 @@ from dreamshard.placers import BASELINE_PLACERS, make_placer
 from dreamshard.runtime import one_thread
 from dreamshard.search import DreamShardPlacer
 from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import SuiteConfig, generate_suite, make_devices
+from dreamshard.tasks import make_devices
 from dreamshard.train import TrainConfig, Trainer
 from dreamshard.types import Placement, Task
 
 RESULTS = Path(__file__).parent / "results" / "learning.json"
-GB = 10**9
-
-
-def line(name: str, value: str, target: str = "", met: bool | None = None) -> None:
-    verdict = "" if met is None else ("MET" if met else "NOT MET")
-    print(
-        f"{name:<62} {value:>16}   {('target ' + target) if target else '':<16} {verdict}",
-        flush=True,
-    )
-
-
-def suite_tasks(
-    pool: Sequence[Any], num_tables: int, num_devices: int, memory_gb: float, num: int, seed: int
-) -> tuple[list[Task], list[Task]]:
-    config = SuiteConfig(
-        num_train=num,
-        num_test=num,
-        min_tables=num_tables,
-        max_tables=num_tables,
-        num_devices=num_devices,
-        memory_bytes=int(memory_gb * GB),
-        seed=seed,
-    )
-    suite = generate_suite(pool, config)
-    return list(suite.train), list(suite.test)
 
 
 def compare(tasks: Sequence[Task], model: DreamShardModel, samples: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common import GB, line, suite_tasks
 from dreamshard.backends import BackendOptions, make_backend
 from dreamshard.backends.sim import SimBackend
 from dreamshard.demo import DemoConfig, prepare_demo
@@ -38,7 +39,7 @@ from dreamshard.model import DreamShardModel
 from dreamshard.placers import BASELINE_PLACERS, make_placer
 from dreamshard.search import DreamShardPlacer
 from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import SuiteConfig, generate_suite, load_suite, make_devices
+from dreamshard.tasks import load_suite, make_devices
 from dreamshard.torchrec_planner import (
     TorchRecPlacer,
     task_module,
@@ -49,15 +50,6 @@ from dreamshard.train import TrainConfig, Trainer
 from dreamshard.types import Placer, Task
 
 RESULTS = Path(__file__).parent / "results" / "torchrec.json"
-GB = 10**9
-
-
-def line(name: str, value: str, target: str = "", met: bool | None = None) -> None:
-    verdict = "" if met is None else ("MET" if met else "NOT MET")
-    print(
-        f"{name:<62} {value:>16}   {('target ' + target) if target else '':<16} {verdict}",
-        flush=True,
-    )
 
 
 # -- (a) planning time -------------------------------------------------------------------
@@ -167,26 +159,17 @@ def planning_time(
 # -- (b) quality on unseen tasks ------------------------------------------------------------
 
 
+def learning_suite(seed: int) -> tuple[list[Task], list[Task]]:
+    """Exactly the learning benchmark's suite: 50 train and 50 test tasks of 50 tables."""
+    return suite_tasks(generate_table_pool(num_tables=856, seed=seed), 50, 4, 5, 50, seed)
+
+
 def test_tasks(args: argparse.Namespace, folder: str) -> list[Task]:
     """The unseen test tasks the comparison runs on (see the module docstring)."""
     if args.tasks is not None:
         tasks = list(load_suite(args.tasks).test)
     elif args.backend == "sim":
-        # Exactly the learning benchmark's suite: 50 train and 50 test tasks of 50 tables.
-        pool = generate_table_pool(num_tables=856, seed=args.seed)
-        suite = generate_suite(
-            pool,
-            SuiteConfig(
-                num_train=50,
-                num_test=50,
-                min_tables=50,
-                max_tables=50,
-                num_devices=4,
-                memory_bytes=5 * GB,
-                seed=args.seed,
-            ),
-        )
-        tasks = list(suite.test)
+        _, tasks = learning_suite(args.seed)
     else:
         _, suite = prepare_demo(DemoConfig(out_dir=folder, seed=args.seed))
         tasks = list(suite.test)
@@ -195,19 +178,7 @@ def test_tasks(args: argparse.Namespace, folder: str) -> list[Task]:
 
 def train_model(args: argparse.Namespace, folder: str) -> DreamShardModel:
     """Train like the learning benchmark (sim); ``--quick`` trains briefly."""
-    pool = generate_table_pool(num_tables=856, seed=args.seed)
-    suite = generate_suite(
-        pool,
-        SuiteConfig(
-            num_train=50,
-            num_test=0,
-            min_tables=50,
-            max_tables=50,
-            num_devices=4,
-            memory_bytes=5 * GB,
-            seed=args.seed,
-        ),
-    )
+    train_tasks, _ = learning_suite(args.seed)
     config = TrainConfig(
         iterations=3 if args.quick else args.iterations,
         measurements_per_iteration=10 if args.quick else args.measurements,
@@ -216,7 +187,7 @@ def train_model(args: argparse.Namespace, folder: str) -> DreamShardModel:
         seed=args.seed,
     )
     start = time.perf_counter()
-    model = Trainer(config, suite.train, SimBackend(), args.save_model or folder).run()
+    model = Trainer(config, train_tasks, SimBackend(), args.save_model or folder).run()
     line("trained DreamShard on sim (s)", f"{time.perf_counter() - start:.0f}")
     return model
 
