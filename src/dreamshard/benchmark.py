@@ -51,8 +51,6 @@ from dreamshard.units import parse_memory
 RESULTS_FORMAT = "dreamshard-benchmark"
 RESULTS_VERSION = 1
 
-#: Placers that are optional: skipped (and said so) when not installed.
-OPTIONAL_PLACERS: frozenset[str] = frozenset({"torchrec"})
 
 #: Placers that are DreamShard itself (everything else is a baseline).
 LEARNED = "dreamshard"
@@ -334,7 +332,7 @@ def _parse(top: _Reader) -> BenchmarkConfig:
     if len(set(placers)) != len(placers):
         raise InputError("placers: a placer is named twice")
     for name in placers:
-        if name not in PLACER_FACTORIES and name not in OPTIONAL_PLACERS:
+        if name not in PLACER_FACTORIES:
             raise InputError(
                 f"placers: unknown placer {name!r} (known: {', '.join(PLACER_FACTORIES)})"
             )
@@ -625,14 +623,7 @@ def run_benchmark(
     write_json(out / "config.json", config.to_json())
     start = time.perf_counter()
     backend = make_backend(config.backend, config.backend_options)
-    skipped = [
-        {"placer": p, "reason": "not installed (no such placer registered)"}
-        for p in config.placers
-        if p in OPTIONAL_PLACERS and p not in PLACER_FACTORIES
-    ]
-    for s in skipped:
-        log(f"skipping placer {s['placer']}: {s['reason']}")
-    placers = [p for p in config.placers if p not in {s["placer"] for s in skipped}]
+    placers = list(config.placers)
 
     pool = generate_table_pool(
         num_tables=config.pool_tables,
@@ -759,7 +750,6 @@ def run_benchmark(
         "backend": config.backend,
         "config": config.to_json(),
         "environment": environment(),
-        "skipped_placers": skipped,
         "families": families,
         "suites": suites,
         "generalisation": generalisation,

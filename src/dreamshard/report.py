@@ -47,9 +47,6 @@ def render_report(results: dict[str, Any]) -> str:
             "Placers that found no placement within memory (those tasks are left out of "
             "every mean of their suite): " + "; ".join(failed) + "."
         )
-    for s in results["skipped_placers"]:
-        add("")
-        add(f"Placer `{s['placer']}` was skipped: {s['reason']}.")
     add("")
 
     # -- where DreamShard does not win: first, plainly ------------------------------------
