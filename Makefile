@@ -24,13 +24,14 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PYTHON) benchmarks/bench_foundation.py
 
 # The paper-style benchmark on the simulator (about 20-30 minutes on 2 cores).
 benchmark: setup
-	$(VENV)/bin/dreamshard benchmark --config configs/benchmark-default.toml --out runs/benchmark
+	$(VENV)/bin/dreamshard benchmark --out runs/benchmark
 
 calibrate: setup
 	$(VENV)/bin/dreamshard calibrate --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-calibration.json

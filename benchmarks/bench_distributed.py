@@ -32,12 +32,12 @@ from scipy.stats import spearmanr
 
 from common import line, random_placements
 from dreamshard.backends.commfit import CommFitConfig, fit_comm, measure_grid
-from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
-from dreamshard.backends.distributed_worker import CommPoint, TimingSettings
+from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
+from dreamshard.backends.distributed.protocol import CommPoint, TimingSettings
 from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig, default_comm
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import make_devices
 from dreamshard.errors import BackendError
-from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import make_devices
 from dreamshard.types import Task
 
 RESULTS = Path(__file__).parent / "results" / "distributed.json"

@@ -22,12 +22,14 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from common import line, random_placements
+from dreamshard.backends.calibrate import CalibrationConfig, measure_samples, sample_shards
 from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig
-from dreamshard.backends.sim import SimBackend, load_profile, prediction_errors
-from dreamshard.calibrate import CalibrationConfig, measure_samples, sample_shards
-from dreamshard.placers import GreedyPlacer
-from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import make_devices
+from dreamshard.backends.sim.fit import prediction_errors
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.backends.sim.profile import load_profile
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import make_devices
+from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.types import Task
 
 RESULTS = Path(__file__).parent / "results" / "foundation.json"

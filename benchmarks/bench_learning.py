@@ -27,20 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from common import line, suite_tasks
-from dreamshard.backends.sim import SimBackend
-from dreamshard.costnet import PlacementBatch
-from dreamshard.evaluate import evaluate
-from dreamshard.model import DreamShardModel
-from dreamshard.placers import BASELINE_PLACERS, make_placer
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import make_devices
+from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.method.train import TrainConfig
+from dreamshard.placers.dreamshard import DreamShardPlacer
+from dreamshard.placers.registry import BASELINE_PLACERS, make_placer
 from dreamshard.runtime import one_thread
-from dreamshard.search import DreamShardPlacer
-from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import make_devices
-from dreamshard.train import TrainConfig, Trainer
 from dreamshard.types import Placement, Task
+from dreamshard.workflows.experiment import train_model
 
 RESULTS = Path(__file__).parent / "results" / "learning.json"
 
@@ -93,28 +92,23 @@ def anneal(task: Task, start: Placement, evaluations: int, seed: int) -> float:
 
 def cost_net_mape(model: DreamShardModel, tasks: Sequence[Task], seed: int) -> float:
     """MAPE of the predicted overall cost on held-out tasks' measured placements
-    (random placements and DreamShard's own), in percent."""
+    (random placements and DreamShard's own), in percent (``DreamShardModel.cost_mape``)."""
     sim = SimBackend()
     rng = np.random.default_rng(seed)
     placer = DreamShardPlacer(model, samples=0)
-    errors = []
+    of_task: list[Task] = []
+    placed: list[Placement] = []
+    measured: list[float] = []
     for task in tasks:
         placements = [placer.place(task)]
         placements += [
             Placement(tuple(int(d) for d in rng.integers(task.num_devices, size=task.num_tables)))
             for _ in range(3)
         ]
-        measured = [c.cost_ms for c in sim.measure(task, placements)]
-        batch = PlacementBatch.build(
-            [model.normalizer.transform(task.tables)] * len(placements),
-            placements,
-            [task.num_devices] * len(placements),
-        )
-        with torch.no_grad(), one_thread():
-            _, overall = model.costnet(batch)
-        predicted = overall.numpy() * model.costnet.cost_scale_ms
-        errors.extend(np.abs(predicted - measured) / np.array(measured) * 100)
-    return float(np.mean(errors))
+        of_task += [task] * len(placements)
+        placed += placements
+        measured += [c.cost_ms for c in sim.measure(task, placements)]
+    return model.cost_mape(of_task, placed, measured)
 
 
 def inference_seconds(model: DreamShardModel, num_tables: int, num_devices: int) -> float:
@@ -157,7 +151,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        model = Trainer(config, train, SimBackend(), folder).run()
+        model = train_model(config, train, SimBackend(), folder, resume=False).model
         train_s = time.perf_counter() - start
     line("training wall time on sim (s)", f"{train_s:.0f}", "<= 900", train_s <= 900)
     line("backend measurements spent", str(model.info["measurements"]))

@@ -32,22 +32,19 @@ from typing import Any
 
 from common import GB, line, suite_tasks
 from dreamshard.backends import BackendOptions, make_backend
-from dreamshard.backends.sim import SimBackend
-from dreamshard.demo import DemoConfig, prepare_demo
-from dreamshard.evaluate import evaluate
-from dreamshard.model import DreamShardModel
-from dreamshard.placers import BASELINE_PLACERS, make_placer
-from dreamshard.search import DreamShardPlacer
-from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import load_suite, make_devices
-from dreamshard.torchrec_planner import (
-    TorchRecPlacer,
-    task_module,
-    torchrec_estimates,
-    torchrec_planner,
-)
-from dreamshard.train import TrainConfig, Trainer
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import load_suite, make_devices
+from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.evaluation.torchrec_estimates import torchrec_estimates
+from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.method.train import TrainConfig
+from dreamshard.placers.dreamshard import DreamShardPlacer
+from dreamshard.placers.registry import BASELINE_PLACERS, make_placer
+from dreamshard.placers.torchrec import TorchRecPlacer, task_module, torchrec_planner
 from dreamshard.types import Placer, Task
+from dreamshard.workflows.demo import DemoConfig, prepare_demo
+from dreamshard.workflows.experiment import train_model
 
 RESULTS = Path(__file__).parent / "results" / "torchrec.json"
 
@@ -176,7 +173,7 @@ def test_tasks(args: argparse.Namespace, folder: str) -> list[Task]:
     return tasks[: args.num_tasks] if args.num_tasks else tasks
 
 
-def train_model(args: argparse.Namespace, folder: str) -> DreamShardModel:
+def train_here(args: argparse.Namespace, folder: str) -> DreamShardModel:
     """Train like the learning benchmark (sim); ``--quick`` trains briefly."""
     train_tasks, _ = learning_suite(args.seed)
     config = TrainConfig(
@@ -187,9 +184,12 @@ def train_model(args: argparse.Namespace, folder: str) -> DreamShardModel:
         seed=args.seed,
     )
     start = time.perf_counter()
-    model = Trainer(config, train_tasks, SimBackend(), args.save_model or folder).run()
+    # A fresh run each time (an old checkpoint in --save-model is overwritten, not resumed).
+    trained = train_model(
+        config, train_tasks, SimBackend(), args.save_model or folder, resume=False
+    )
     line("trained DreamShard on sim (s)", f"{time.perf_counter() - start:.0f}")
-    return model
+    return trained.model
 
 
 def quality(
@@ -306,7 +306,7 @@ def main() -> None:
     }
 
     with tempfile.TemporaryDirectory() as folder:
-        model = DreamShardModel.load(args.model) if args.model else train_model(args, folder)
+        model = DreamShardModel.load(args.model) if args.model else train_here(args, folder)
         results["model"] = str(args.model) if args.model else "trained here on sim"
         if not args.skip_timing:
             planning_time(model, args, results)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dreamshard.tasks import SuiteConfig, generate_suite
+from dreamshard.data.tasks import SuiteConfig, generate_suite
 from dreamshard.types import Placement, TableSpec, Task
 
 GB = 10**9

@@ -52,7 +52,7 @@ from dreamshard.backends.kernels import (
     select_kernel,
     time_fused_call,
 )
-from dreamshard.features import table_from_ids
+from dreamshard.data.features import table_from_ids
 from dreamshard.fileio import write_json
 from dreamshard.types import TableSpec
 

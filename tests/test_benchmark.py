@@ -1,19 +1,34 @@
-"""The benchmark end to end on a tiny config, its config validation and its CLI."""
+"""The benchmark end to end on a tiny config, its config validation, the packaged default
+config, typed results read back from results.json, and its CLI."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from dreamshard.benchmark import DEFAULT_CONFIG, load_config, parse_config, run_benchmark
-from dreamshard.cli import app
+from dreamshard.bench.config import (
+    DEFAULT_CONFIG_NAME,
+    DEFAULT_CONFIG_PACKAGE,
+    default_config_text,
+    load_config,
+    parse_config,
+)
+from dreamshard.bench.plots import write_plots
+from dreamshard.bench.report import render_report
+from dreamshard.bench.results import BenchmarkResults, load_results
+from dreamshard.bench.runner import run_benchmark
+from dreamshard.cli.app import app
 from dreamshard.errors import InputError
+from dreamshard.method.checkpoint import DreamShardModel
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -60,7 +75,7 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
 
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     lines: list[str] = []
-    run_benchmark(parse_config(TINY, "tiny"), tmp_path, "tiny", log=lines.append)
+    results = run_benchmark(parse_config(TINY, "tiny"), tmp_path, "tiny", log=lines.append)
     for name in ("results.json", "report.md", "config.json"):
         assert (tmp_path / name).is_file(), name
     for plot in (
@@ -89,6 +104,13 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
         assert suite["rnn_measurements"] == 2 * 10
         assert suite["tasks"] == 2
         assert suite["strongest_baseline"] in suite["main_placers"]
+        # rnn spends backend measurements: never the measurement-free strongest.
+        assert suite["strongest_measurement_free_baseline"] in {
+            "random",
+            "size",
+            "lookup",
+            "torchrec",
+        }
         assert "dreamshard_speedup" in suite
         # Every compared cost is a backend measurement recorded per task.
         evaluation = saved["evaluations"][suite["spec"]["name"]]
@@ -107,6 +129,55 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
             assert f"**{suite_name}**: DreamShard's mean cost" in report
     assert "torch:" in report and "cpu_model:" in report
     assert any("training family f2" in line for line in lines)
+    # The typed results are results.json; read back, they redraw the same report.
+    assert json.dumps(results.to_json()) == json.dumps(saved)
+    loaded = load_results(tmp_path / "results.json")
+    assert json.dumps(loaded.to_json()) == json.dumps(saved)
+    assert render_report(loaded) == report
+    assert results.wall_s == saved["wall_s"] > 0
+    assert len(write_plots(loaded, tmp_path / "again")) == 4
+    # The suite's cost-network MAPE is the model's own definition on its measured placements.
+    model = DreamShardModel.load(tmp_path / "models" / "f2")
+    evaluation = results.evaluations["s6x2"]
+    measured = [r for r in evaluation.results if r.cost is not None and r.placement is not None]
+    tasks = {t.name: t for t in _test_tasks(parse_config(TINY, "tiny"), "s6x2")}
+    expected = model.cost_mape(
+        [tasks[r.task] for r in measured],
+        [r.placement for r in measured if r.placement is not None],
+        [r.cost.cost_ms for r in measured if r.cost is not None],
+    )
+    assert saved["suites"]["s6x2"]["cost_net_mape"] == pytest.approx(expected, rel=1e-9)
+
+
+def _test_tasks(config: Any, suite: str) -> list[Any]:
+    from dreamshard.bench.runner import _suite_tasks
+    from dreamshard.data.synthetic import generate_table_pool
+    from dreamshard.units import parse_memory
+
+    spec = next(s for s in config.suites if s.name == suite)
+    pool = generate_table_pool(
+        num_tables=config.pool_tables,
+        seed=config.seed,
+        dim=config.dim,
+        max_rows=config.max_rows,
+        batch_size=config.backend_options.batch_size,
+    )
+    return _suite_tasks(
+        pool,
+        config,
+        "test",
+        min_tables=spec.tables,
+        max_tables=spec.tables,
+        num_devices=spec.devices,
+        memory_bytes=parse_memory(spec.memory, "memory"),
+    )
+
+
+def test_results_from_json_rejects_other_files() -> None:
+    with pytest.raises(InputError, match="not a DreamShard benchmark results file"):
+        BenchmarkResults.from_json({"format": "something-else"})
+    with pytest.raises(InputError, match="results version 99"):
+        BenchmarkResults.from_json({"format": "dreamshard-benchmark", "version": 99})
 
 
 @pytest.mark.parametrize(
@@ -138,7 +209,7 @@ def test_unknown_field_is_named() -> None:
 
 
 def test_default_config_and_quick() -> None:
-    config = load_config(DEFAULT_CONFIG)
+    config = load_config()
     assert [s.name for s in config.suites] == [
         "dlrm-20x4",
         "dlrm-40x4",
@@ -179,12 +250,40 @@ def test_rerun_resumes_training_and_refuses_another_config(tmp_path: Path) -> No
     first = run_benchmark(parse_config(one, "a"), tmp_path, "a", log=lambda _: None)
     lines: list[str] = []
     again = run_benchmark(parse_config(one, "a"), tmp_path, "a", log=lines.append)
-    assert any("resumed at iteration 2" in line for line in lines)
+    assert any(re.search(r"resumed .*f2 at iteration 2", line) for line in lines)
     assert (
-        again["suites"]["s6x2"]["placers"]["dreamshard"]["mean_cost_ms"]
-        == first["suites"]["s6x2"]["placers"]["dreamshard"]["mean_cost_ms"]
+        again.suites["s6x2"].placers["dreamshard"].mean_cost_ms
+        == first.suites["s6x2"].placers["dreamshard"].mean_cost_ms
     )
+    assert again.families["f2"].history == first.families["f2"].history
     other = copy.deepcopy(one)
     other["families"][0]["memory"] = "2GB"
     with pytest.raises(InputError, match="trained with another config"):
         run_benchmark(parse_config(other, "b"), tmp_path, "b", log=lambda _: None)
+
+
+def test_default_config_is_package_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default config ships inside the package and loads through importlib.resources,
+    wherever the process runs (not from a path beside the source tree)."""
+    packaged = resources.files(DEFAULT_CONFIG_PACKAGE).joinpath(DEFAULT_CONFIG_NAME)
+    assert packaged.is_file()
+    assert default_config_text() == packaged.read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert not Path("configs").exists()
+    config = load_config(None)
+    assert config == parse_config(tomllib.loads(packaged.read_text(encoding="utf-8")), "x")
+    # Shipped in wheels too: pyproject's package data names it.
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    data = pyproject["tool"]["setuptools"]["package-data"]
+    assert DEFAULT_CONFIG_NAME in data.get(DEFAULT_CONFIG_PACKAGE, []), data
+    assert not (root / "configs" / "benchmark-default.toml").exists()
+
+
+def test_default_config_errors_name_the_packaged_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dreamshard.bench.config as config_module
+
+    monkeypatch.setattr(config_module, "default_config_text", lambda: "seed = -1\n")
+    with pytest.raises(InputError, match=r"^dreamshard/bench/default\.toml: seed: "):
+        load_config()
+    assert os.path.basename(config_module.DEFAULT_CONFIG_WHERE) == DEFAULT_CONFIG_NAME

@@ -6,14 +6,17 @@ import csv
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
-from dreamshard.cli import app
-from dreamshard.tables import CSV_COLUMNS, load_tables, save_tables, table_to_record
-from dreamshard.tasks import load_suite
+from dreamshard.backends import BackendOptions
+from dreamshard.cli.app import app
+from dreamshard.cli.options import BackendChoice, OutOpt, backend_options
+from dreamshard.data.tables import CSV_COLUMNS, load_tables, save_tables, table_to_record
+from dreamshard.data.tasks import load_suite
 
 from .conftest import table
 
@@ -225,9 +228,11 @@ def test_place_writes_json(tmp_path: Path, tables_csv: Path) -> None:
     assert result.stderr.splitlines()[-1].split(": ")[-1].startswith(("1/1", "2/2"))
     payload = json.loads(out.read_text())
     assert set(payload) == {
+        "format", "version",
         "task", "placer", "backend", "tables_file", "devices", "placement", "device_of",
         "cost_ms", "rel_spread", "per_device", "place_time_ms",
     }  # fmt: skip
+    assert (payload["format"], payload["version"]) == ("dreamshard-placement", 1)
     assert payload["task"] == "pool"
     assert payload["placer"] == "size-lookup"
     assert payload["backend"] == "fbgemm"
@@ -289,3 +294,95 @@ def test_gen_tables_gen_tasks_evaluate(tmp_path: Path) -> None:
     assert payload["config"]["split"] == "test"
     assert payload["config"]["batch_size"] == 64
     assert payload["config"]["tasks_file"] == str(suite)
+
+
+# -- the backend-option block ------------------------------------------------------------
+
+BLOCK_FLAGS = [
+    "--backend", "--batch-size", "--profile", "--row-cap", "--windows", "--calls", "--device",
+    "--kernel", "--seed",
+]  # fmt: skip
+
+
+def _click_params(command: str) -> dict[str, Any]:
+    group = typer.main.get_command(app)
+    return {p.opts[0]: p for p in group.commands[command].params}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("command", "windows", "calls"), [("place", 8, 8), ("evaluate", 8, 8), ("train", 4, 6)]
+)
+def test_backend_block_on_every_command_with_its_defaults(
+    command: str, windows: int, calls: int
+) -> None:
+    params = _click_params(command)
+    assert set(BLOCK_FLAGS) <= set(params)
+    defaults = {flag: params[flag].default for flag in BLOCK_FLAGS}
+    assert defaults == {
+        "--backend": "fbgemm", "--batch-size": 4096, "--profile": "cpu-zen4",
+        "--row-cap": None, "--windows": windows, "--calls": calls, "--device": "cpu",
+        "--kernel": None, "--seed": 0,
+    }  # fmt: skip
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for flag in [*BLOCK_FLAGS, *params]:
+        assert flag in result.output, flag
+
+
+def test_backend_block_decorator_with_postponed_annotations() -> None:
+    # This module has `from __future__ import annotations` (so the names in annotations
+    # are imported at module level, as typer needs): typer must still see the command's
+    # own options and the block's, and the command gets one BackendChoice.
+    got: list[tuple[BackendChoice, Path | None, int]] = []
+    tiny = typer.Typer()
+
+    @tiny.command()
+    @backend_options(windows=3, calls=2)
+    def cmd(
+        *,
+        count: Annotated[int, typer.Option("--count")],
+        backend: BackendChoice,
+        out: OutOpt = None,
+    ) -> None:
+        got.append((backend, out, count))
+
+    result = CliRunner().invoke(tiny, ["--count", "5", "--backend", "sim", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    ((choice, out, count),) = got
+    assert (choice.name, out, count) == ("sim", None, 5)
+    assert choice.options == BackendOptions(seed=7, windows=3, calls_per_window=2)
+    assert choice.seed == 7
+
+    got.clear()
+    result = CliRunner().invoke(
+        tiny, ["--count", "1", "--windows", "9", "--calls", "4", "--row-cap", "500",
+               "--kernel", "torch-fused", "--device", "cuda", "--out", "x.json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ((choice, out, _),) = got
+    assert out == Path("x.json")
+    assert (choice.options.windows, choice.options.calls_per_window) == (9, 4)
+    assert (choice.options.row_cap, choice.options.kernel) == (500, "torch-fused")
+    assert choice.options.device == "cuda"
+
+
+def test_backend_block_needs_a_keyword_only_backend_parameter() -> None:
+    def no_slot(count: int = 1) -> None: ...
+
+    def clash(*, seed: int = 0, backend: object) -> None: ...
+
+    with pytest.raises(TypeError, match="keyword-only parameter 'backend'"):
+        backend_options(windows=1, calls=1)(no_slot)
+    with pytest.raises(TypeError, match="seed"):
+        backend_options(windows=1, calls=1)(clash)
+
+
+@pytest.mark.parametrize("command", ["place", "evaluate", "train"])
+def test_row_cap_checked_on_every_command(tmp_path: Path, command: str) -> None:
+    required = {
+        "place": ["--tables", tmp_path / "x.csv", "--devices", 2, "--memory", "1GB"],
+        "evaluate": ["--tasks", tmp_path / "s.json"],
+        "train": ["--tasks", tmp_path / "s.json", "--out", tmp_path / "m"],
+    }[command]
+    result = run(command, *required, "--row-cap", 5)
+    assert_one_line_error(result, "--row-cap must be at least 100, got 5")

@@ -19,9 +19,9 @@ from dreamshard.backends.commfit import (
     slowest_volume_bytes,
     update_profile,
 )
-from dreamshard.backends.distributed_worker import CommPoint
+from dreamshard.backends.distributed.protocol import CommPoint
 from dreamshard.backends.fbgemm import default_comm
-from dreamshard.backends.sim import SimProfile, load_profile
+from dreamshard.backends.sim.profile import SimProfile, load_profile
 from dreamshard.errors import InputError
 
 from .test_cli import assert_one_line_error, run

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dreamshard.costnet import CostNet, CostTargets, PlacementBatch
-from dreamshard.features import NETWORK_FEATURE_NAMES
+from dreamshard.data.features import NETWORK_FEATURE_NAMES
+from dreamshard.method.costnet import CostNet, CostTargets, PlacementBatch
 from dreamshard.types import Placement, PlacementCost, StageCosts, synchronized_costs
 
 pytestmark = pytest.mark.usefixtures("single_thread")

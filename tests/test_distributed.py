@@ -17,15 +17,11 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
-from dreamshard.backends.distributed_worker import (
-    CommPoint,
-    TimingSettings,
-    add_turn_waits,
-    batch_slices,
-)
+from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
+from dreamshard.backends.distributed.protocol import CommPoint, TimingSettings
+from dreamshard.backends.distributed.worker import add_turn_waits, batch_slices
+from dreamshard.data.tables import save_tables
 from dreamshard.errors import BackendError, InputError
-from dreamshard.tables import save_tables
 from dreamshard.types import Placement, Task
 
 from .conftest import table, task

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from dreamshard.evaluate import evaluate
-from dreamshard.placers import GreedyPlacer, RandomPlacer
+from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.placers.rules import GreedyPlacer, RandomPlacer
 from dreamshard.types import Placement, PlacementCost, StageCosts, Task
 
 from .conftest import table, task

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
+from dreamshard.backends.base import ShardTiming, stage_synchronous_cost_ms
 from dreamshard.backends.comm import AllToAllModel
 from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig
 from dreamshard.errors import BackendError, InvalidPlacementError
@@ -35,6 +37,35 @@ def test_measure_combines_stages_as_defined() -> None:
     assert all(c.fwd_comp_ms > 0 and c.bwd_comp_ms > 0 for c in cost.per_device)
     assert len(cost.window_costs_ms) == 2
     assert cost.rel_spread is not None and cost.rel_spread >= 0
+
+
+def test_window_cost_is_the_stage_synchronous_form_bit_for_bit() -> None:
+    # What the backend computed for each window before the formula had one home:
+    # max fwd + 2 * a2a + max bwd over the shards' timings, in Python floats.
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        devices = int(rng.integers(1, 9))
+        shards = [ShardTiming(float(f), float(b)) for f, b in rng.exponential(size=(devices, 2))]
+        if devices > 1:
+            shards[0] = ShardTiming(0.0, 0.0)  # a device without tables
+        a2a = float(rng.exponential(0.5))
+        expected = max(s.fwd_comp_ms for s in shards) + 2 * a2a + max(s.bwd_comp_ms for s in shards)
+        fwd = [s.fwd_comp_ms for s in shards]
+        bwd = [s.bwd_comp_ms for s in shards]
+        assert float(stage_synchronous_cost_ms(fwd, bwd, a2a, a2a)) == expected
+
+
+def test_stage_synchronous_cost_is_vectorised_over_placements() -> None:
+    rng = np.random.default_rng(1)
+    fwd, bwd = rng.exponential(size=(2, 50, 4))
+    a2a = rng.exponential(size=50)
+    many = stage_synchronous_cost_ms(fwd, bwd, a2a, a2a)
+    assert many.shape == (50,)
+    for k in range(50):
+        assert many[k] == float(stage_synchronous_cost_ms(fwd[k], bwd[k], a2a[k], a2a[k]))
+        assert many[k] == fwd[k].max() + 2.0 * a2a[k] + bwd[k].max()
+    # Different forward and backward all-to-alls add up.
+    assert float(stage_synchronous_cost_ms([1.0, 3.0], [2.0, 0.5], 0.25, 0.5)) == 5.75
 
 
 def test_device_without_tables_costs_no_computation() -> None:

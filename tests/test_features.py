@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dreamshard.constants import NUM_ACCESS_BINS
-from dreamshard.features import (
+from dreamshard.data.features import (
     FEATURE_NAMES,
     access_histogram,
     features_matrix,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig
 from dreamshard.backends.kernels import (
     SGD_LEARNING_RATE,
     build_fused,
+    cap_rows,
+    quiet_timing,
     select_kernel,
     time_fused_call,
 )
@@ -121,6 +125,24 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
         FbgemmBackend(FbgemmConfig(device="cuda"))
 
 
+def test_cap_rows_caps_only_tables_with_more_rows() -> None:
+    small, big = table("s", rows=100), table("b", rows=5000)
+    assert cap_rows(small, 500) is small
+    assert cap_rows(big, None) is big
+    assert cap_rows(big, 5000) is big
+    capped = cap_rows(big, 500)
+    assert capped.rows == 500 and replace(capped, rows=5000) == big
+
+
+def test_quiet_timing_runs_one_thread_without_gc_and_restores_both() -> None:
+    threads, gc_enabled = torch.get_num_threads(), gc.isenabled()
+    with quiet_timing():
+        assert torch.get_num_threads() == 1
+        assert not gc.isenabled()
+    assert torch.get_num_threads() == threads
+    assert gc.isenabled() == gc_enabled
+
+
 def test_kernels_module_imports_without_fbgemm_scipy_or_cli_libraries() -> None:
     # The GPU machines have PyTorch and numpy only: block the rest and build a shard.
     code = (
@@ -132,7 +154,7 @@ def test_kernels_module_imports_without_fbgemm_scipy_or_cli_libraries() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "import numpy as np\n"
         "from dreamshard.backends.kernels import build_fused, time_fused_call\n"
-        "from dreamshard.features import table_from_ids\n"
+        "from dreamshard.data.features import table_from_ids\n"
         "t = table_from_ids('t', np.array([1, 2, 2]), np.array([0, 1, 3]), dim=8)\n"
         "shard = build_fused([t], [(np.array([1, 2, 2]), np.array([0, 1, 3]))], 2,"
         " kernel='torch-fused')\n"
@@ -153,7 +175,7 @@ def test_kernels_module_imports_without_fbgemm_scipy_or_cli_libraries() -> None:
 
 
 def test_cli_device_and_kernel_options(tmp_path: Path) -> None:
-    from dreamshard.tables import save_tables
+    from dreamshard.data.tables import save_tables
 
     from .test_cli import FAST, assert_one_line_error, run
 

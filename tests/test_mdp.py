@@ -5,11 +5,11 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from dreamshard.costnet import CostNet, PlacementBatch
+from dreamshard.data.features import FeatureNormalizer
 from dreamshard.errors import InvalidPlacementError
-from dreamshard.features import FeatureNormalizer
-from dreamshard.mdp import INFEASIBLE_PENALTY, EstimatedMDP, rollout, task_tensors
-from dreamshard.policy import PolicyNet
+from dreamshard.method.costnet import CostNet, PlacementBatch
+from dreamshard.method.mdp import INFEASIBLE_PENALTY, EstimatedMDP, rollout, task_tensors
+from dreamshard.method.policy import PolicyNet
 from dreamshard.types import Placement, TableSpec, Task
 
 from .conftest import table, task

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dreamshard.policy import NUM_COST_FEATURES, PolicyNet, choose
+from dreamshard.method.policy import NUM_COST_FEATURES, PolicyNet, choose
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

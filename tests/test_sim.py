@@ -1,4 +1,4 @@
-"""Tests of the simulated cost backend (backends/sim.py)."""
+"""Tests of the simulated cost backend (backends/sim/)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 
 from dreamshard.backends.base import ShardSample
-from dreamshard.backends.sim import (
+from dreamshard.backends.sim.fit import fit_profile, prediction_errors
+from dreamshard.backends.sim.model import SimBackend, shard_timing
+from dreamshard.backends.sim.profile import (
     KernelParams,
-    SimBackend,
     SimProfile,
     available_profiles,
-    fit_profile,
     load_profile,
-    prediction_errors,
-    shard_timing,
 )
 from dreamshard.constants import NUM_ACCESS_BINS
 from dreamshard.errors import InputError, InvalidPlacementError

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dreamshard.constants import NUM_ACCESS_BINS
-from dreamshard.features import access_histogram
-from dreamshard.synthetic import (
+from dreamshard.data.features import access_histogram
+from dreamshard.data.synthetic import (
     MAX_ROWS,
     expected_access_histograms,
     generate_ids,

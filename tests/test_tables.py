@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from dreamshard.errors import InputError
-from dreamshard.synthetic import generate_table_pool
-from dreamshard.tables import (
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tables import (
     BIN_FIELDS,
     CSV_COLUMNS,
     load_tables,
     save_tables,
     table_to_record,
 )
+from dreamshard.errors import InputError
 from dreamshard.types import TableSpec
 
 #: A skewed 17-bin histogram whose floats do not sum to exactly 1.0.

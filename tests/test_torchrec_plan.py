@@ -15,11 +15,11 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from typer.testing import CliRunner
 
-from dreamshard.cli import app
+from dreamshard.cli.app import app
+from dreamshard.data.tables import save_tables
+from dreamshard.data.tasks import SuiteConfig
 from dreamshard.errors import InputError, InvalidPlacementError
-from dreamshard.tables import save_tables
-from dreamshard.tasks import SuiteConfig
-from dreamshard.torchrec_plan import (
+from dreamshard.torchrec.plan import (
     PLAN_FORMAT,
     build_sharding_plan,
     load_plan_spec,
@@ -253,10 +253,53 @@ def test_export_of_unplaced_table_names_it(four_tables: list[TableSpec], tmp_pat
         plan_from_placement_file(tmp_path / "placement.json", tmp_path / "tables.json")
 
 
+def test_export_of_placement_written_before_the_format(
+    four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    # `place --out` wrote no 'format' and 'version' before: such files still export alike.
+    save_tables(tmp_path / "tables.json", four_tables)
+    runner = CliRunner()
+    placed = runner.invoke(
+        app,
+        ["place", "--tables", str(tmp_path / "tables.json"), "--devices", "2", "--memory",
+         "1MB", "--placer", "size", "--backend", "sim", "--out", str(tmp_path / "new.json")],
+    )  # fmt: skip
+    assert placed.exit_code == 0, placed.output
+    payload = json.loads((tmp_path / "new.json").read_text())
+    assert (payload.pop("format"), payload.pop("version")) == ("dreamshard-placement", 1)
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    old = plan_from_placement_file(tmp_path / "old.json")
+    new = plan_from_placement_file(tmp_path / "new.json")
+    assert old.modules == new.modules and old.world_size == new.world_size == 2
+    assert old.source["placer"] == "size" and old.source["task"] == "tables"
+
+
+def test_cli_export_refuses_a_newer_placement_file(
+    four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    save_tables(tmp_path / "tables.json", four_tables)
+    placement = {
+        "format": "dreamshard-placement",
+        "version": 2,
+        "tables_file": str(tmp_path / "tables.json"),
+        "devices": [{"name": "dev0", "memory_bytes": 10**6}],
+        "placement": {t.name: "dev0" for t in four_tables},
+    }
+    (tmp_path / "placement.json").write_text(json.dumps(placement))
+    result = CliRunner().invoke(
+        app,
+        ["export", "--placement", str(tmp_path / "placement.json"), "--out", str(tmp_path / "p")],
+    )
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert str(tmp_path / "placement.json") in line and "field 'version'" in line
+    assert not (tmp_path / "p").exists()
+
+
 def test_cli_evaluate_shows_torchrec_estimates(
     four_tables: list[TableSpec], tmp_path: Path
 ) -> None:
-    from dreamshard.tasks import TaskSuite, save_suite
+    from dreamshard.data.tasks import TaskSuite, save_suite
 
     suite = TaskSuite(
         config=SuiteConfig(0, 2, 4, 4, 2, 10**6, 0),

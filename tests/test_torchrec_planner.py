@@ -20,20 +20,20 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from dreamshard.backends.sim import SimBackend
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.features import FeatureNormalizer
 from dreamshard.errors import InfeasiblePlacementError, InputError
-from dreamshard.evaluate import evaluate
-from dreamshard.features import FeatureNormalizer
-from dreamshard.model import DreamShardModel
-from dreamshard.placers import make_placer
-from dreamshard.torchrec_plan import ranks_of_tables
-from dreamshard.torchrec_planner import (
+from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.evaluation.torchrec_estimates import torchrec_estimate
+from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.placers.registry import make_placer
+from dreamshard.placers.torchrec import TorchRecPlacer
+from dreamshard.torchrec.plan import ranks_of_tables
+from dreamshard.torchrec.planner import (
     DEFAULT_POOLING_FACTOR,
     DreamShardPlanner,
     PlannerTopology,
     TableStats,
-    TorchRecPlacer,
-    torchrec_estimate,
 )
 from dreamshard.types import Placement, TableSpec
 

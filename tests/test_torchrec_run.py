@@ -18,9 +18,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dreamshard.features import FeatureNormalizer
-from dreamshard.model import DreamShardModel
-from dreamshard.torchrec_plan import plan_from_placement, save_plan
+from dreamshard.data.features import FeatureNormalizer
+from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.torchrec.plan import plan_from_placement, save_plan
 from dreamshard.types import Placement
 
 from .conftest import table, task
@@ -78,8 +78,8 @@ def _worker(rank: int, port: int, plan_path: str, out_dir: str, model_dir: str) 
     from torchrec.distributed.model_parallel import DistributedModelParallel
 
     from dreamshard.errors import InputError
-    from dreamshard.torchrec_plan import load_sharding_plan, ranks_of_tables
-    from dreamshard.torchrec_planner import DreamShardPlanner, PlannerTopology, TableStats
+    from dreamshard.torchrec.plan import load_sharding_plan, ranks_of_tables
+    from dreamshard.torchrec.planner import DreamShardPlanner, PlannerTopology, TableStats
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

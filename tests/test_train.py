@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from dreamshard.backends.sim import SimBackend
-from dreamshard.mdp import rollout, task_tensors
-from dreamshard.model import CheckpointError, DreamShardModel
-from dreamshard.policy import PolicyNet
-from dreamshard.synthetic import generate_table_pool
-from dreamshard.tasks import make_devices, make_task
-from dreamshard.train import IterationReport, TrainConfig, Trainer
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import make_devices, make_task
+from dreamshard.method.checkpoint import CheckpointError, DreamShardModel
+from dreamshard.method.mdp import rollout, task_tensors
+from dreamshard.method.policy import PolicyNet
+from dreamshard.method.train import IterationReport, TrainConfig, Trainer
 from dreamshard.types import Placement, Task
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -21,3 +21,6 @@ DIM_MULTIPLE = 4
 
 #: Default seed of every random choice in the package.
 DEFAULT_SEED = 0
+
+#: Where fused embedding operators can run (and TorchRec plans can put shards).
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")

@@ -1,4 +1,4 @@
-"""Process-level settings for predictable speed on small machines."""
+"""Process-level settings for predictable speed on small machines, and the host they run on."""
 
 from __future__ import annotations
 
@@ -22,3 +22,23 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def cpu_model(default: str = "unknown CPU") -> str:
+    """The host CPU's model name, as ``/proc/cpuinfo`` gives it (Linux).
+
+    Args:
+        default: What to return where ``/proc/cpuinfo`` cannot be read or has no
+            ``model name`` line.
+
+    Returns:
+        The first ``model name`` of ``/proc/cpuinfo``, stripped, or ``default``.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default

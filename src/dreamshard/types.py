@@ -11,8 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from dreamshard.constants import BYTES_PER_ELEMENT, NUM_ACCESS_BINS
 from dreamshard.errors import InvalidPlacementError
+
+#: Arrays of float64 and of int64 values, the array types of the numeric code.
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 #: Optimizers whose memory the placement constraint accounts for, with the optimizer
 #: state they keep in bytes per row (EXACT_SGD keeps none; row-wise Adagrad one fp32 per row).

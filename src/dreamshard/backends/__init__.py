@@ -79,11 +79,12 @@ def make_backend(
         )
         return FbgemmBackend(config, progress=progress)
     if name == "sim":
-        from dreamshard.backends.sim import SimBackend, load_profile
+        from dreamshard.backends.sim.model import SimBackend
+        from dreamshard.backends.sim.profile import load_profile
 
         return SimBackend(load_profile(opts.profile), batch_size=opts.batch_size)
     if name == "distributed":
-        from dreamshard.backends.distributed import DistributedBackend, DistributedConfig
+        from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
 
         return DistributedBackend(
             DistributedConfig(

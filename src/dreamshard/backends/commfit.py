@@ -15,7 +15,7 @@ global batch sizes and per-rank output widths:
    directions share the CPUs); the form that fits the fitting points better is kept;
 3. the errors on the held-out points (median and max absolute percentage error) are
    reported and recorded with the model, which is stored as the ``comm`` section of a
-   hardware profile (backends/sim.py's profile JSON).
+   hardware profile (backends/sim/profile.py's profile JSON).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import numpy as np
 from scipy.optimize import nnls
 
 from dreamshard.backends.comm import OUTPUT_BYTES_PER_VALUE, VOLUME_MODES, AllToAllModel
-from dreamshard.backends.distributed_worker import CommPoint, TimingSettings
-from dreamshard.backends.sim import SimProfile, load_profile
+from dreamshard.backends.distributed.protocol import CommPoint, TimingSettings
+from dreamshard.backends.sim.profile import SimProfile, load_profile
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.errors import InputError
 from dreamshard.fileio import atomic_write_text
+from dreamshard.runtime import cpu_model
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,4 @@ def _ape(model: AllToAllModel, sample: CommSample) -> float:
 
 
 def _host() -> str:
-    from dreamshard.calibrate import _cpu_model
-
-    return f"{platform.machine()} / {_cpu_model()}"
+    return f"{platform.machine()} / {cpu_model()}"

@@ -20,35 +20,36 @@ development machine this cut the spread of 5 repeated measurements of one placem
 from 24% to 3.7% (benchmarks/bench_foundation.py). ``reference=False`` reports raw times.
 
 Communication stages come from an all-to-all model (backends/comm.py) and are combined
-with the computation as METHOD.md section 1 says (types.synchronized_costs).
+with the computation as METHOD.md section 1 says (types.synchronized_costs per device,
+base.stage_synchronous_cost_ms for the cost of each window).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import statistics
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from dreamshard.backends.base import ShardTiming
+from dreamshard.backends.base import ShardTiming, stage_synchronous_cost_ms
 from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel
 from dreamshard.backends.kernels import (
     FBGEMM_KERNEL,
     FusedShard,
     build_fused,
+    cap_rows,
+    quiet_timing,
     select_kernel,
     time_fused_call,
 )
+from dreamshard.backends.sim.profile import DEFAULT_PROFILE_NAME, load_profile
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.data.ids import table_ids
+from dreamshard.data.synthetic import expected_access_histograms
 from dreamshard.errors import BackendError
-from dreamshard.ids import table_ids
-from dreamshard.runtime import one_thread
-from dreamshard.synthetic import expected_access_histograms
 from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
 from dreamshard.units import format_bytes
 
@@ -141,19 +142,6 @@ class _ShardTimes:
         )
 
 
-@contextmanager
-def _quiet_timing() -> Iterator[None]:
-    """One thread (the CPU kernels are single-threaded; more threads add noise) and no GC."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with one_thread():
-            yield
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
 class FbgemmBackend:
     """Measures placements by running FBGEMM's fused operators (METHOD.md section 5)."""
 
@@ -208,7 +196,9 @@ class FbgemmBackend:
                 per_window = [
                     times[_key(t)].window_timing(w) if t else ShardTiming(0.0, 0.0) for t in shards
                 ]
-                window_costs.append(_cost(per_window, a2a_ms))
+                fwd = [s.fwd_comp_ms for s in per_window]
+                bwd = [s.bwd_comp_ms for s in per_window]
+                window_costs.append(float(stage_synchronous_cost_ms(fwd, bwd, a2a_ms, a2a_ms)))
             mean = float(np.mean(window_costs))
             results.append(
                 PlacementCost(
@@ -253,7 +243,7 @@ class FbgemmBackend:
         done = 0
         for group in groups:
             built = [self._shard(tables) for tables in group]
-            with _quiet_timing():
+            with quiet_timing():
                 warm = [*built, self._shard(reference_tables())] if cfg.reference else built
                 for shard in warm:
                     for _ in range(cfg.warmup_calls):
@@ -320,19 +310,17 @@ class FbgemmBackend:
 
     def _run_table(self, table: TableSpec) -> TableSpec:
         """The table as it runs: rows capped by ``row_cap`` (logged once per table)."""
-        cap = self.config.row_cap
-        if cap is None or table.rows <= cap:
-            return table
-        if table.name not in self._scaled_logged:
+        run = cap_rows(table, self.config.row_cap)
+        if run is not table and table.name not in self._scaled_logged:
             self._scaled_logged.add(table.name)
             log.warning(
                 "table %r runs with %d of its %d rows (row cap; scale factor %.3g)",
                 table.name,
-                cap,
+                run.rows,
                 table.rows,
-                cap / table.rows,
+                run.rows / table.rows,
             )
-        return replace(table, rows=cap)
+        return run
 
     def _table_ids(self, table: TableSpec) -> tuple[np.ndarray, np.ndarray]:
         if table.name not in self._ids:
@@ -389,11 +377,6 @@ def _key(tables: Sequence[TableSpec]) -> tuple[str, ...]:
     return tuple(t.name for t in tables)
 
 
-def _cost(shards: Sequence[ShardTiming], a2a_ms: float) -> float:
-    """Stage-synchronous placement cost (METHOD.md section 1)."""
-    return max(s.fwd_comp_ms for s in shards) + 2 * a2a_ms + max(s.bwd_comp_ms for s in shards)
-
-
 def default_comm(device: str, profile: str | None = None) -> AllToAllModel:
     """The all-to-all model for the communication stages: the ``comm`` section of a
     hardware profile (fitted to measured all-to-alls by ``dreamshard calibrate-comm``).
@@ -404,8 +387,6 @@ def default_comm(device: str, profile: str | None = None) -> AllToAllModel:
             on ``cuda`` the NVLink figures (comm.NVLINK_GPU), since the packaged CPU
             profile describes processes on a CPU host.
     """
-    from dreamshard.backends.sim import DEFAULT_PROFILE_NAME, load_profile
-
     if profile is None and device == "cuda":
         return NVLINK_GPU
     return load_profile(profile or DEFAULT_PROFILE_NAME).comm

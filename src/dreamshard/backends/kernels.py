@@ -13,22 +13,27 @@ the optimizer's sparse update fused in. :func:`build_fused` builds it with one o
   in the backward. Used on CUDA when fbgemm_gpu's CUDA operators are not installed (the
   borrowed GPU machines have PyTorch only); on CPU only when asked for.
 
-:func:`time_fused_call` times one forward and one backward. fbgemm_gpu is imported only
+:func:`time_fused_call` times one forward and one backward, inside :func:`quiet_timing`;
+:func:`cap_rows` gives a table as it runs under a row cap. fbgemm_gpu is imported only
 when an FBGEMM operator is built, so this module imports with PyTorch and numpy alone.
 """
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamshard.constants import DEVICE_TYPES
 from dreamshard.errors import BackendError
+from dreamshard.runtime import one_thread
 from dreamshard.types import TableSpec
 
 #: Learning rate of the fused SGD update; its value does not change the cost.
@@ -39,7 +44,6 @@ FBGEMM_KERNEL = "fbgemm"
 #: PyTorch's own kernels, fused per group of same-dim tables (:class:`TorchFusedEmbeddingBags`).
 TORCH_FUSED_KERNEL = "torch-fused"
 KERNEL_NAMES: tuple[str, ...] = (FBGEMM_KERNEL, TORCH_FUSED_KERNEL)
-DEVICE_NAMES: tuple[str, ...] = ("cpu", "cuda")
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -66,8 +70,8 @@ def select_kernel(device: str, requested: str | None = None) -> str:
         BackendError: Unknown device or kernel, CUDA asked for but not visible, or FBGEMM
             asked for (or needed on CPU) but not installed for the device.
     """
-    if device not in DEVICE_NAMES:
-        raise BackendError(f"unknown device {device!r} (use {' or '.join(DEVICE_NAMES)})")
+    if device not in DEVICE_TYPES:
+        raise BackendError(f"unknown device {device!r} (use {' or '.join(DEVICE_TYPES)})")
     if requested is not None and requested not in KERNEL_NAMES:
         raise BackendError(f"unknown kernel {requested!r} (known: {', '.join(KERNEL_NAMES)})")
     if device == "cuda" and not torch.cuda.is_available():
@@ -210,6 +214,36 @@ def time_fused_call(shard: FusedShard, device: str = "cpu") -> tuple[float, floa
         torch.cuda.synchronize()
     end = time.perf_counter()
     return (middle - start) * 1e3, (end - middle) * 1e3
+
+
+@contextmanager
+def quiet_timing() -> Iterator[None]:
+    """One torch thread (FBGEMM's CPU kernels are single-threaded; more threads add noise)
+    and no GC while timing."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with one_thread():
+            yield
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def cap_rows(table: TableSpec, row_cap: int | None) -> TableSpec:
+    """The table as it runs under a row cap: with ``row_cap`` rows if it has more.
+
+    Args:
+        table: The table.
+        row_cap: Most rows a table runs with; None runs every table at full size.
+
+    Returns:
+        ``table`` itself when it is within the cap, else a copy with ``rows=row_cap``
+        (ids are then generated for the smaller table, same statistics otherwise).
+    """
+    if row_cap is None or table.rows <= row_cap:
+        return table
+    return replace(table, rows=row_cap)
 
 
 # -- torch-fused kernel -----------------------------------------------------------------

@@ -1,0 +1,420 @@
+"""One rank of the ``distributed`` backend: what every process of the group runs.
+
+Every rank (the driving rank 0 included) executes the same *commands* in the same order,
+so that their collectives match:
+
+- :class:`MeasureCommand`: build this rank's fused operator for each placement (its
+  device's tables, ids from :func:`dreamshard.data.ids.table_ids`), then time training
+  iterations of the embedding part (METHOD.md section 1), each one::
+
+      barrier
+      forward of the fused operator                     -> fwd_comp
+      all-to-all of the pooled embeddings               -> fwd_comm (waits for the slowest)
+      barrier
+      all-to-all of their gradients (reverse direction) -> bwd_comm
+      backward with the fused sparse update             -> bwd_comp
+
+  or, with ``compute_turns``, the same with the ranks computing one after the other
+  (barriers between turns), for ranks that share one host's cores (see
+  ``DistributedConfig.compute_turns``).
+
+  Repetitions are spread over *windows*, each timing every placement in turn (rotated),
+  as the ``fbgemm`` backend does; the per-call times are gathered to rank 0.
+- :class:`CommGridCommand`: time the all-to-all alone over a grid of per-rank widths and
+  batch sizes, for fitting the communication model (backends/commfit.py).
+- :class:`ShutdownCommand`: leave the loop.
+
+Commands reach the ranks through the rendezvous ``TCPStore`` (a blocking ``get`` of the
+next command's key, no polling), because an idle worker may wait for its next command
+far longer than the process group's collective timeout, which must stay short so that a
+failed rank is noticed quickly. Results travel back with ``gather_object``. The commands
+and results are defined in ``protocol.py``, the group a rank joins in ``group.py``.
+
+A spawned worker is started as ``python -m dreamshard.backends.distributed.worker`` by
+:class:`dreamshard.backends.distributed.backend.DistributedBackend`; under ``torchrun`` the
+non-zero ranks run :func:`serve` from the CLI process itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import TCPStore  # typed, unlike torch.distributed
+
+from dreamshard.backends.distributed.group import RankGroup, init_rank_group
+from dreamshard.backends.distributed.protocol import (
+    EXIT_PEER_FAILURE,
+    EXIT_WORKER_ERROR,
+    IDLE_TIMEOUT_S,
+    STAGES,
+    CommGridCommand,
+    MeasureCommand,
+    RankCommTimes,
+    RankStageTimes,
+    ShutdownCommand,
+    receive_command,
+)
+from dreamshard.backends.kernels import FusedShard, build_fused, cap_rows, quiet_timing
+from dreamshard.data.ids import table_ids
+from dreamshard.errors import BackendError
+from dreamshard.types import FloatArray, TableSpec
+
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------------------
+# Executing commands (every rank)
+# ---------------------------------------------------------------------------------------
+
+
+def batch_slices(batch_size: int, world_size: int) -> list[int]:
+    """Samples of the global batch each data-parallel rank receives (sizes differ by <= 1)."""
+    base, extra = divmod(batch_size, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+@dataclass
+class _Exchange:
+    """Buffers and split sizes of one placement's all-to-alls on one rank.
+
+    Forward: this rank sends rows ``[B, w_rank]`` of its pooled output, ``B_j`` rows to
+    rank ``j`` (flattened: ``B_j * w_rank`` values), and receives ``B_rank * w_i`` values
+    from each rank ``i``. Backward moves the gradients the opposite way.
+    """
+
+    send_splits: list[int]
+    recv_splits: list[int]
+    recv: torch.Tensor  # [B_rank * W] pooled embeddings from every rank
+    grad_out: torch.Tensor  # [B_rank * W] their gradients (ones)
+    grad_in: torch.Tensor  # [B * w_rank] gradient of this rank's pooled output
+
+
+def _exchange(widths: Sequence[int], rank: int, batch_size: int, device: torch.device) -> _Exchange:
+    slices = batch_slices(batch_size, len(widths))
+    own = widths[rank]
+    recv_splits = [slices[rank] * w for w in widths]
+    total = sum(recv_splits)
+    return _Exchange(
+        send_splits=[b * own for b in slices],
+        recv_splits=recv_splits,
+        recv=torch.empty(total, device=device),
+        grad_out=torch.ones(total, device=device),
+        grad_in=torch.empty(batch_size * own, device=device),
+    )
+
+
+class _IdCache:
+    """Per-table ids, generated once per (table, batch, seed) in this process."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[TableSpec, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, table: TableSpec, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (table, batch_size, seed)
+        if key not in self._ids:
+            self._ids[key] = table_ids(table, batch_size, seed)
+        return self._ids[key]
+
+
+_ID_CACHE = _IdCache()
+
+
+def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedShard | None]:
+    """This rank's fused operator for each placement (None where it holds no table)."""
+    built: dict[tuple[str, ...], FusedShard] = {}
+    out: list[FusedShard | None] = []
+    for placement in command.placements:
+        tables = [
+            cap_rows(command.task.tables[i], command.row_cap)
+            for i in placement.tables_on(group.rank)
+        ]
+        if not tables:
+            out.append(None)
+            continue
+        key = tuple(t.name for t in tables)
+        if key not in built:
+            ids = [_ID_CACHE.get(t, command.batch_size, command.seed) for t in tables]
+            built[key] = build_fused(
+                tables, ids, command.batch_size, group.device, kernel=command.kernel
+            )
+        out.append(built[key])
+    return out
+
+
+def _check_all_built(group: RankGroup, error: str | None) -> None:
+    """Wait (up to the build timeout) for every rank to build; raise if any failed."""
+    if group.world_size > 1:
+        dist.monitored_barrier(
+            group=group.control,
+            timeout=timedelta(seconds=group.build_timeout_s),
+            wait_all_ranks=True,
+        )
+    errors: list[str | None] = [None] * group.world_size
+    dist.all_gather_object(errors, error, group=group.control)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        rank, message = failed[0]
+        raise BackendError(
+            f"distributed backend: rank {rank} could not build its operator: {message}"
+        )
+
+
+def _timed_iteration(
+    shard: FusedShard | None,
+    exchange: _Exchange,
+    group: RankGroup,
+    batch_size: int,
+    turns: bool,
+) -> tuple[float, float, float, float]:
+    """One training iteration of the embedding part; its four stage times in ms.
+
+    With ``turns`` the ranks compute one after the other (each computing rank alone on
+    the host), and the forward communication time is the all-to-all alone: the wait for
+    the slowest rank is added from the gathered times (``add_turn_waits``).
+    """
+    clock = time.perf_counter
+    out = None
+    fwd_comp = bwd_comp = 0.0
+    if turns:
+        for turn in range(group.world_size):
+            dist.barrier()
+            if turn == group.rank and shard is not None:
+                start = clock()
+                out = shard.op(shard.indices, shard.offsets)
+                group.sync()
+                fwd_comp = (clock() - start) * 1e3
+        dist.barrier()
+        group.sync()
+        t1 = clock()
+    else:
+        dist.barrier()
+        group.sync()
+        start = clock()
+        if shard is not None:
+            out = shard.op(shard.indices, shard.offsets)
+            group.sync()
+            fwd_comp = (clock() - start) * 1e3
+        t1 = clock()
+    send = out.detach().reshape(-1) if out is not None else exchange.grad_in  # empty: no table
+    dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
+    group.sync()
+    t2 = clock()
+    dist.barrier()
+    group.sync()
+    t3 = clock()
+    dist.all_to_all_single(
+        exchange.grad_in, exchange.grad_out, exchange.send_splits, exchange.recv_splits
+    )
+    group.sync()
+    t4 = clock()
+    for turn in range(group.world_size if turns else 1):
+        if turns:
+            dist.barrier()
+        if out is not None and (not turns or turn == group.rank):
+            start = clock()
+            out.backward(exchange.grad_in.view(batch_size, -1))
+            group.sync()
+            bwd_comp = (clock() - start) * 1e3
+    return fwd_comp, (t2 - t1) * 1e3, (t4 - t3) * 1e3, bwd_comp
+
+
+def add_turn_waits(times: FloatArray) -> FloatArray:
+    """Forward communication including the wait for the slowest rank, for times taken
+    in turns: ``times[device, ..., stage]`` (stages in STAGES order); a copy."""
+    out = times.copy()
+    fwd = times[..., 0]
+    out[..., 1] += fwd.max(axis=0, keepdims=True) - fwd
+    return out
+
+
+def _rotations(items: int, windows: int) -> Iterator[tuple[int, int]]:
+    """(window, item) in the interleaved order: every item once per window, rotated."""
+    for window in range(windows):
+        for j in range(items):
+            yield window, (j + window) % items
+
+
+def run_measure(
+    command: MeasureCommand,
+    group: RankGroup,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[RankStageTimes] | None:
+    """Execute a measurement on this rank; rank 0 gets every rank's times, others None."""
+    task, timing, turns = command.task, command.timing, command.compute_turns
+    error: str | None = None
+    shards: list[FusedShard | None] = []
+    group.report("building")
+    try:
+        shards = _build_rank_shards(command, group)
+    except (BackendError, RuntimeError, MemoryError) as err:
+        error = f"{type(err).__name__}: {err}"
+    _check_all_built(group, error)
+    device = group.torch_device
+    exchanges = []
+    for placement in command.placements:
+        widths = [
+            sum(t.dim for t in tables)
+            for tables in (
+                [task.tables[i] for i in idx] for idx in placement.shards(task.num_devices)
+            )
+        ]
+        exchanges.append(_exchange(widths, group.rank, command.batch_size, device))
+    num = len(command.placements)
+    stage_ms = np.zeros((num, timing.windows, timing.calls_per_window, len(STAGES)))
+    with quiet_timing():
+        group.report("warm-up")
+        for k in range(num):
+            for _ in range(timing.warmup_calls):
+                _timed_iteration(shards[k], exchanges[k], group, command.batch_size, turns)
+        for done, (window, k) in enumerate(_rotations(num, timing.windows), start=1):
+            if k == window % num:
+                group.report(f"window {window + 1} of {timing.windows}")
+            for call in range(timing.calls_per_window):
+                stage_ms[k, window, call] = _timed_iteration(
+                    shards[k], exchanges[k], group, command.batch_size, turns
+                )
+            if progress is not None:
+                progress(done, num * timing.windows)
+    group.report("gathering")
+    return _gather(RankStageTimes(group.rank, stage_ms), group)
+
+
+def run_comm_grid(command: CommGridCommand, group: RankGroup) -> list[RankCommTimes] | None:
+    """Time the all-to-all alone at each grid point; rank 0 gets every rank's times."""
+    timing = command.timing
+    device = group.torch_device
+    generator = torch.Generator().manual_seed(0)
+    buffers = []
+    for point in command.points:
+        if len(point.widths) != group.world_size:
+            raise BackendError(
+                f"comm grid point has {len(point.widths)} widths, the group has "
+                f"{group.world_size} ranks"
+            )
+        exchange = _exchange(point.widths, group.rank, point.batch_size, device)
+        send = torch.rand(sum(exchange.send_splits), generator=generator).to(device)
+        buffers.append((exchange, send))
+    num = len(command.points)
+    comm_ms = np.zeros((num, timing.windows, timing.calls_per_window))
+
+    def once(k: int) -> float:
+        exchange, send = buffers[k]
+        dist.barrier()
+        group.sync()
+        start = time.perf_counter()
+        dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
+        group.sync()
+        return (time.perf_counter() - start) * 1e3
+
+    with quiet_timing():
+        group.report("comm warm-up")
+        for k in range(num):
+            for _ in range(timing.warmup_calls):
+                once(k)
+        for window, k in _rotations(num, timing.windows):
+            if k == window % num:
+                group.report(f"comm window {window + 1} of {timing.windows}")
+            for call in range(timing.calls_per_window):
+                comm_ms[k, window, call] = once(k)
+    group.report("gathering")
+    return _gather(RankCommTimes(group.rank, comm_ms), group)
+
+
+def _gather(item: _T, group: RankGroup) -> list[_T] | None:
+    gathered: list[_T] | None = [item] * group.world_size if group.rank == 0 else None
+    dist.gather_object(item, gathered, dst=0, group=group.control)
+    return gathered
+
+
+def execute(command: MeasureCommand | CommGridCommand, group: RankGroup) -> None:
+    """Run a command on a non-zero rank (its results go to rank 0)."""
+    if isinstance(command, MeasureCommand):
+        run_measure(command, group)
+    else:
+        run_comm_grid(command, group)
+
+
+def serve(group: RankGroup) -> None:
+    """The worker loop of a non-zero rank: execute commands until told to shut down.
+
+    A command that fails the same way on every rank (an operator that cannot be built)
+    raises BackendError everywhere; the worker reports it and waits for the next
+    command. Any other error leaves the loop by raising.
+    """
+    seq = 0
+    while True:
+        group.report(f"idle, waiting for command {seq}")
+        command = receive_command(group.store, seq)
+        seq += 1
+        if isinstance(command, ShutdownCommand):
+            return
+        group.report(f"command {seq - 1}")
+        try:
+            execute(command, group)
+        except BackendError as err:
+            print(f"rank {group.rank}: {err}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point of a spawned worker process
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Join the group the driver set up, serve it, return the exit code."""
+    parser = argparse.ArgumentParser(description="dreamshard distributed-backend worker")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world-size", type=int, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout-s", type=float, required=True)
+    parser.add_argument("--build-timeout-s", type=float, required=True)
+    parser.add_argument("--startup-timeout-s", type=float, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    group: RankGroup | None = None
+    try:
+        store = TCPStore(
+            args.host,
+            args.port,
+            args.world_size,
+            is_master=False,
+            timeout=timedelta(seconds=IDLE_TIMEOUT_S),
+        )
+        group = init_rank_group(
+            store,
+            args.rank,
+            args.world_size,
+            args.device,
+            args.timeout_s,
+            args.build_timeout_s,
+            args.startup_timeout_s,
+        )
+        serve(group)
+    except dist.DistError:
+        # A collective or the store failed: another rank (or the driver) went away.
+        traceback.print_exc()
+        return EXIT_PEER_FAILURE
+    except Exception:
+        traceback.print_exc()
+        return EXIT_WORKER_ERROR
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    # The commands are classes of protocol.py, so unpickled ones are instances of the
+    # classes the isinstance checks name even when this module runs as ``__main__``.
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Commands that fit the simulator to this machine: ``calibrate``, ``calibrate-comm``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from dreamshard.cli.options import CallsOpt, SeedOpt, WindowsOpt, check_out, parse_ints
+from dreamshard.cli.output import out_console, progress
+from dreamshard.constants import DEFAULT_SEED
+from dreamshard.fileio import write_json
+
+
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", help="Profile JSON to write.")],
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Where to write the error report (default: beside --out)."),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="Profile name.")] = "cpu-zen4",
+    num_shards: Annotated[int, typer.Option("--num-shards", help="Shards to measure.")] = 200,
+    holdout: Annotated[float, typer.Option("--holdout", help="Share of shards held out.")] = 0.25,
+    seed: SeedOpt = DEFAULT_SEED,
+    windows: WindowsOpt = 4,
+    calls: CallsOpt = 6,
+) -> None:
+    """Fit the simulator to FBGEMM measurements of random shards on this machine."""
+    from dreamshard.backends.calibrate import (
+        CalibrationConfig,
+        calibration_report,
+        fit_calibration,
+        measure_calibration,
+        samples_report,
+    )
+    from dreamshard.backends.fbgemm import default_comm
+
+    check_out(out)
+    report_path = report if report is not None else out.with_suffix(".report.json")
+    check_out(report_path)
+    config = CalibrationConfig(
+        num_shards=num_shards,
+        holdout_fraction=holdout,
+        seed=seed,
+        windows=windows,
+        calls_per_window=calls,
+    )
+    comm = default_comm("cpu")  # keep the packaged profile's fitted all-to-all model
+    with progress(f"measuring {num_shards} shards on fbgemm") as on_progress:
+        fit, held_out = measure_calibration(config, comm, on_progress)
+    # Keep the measurements even if the fit fails.
+    write_json(report_path, {"samples": samples_report(fit, held_out)})
+    result = fit_calibration(config, name, comm, fit, held_out)
+    summary = calibration_report(result)
+    errors = summary["holdout_errors"]
+    out_console.print(
+        f"held-out shards ({summary['holdout_shards']}): median APE fwd "
+        f"{errors['fwd_median_ape']:.1f}%, bwd {errors['bwd_median_ape']:.1f}%, "
+        f"fwd+bwd {errors['total_median_ape']:.1f}% (p90 {errors['total_p90_ape']:.1f}%)"
+    )
+    result.profile.save(out)
+    write_json(report_path, summary)
+    out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")
+
+
+def calibrate_comm(
+    out: Annotated[
+        Path, typer.Option("--out", help="Profile JSON to write (may be the --profile file).")
+    ],
+    profile: Annotated[
+        str,
+        typer.Option("--profile", help="Profile whose comm section is refitted (name or path)."),
+    ] = "cpu-zen4",
+    devices: Annotated[int, typer.Option("--devices", help="Processes (ranks) to time.")] = 2,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="Comma-separated global batch sizes.")
+    ] = "1024,4096,16384",
+    widths: Annotated[
+        str, typer.Option("--widths", help="Comma-separated per-rank output widths.")
+    ] = "0,16,64,256,1024",
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Where to write the fit report (default: beside --out)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu (gloo) or cuda (NCCL).")] = "cpu",
+    seed: SeedOpt = DEFAULT_SEED,
+    windows: WindowsOpt = 4,
+    calls: CallsOpt = 5,
+) -> None:
+    """Fit the all-to-all model to real all-to-alls between processes; store it in a profile."""
+    from dreamshard.backends.commfit import (
+        CommFitConfig,
+        fit_comm,
+        fit_report,
+        grid_points,
+        measure_grid,
+        update_profile,
+    )
+    from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
+    from dreamshard.backends.sim.profile import load_profile
+
+    check_out(out)
+    report_path = report if report is not None else out.with_suffix(".comm-report.json")
+    check_out(report_path)
+    load_profile(profile)  # a bad profile fails before minutes of measuring
+    config = CommFitConfig(
+        num_devices=devices,
+        batch_sizes=tuple(parse_ints(batch_sizes, "--batch-sizes")),
+        widths=tuple(parse_ints(widths, "--widths")),
+        windows=windows,
+        calls_per_window=calls,
+        device=device,
+        seed=seed,
+    )
+    out_console.print(
+        f"timing {len(grid_points(config))} all-to-alls on {devices} "
+        f"{'NCCL' if device == 'cuda' else 'gloo'} processes ({windows} windows x {calls} calls)"
+    )
+    with DistributedBackend(DistributedConfig(device=device, seed=seed)) as backend:
+        samples = measure_grid(config, backend.measure_comm)
+    result = fit_comm(config, samples)
+    model, errors = result.model, result.holdout_errors()
+    out_console.print(
+        f"fitted: latency {model.latency_ms:.3f} ms, bandwidth {model.bandwidth_gbps:.3f} GB/s, "
+        f"volume {model.volume!r}; held-out points ({len(result.holdout_samples)}): "
+        f"median APE {errors['median_ape']:.1f}%, max {errors['max_ape']:.1f}%",
+        highlight=False,
+    )
+    update_profile(profile, model, out)
+    write_json(report_path, fit_report(config, result))
+    out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")

@@ -1,0 +1,249 @@
+"""Options shared by several commands, the backend-option block, and parsing helpers.
+
+The backend block (``--backend --batch-size --profile --row-cap --windows --calls
+--device --kernel --seed``) is written once: :func:`backend_options` adds its
+parameters to a command's signature (typer reads the signature) and hands the command
+one :class:`BackendChoice` instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, get_type_hints
+
+import typer
+
+from dreamshard.backends import BACKEND_NAMES, BackendOptions
+from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.errors import InputError
+from dreamshard.placers.registry import PlacerOptions
+
+BackendOpt = Annotated[
+    str, typer.Option("--backend", help=f"Cost backend: {', '.join(BACKEND_NAMES)}.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Global batch size (samples).")]
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", help="Simulator profile (packaged name or JSON path); sim only.")
+]
+RowCapOpt = Annotated[
+    int | None,
+    typer.Option("--row-cap", help="Run tables with at most this many rows (logged); fbgemm only."),
+]
+WindowsOpt = Annotated[
+    int, typer.Option("--windows", help="Time windows of repetitions; fbgemm only.")
+]
+CallsOpt = Annotated[
+    int, typer.Option("--calls", help="Timed calls per shard per window; fbgemm only.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of everything random.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", help="Where fused operators run: cpu or cuda; fbgemm and distributed."
+    ),
+]
+KernelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kernel",
+        help="fbgemm or torch-fused (default: FBGEMM where it runs on the device, else "
+        "torch-fused); fbgemm and distributed.",
+    ),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", help="Trained DreamShard model folder (placer dreamshard)."),
+]
+SamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--samples", help="dreamshard: also sample K placements, keep the cost network's best."
+    ),
+]
+
+
+# -- the backend-option block -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What the backend block of a command line asked for.
+
+    Attributes:
+        name: Backend name (``--backend``).
+        options: Its options (``--seed`` included: it also seeds the command's placers).
+    """
+
+    name: str
+    options: BackendOptions
+
+    @property
+    def seed(self) -> int:
+        """``--seed``."""
+        return self.options.seed
+
+
+#: The parameter a command declares (keyword-only, annotated BackendChoice) where the
+#: block goes; the decorator replaces it with the block and fills it in.
+BACKEND_PARAMETER = "backend"
+
+
+def _block(windows: int, calls: int) -> list[inspect.Parameter]:
+    """The block's parameters, in the order ``--help`` lists them."""
+
+    def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+        )
+
+    return [
+        option("backend", BackendOpt, "fbgemm"),
+        option("batch_size", BatchOpt, DEFAULT_BATCH_SIZE),
+        option("profile", ProfileOpt, "cpu-zen4"),
+        option("row_cap", RowCapOpt, None),
+        option("windows", WindowsOpt, windows),
+        option("calls", CallsOpt, calls),
+        option("device", DeviceOpt, "cpu"),
+        option("kernel", KernelOpt, None),
+        option("seed", SeedOpt, DEFAULT_SEED),
+    ]
+
+
+def backend_choice(
+    backend: str,
+    batch_size: int,
+    profile: str,
+    row_cap: int | None,
+    windows: int,
+    calls: int,
+    device: str,
+    kernel: str | None,
+    seed: int,
+) -> BackendChoice:
+    """The block's values as a BackendChoice; a bad value raises InputError naming its flag."""
+    if row_cap is not None and row_cap < 100:
+        raise InputError(f"--row-cap must be at least 100, got {row_cap}")
+    options = BackendOptions(
+        batch_size=batch_size,
+        seed=seed,
+        profile=profile,
+        row_cap=row_cap,
+        windows=windows,
+        calls_per_window=calls,
+        device=device,
+        kernel=kernel,
+    )
+    return BackendChoice(backend, options)
+
+
+def backend_options(
+    *, windows: int, calls: int
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the backend block ``--backend --batch-size --profile --row-cap
+    --windows --calls --device --kernel --seed``, with these ``--windows``/``--calls``
+    defaults.
+
+    The command declares a keyword-only parameter ``backend: BackendChoice`` where the
+    block should appear in ``--help``; the decorated function's signature has the
+    block's parameters there instead (typer reads ``inspect.signature`` and the type
+    hints, so both are given resolved, whatever ``from __future__ import annotations``
+    left as strings: the names in the command's annotations must be the module's own,
+    as for any typer command), and the command is called with the BackendChoice they
+    make. A bad value (``--row-cap`` under 100) raises InputError before the command
+    runs.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        # eval_str resolves the string annotations of ``from __future__ import annotations``
+        # in the command's module.
+        signature = inspect.signature(func, eval_str=True)
+        params = signature.parameters
+        if BACKEND_PARAMETER not in params or params[BACKEND_PARAMETER].kind is not (
+            inspect.Parameter.KEYWORD_ONLY
+        ):
+            raise TypeError(
+                f"{func.__qualname__}: declare a keyword-only parameter "
+                f"{BACKEND_PARAMETER!r} (BackendChoice) where the backend options go"
+            )
+        block = _block(windows, calls)
+        names = {p.name for p in block}
+        clash = names & (set(params) - {BACKEND_PARAMETER})
+        if clash:
+            raise TypeError(f"{func.__qualname__}: parameters {sorted(clash)} are in the block")
+        new_params: list[inspect.Parameter] = []
+        for p in params.values():
+            if p.name == BACKEND_PARAMETER:
+                new_params.extend(block)
+            else:
+                # Keyword-only, so the block may sit between parameters with and without
+                # defaults; typer passes every parameter by name.
+                new_params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return func(**kwargs, **{BACKEND_PARAMETER: backend_choice(**values)})
+
+        new_signature = signature.replace(parameters=new_params)
+        wrapper.__signature__ = new_signature  # type: ignore[attr-defined]
+        annotations = {p.name: p.annotation for p in new_params}
+        if signature.return_annotation is not inspect.Signature.empty:
+            annotations["return"] = signature.return_annotation
+        wrapper.__annotations__ = annotations
+        get_type_hints(wrapper, include_extras=True)  # typer's own lookup must resolve
+        return wrapper
+
+    return decorate
+
+
+def placer_options(
+    seed: int,
+    model: Path | None,
+    samples: int,
+    backend: BackendChoice | None = None,
+) -> PlacerOptions:
+    """Options of the placers a command builds; the backend is for placers that search
+    on measured costs (rnn)."""
+    return PlacerOptions(
+        seed=seed,
+        model_dir=str(model) if model else None,
+        samples=samples,
+        backend=backend.name if backend is not None else None,
+        backend_options=backend.options if backend is not None else None,
+    )
+
+
+# -- parsing helpers --------------------------------------------------------------------
+
+
+def parse_count_range(text: str, what: str) -> tuple[int, int]:
+    """``"50"`` -> (50, 50); ``"20-40"`` -> (20, 40)."""
+    parts = text.split("-")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"{what}: expected N or MIN-MAX, got {text!r}") from None
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise InputError(f"{what}: expected N or MIN-MAX, got {text!r}")
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def check_out(out: Path | None) -> None:
+    """``--out`` must not name a folder."""
+    if out is not None and out.exists() and out.is_dir():
+        raise InputError(f"--out {out}: is a folder, expected a file path")

@@ -1,0 +1,170 @@
+"""What the commands print: the consoles, progress, and the aligned result tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dreamshard.evaluation.evaluate import Evaluation
+from dreamshard.types import PlacementCost, Task
+from dreamshard.units import format_bytes
+
+#: Results go to stdout; errors and progress to stderr.
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def print_line(line: str) -> None:
+    """Print a plain line from the library on stdout (not read as console markup)."""
+    out_console.print(escape(line), highlight=False)
+
+
+def progress_lines(description: str, lines: int, unit: str = "") -> Callable[[int, int], None]:
+    """A (done, total) callback printing a progress line on stderr about ``lines`` times."""
+    start = time.perf_counter()
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        step = max(1, total // lines)
+        if done == total or done // step > shown[0]:
+            shown[0] = done // step
+            err_console.print(
+                f"{description}: {done}/{total}{unit} ({time.perf_counter() - start:.0f} s)",
+                highlight=False,
+            )
+
+    return report
+
+
+@contextmanager
+def progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr; yields a (done, total) callback.
+
+    Off a terminal (CI logs, pipes) a bar would not render, so progress is printed as a
+    line at every tenth of the work instead.
+    """
+    if not err_console.is_terminal:
+        yield progress_lines(description, lines=10)
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        handle = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(handle, completed=done, total=total)
+
+        yield update
+
+
+def print_placement(
+    task: Task, device_of: Sequence[int], cost: PlacementCost, placer: str, place_ms: float
+) -> None:
+    """One placement: tables, memory and stage costs per device, then its cost."""
+    table = Table(title=f"{placer} placement of {task.name} ({cost.backend})")
+    for column in (
+        "device",
+        "tables",
+        "memory",
+        "fwd comp",
+        "fwd comm",
+        "bwd comm",
+        "bwd comp",
+        "total ms",
+    ):
+        table.add_column(column, justify="left" if column in ("device", "tables") else "right")
+    for d, (device, stage) in enumerate(zip(task.devices, cost.per_device, strict=True)):
+        names = [t.name for t, dd in zip(task.tables, device_of, strict=True) if dd == d]
+        used = sum(
+            task.table_memory_bytes(t)
+            for t, dd in zip(task.tables, device_of, strict=True)
+            if dd == d
+        )
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
+        table.add_row(
+            device.name,
+            shown,
+            format_bytes(used),
+            f"{stage.fwd_comp_ms:.3f}",
+            f"{stage.fwd_comm_ms:.3f}",
+            f"{stage.bwd_comm_ms:.3f}",
+            f"{stage.bwd_comp_ms:.3f}",
+            f"{stage.total_ms:.3f}",
+        )
+    out_console.print(table)
+    spread = f" (spread ±{cost.rel_spread * 100:.1f}%)" if cost.rel_spread is not None else ""
+    out_console.print(f"placement cost: {cost.cost_ms:.3f} ms{spread}; placed in {place_ms:.1f} ms")
+
+
+def print_evaluation(result: Evaluation) -> None:
+    """Per-task costs and the summary, as aligned tables."""
+    per_task = Table(title=f"measured cost per task (ms, backend {result.backend})")
+    per_task.add_column("task")
+    for p in result.placers:
+        per_task.add_column(p, justify="right")
+    for t in result.tasks:
+        row = [t]
+        for p in result.placers:
+            r = result.result(p, t)
+            if r.cost is None:
+                row.append("infeasible")
+            elif r.cost.rel_spread is not None:
+                row.append(f"{r.cost.cost_ms:.2f} ±{r.cost.rel_spread * 100:.1f}%")
+            else:
+                row.append(f"{r.cost.cost_ms:.2f}")
+        per_task.add_row(*row)
+    out_console.print(per_task)
+
+    best = result.best_baseline()
+    summary = Table(
+        title=f"summary over {len(result.common_tasks())} tasks every placer placed"
+        f" (best baseline: {best})"
+    )
+    for column in ("placer", "mean cost ms", "spread", "speedup vs best", "place ms", "failures"):
+        summary.add_column(column, justify="left" if column == "placer" else "right")
+    for s in result.summary():
+        summary.add_row(
+            s.placer,
+            f"{s.mean_cost_ms:.3f}",
+            f"±{s.mean_rel_spread * 100:.1f}%" if s.mean_rel_spread is not None else "-",
+            f"{s.speedup_vs_best_baseline:.3f}x" if s.speedup_vs_best_baseline else "-",
+            f"{s.mean_place_time_ms:.2f}",
+            str(s.failures),
+        )
+    out_console.print(summary)
+
+
+def print_torchrec_estimates(result: Evaluation, estimates: Mapping[str, Any]) -> None:
+    """TorchRec's own estimate of every placer's placements beside the measured means
+    (``estimates`` from :func:`dreamshard.evaluation.torchrec_estimates.torchrec_estimates`)."""
+    table = Table(
+        title="TorchRec's estimate (its cost model, CPU) vs measured, means over common tasks"
+    )
+    for column in ("placer", "TorchRec estimate ms", f"measured ms ({result.backend})"):
+        table.add_column(column, justify="left" if column == "placer" else "right")
+    for p in result.placers:
+        table.add_row(
+            p,
+            f"{estimates['mean_estimate_ms'][p]:.3f}",
+            f"{estimates['mean_measured_ms'][p]:.3f}",
+        )
+    out_console.print(table)
+
+
+def print_comparison(result: Evaluation, estimates: Mapping[str, Any] | None) -> None:
+    """An evaluation's tables, and TorchRec's estimates when there are any."""
+    print_evaluation(result)
+    if estimates is not None:
+        print_torchrec_estimates(result, estimates)

@@ -1,0 +1,154 @@
+"""Commands that place and compare: ``place``, ``evaluate``, ``export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from dreamshard.cli.options import (
+    BackendChoice,
+    ModelOpt,
+    OutOpt,
+    SamplesOpt,
+    backend_options,
+    check_out,
+    placer_options,
+)
+from dreamshard.cli.output import out_console, print_comparison, print_placement, progress
+from dreamshard.data.tables import load_tables
+from dreamshard.data.tasks import load_suite, make_devices, make_task
+from dreamshard.errors import InputError
+from dreamshard.fileio import write_json
+from dreamshard.placers.registry import COMPARISON_PLACERS
+from dreamshard.units import parse_memory
+
+
+@backend_options(windows=8, calls=8)
+def place(
+    *,
+    tables: Annotated[Path, typer.Option("--tables", help="Table file (.json or .csv).")],
+    devices: Annotated[int, typer.Option("--devices", help="Number of devices.")],
+    memory: Annotated[str, typer.Option("--memory", help="Memory per device, e.g. 5GB.")],
+    placer: Annotated[str, typer.Option("--placer", help="Placer name.")] = "size-lookup",
+    backend: BackendChoice,
+    out: OutOpt = None,
+    model: ModelOpt = None,
+    samples: SamplesOpt = 0,
+) -> None:
+    """Place one task and print the placement with its per-device stage costs."""
+    from dreamshard.evaluation.placement_file import PlacementFile, write_placement_file
+    from dreamshard.workflows.experiment import place_and_measure
+
+    check_out(out)
+    task = make_task(
+        tables.stem, load_tables(tables), make_devices(devices, parse_memory(memory, "--memory"))
+    )
+    placed = place_and_measure(
+        task,
+        placer,
+        placer_options(backend.seed, model, samples, backend),
+        backend.name,
+        backend.options,
+        progress,
+    )
+    print_placement(
+        task, placed.placement.device_of, placed.cost, placed.placer, placed.place_time_ms
+    )
+    if out is not None:
+        record = PlacementFile.of(
+            task,
+            placed.placement,
+            placed.cost,
+            placer=placed.placer,
+            backend=placed.backend,
+            tables_file=tables,
+            place_time_ms=placed.place_time_ms,
+        )
+        write_placement_file(out, record)
+        out_console.print(f"wrote {escape(str(out))}")
+
+
+@backend_options(windows=8, calls=8)
+def evaluate(
+    *,
+    tasks: Annotated[Path, typer.Option("--tasks", help="Suite file from gen-tasks.")],
+    split: Annotated[str, typer.Option("--split", help="Which split: test or train.")] = "test",
+    placers: Annotated[
+        str, typer.Option("--placers", help="Comma-separated placer names.")
+    ] = ",".join(COMPARISON_PLACERS),
+    backend: BackendChoice,
+    out: OutOpt = None,
+    max_tasks: Annotated[
+        int | None, typer.Option("--max-tasks", help="Evaluate only the first N tasks.")
+    ] = None,
+    model: ModelOpt = None,
+    samples: SamplesOpt = 0,
+) -> None:
+    """Compare placers on a suite's tasks, measured on one backend."""
+    from dreamshard.workflows.experiment import compare_placers
+
+    check_out(out)
+    suite = load_suite(tasks)
+    chosen_tasks = list(suite.split(split))[: max_tasks if max_tasks is not None else None]
+    if not chosen_tasks:
+        raise InputError(f"{tasks}: split {split!r} has no tasks")
+    names = [n.strip() for n in placers.split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise InputError(f"--placers: a placer is named twice in {placers!r}")
+    comparison = compare_placers(
+        chosen_tasks,
+        names,
+        placer_options(backend.seed, model, samples, backend),
+        backend.name,
+        backend.options,
+        progress,
+    )
+    print_comparison(comparison.evaluation, comparison.torchrec_estimates)
+    if out is not None:
+        config = {"tasks_file": str(tasks), "split": split, **vars(backend.options)}
+        write_json(out, comparison.to_json(config))
+        out_console.print(f"wrote {escape(str(out))}")
+
+
+def export(
+    placement: Annotated[
+        Path, typer.Option("--placement", help="Placement file written by `place --out`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Plan file to write (.json).")],
+    tables: Annotated[
+        Path | None,
+        typer.Option(
+            "--tables",
+            help="Table file the placement was made for (default: the placement's "
+            "'tables_file'). Its rows and dims go into the plan, so loading it for another "
+            "model fails.",
+        ),
+    ] = None,
+    module_path: Annotated[
+        str,
+        typer.Option(
+            "--module-path",
+            help="Path of the EmbeddingBagCollection in the model given to "
+            "DistributedModelParallel, e.g. sparse.ebc (default: the model is the collection).",
+        ),
+    ] = "",
+) -> None:
+    """Export a placement as a TorchRec plan file (table-wise, fused kernel).
+
+    Device k of the placement becomes rank k. Load the plan in the training job with
+    dreamshard.torchrec.plan.load_sharding_plan(FILE, model, world_size) and pass it to
+    DistributedModelParallel(model, plan=...).
+    """
+    from dreamshard.torchrec.plan import plan_from_placement_file, save_plan
+
+    check_out(out)
+    spec = plan_from_placement_file(placement, tables, module_path)
+    save_plan(out, spec)
+    (tables_planned,) = spec.modules.values()
+    out_console.print(
+        f"wrote {escape(str(out))}: {len(tables_planned)} tables on {spec.world_size} ranks "
+        f"(module {escape(module_path) or '<root>'})"
+    )

@@ -1,0 +1,94 @@
+"""Commands that train DreamShard: ``train``, and ``demo`` (train, then compare)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from dreamshard.cli.options import BackendChoice, BackendOpt, SeedOpt, backend_options
+from dreamshard.cli.output import out_console, print_comparison, print_line, progress
+from dreamshard.constants import DEFAULT_SEED
+from dreamshard.data.tasks import load_suite
+from dreamshard.errors import InputError
+
+
+@backend_options(windows=4, calls=6)
+def train(
+    *,
+    tasks: Annotated[Path, typer.Option("--tasks", help="Suite file; its train split is used.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder (checkpoints land here).")],
+    backend: BackendChoice,
+    iterations: Annotated[int, typer.Option("--iterations", help="Training iterations.")] = 10,
+    measurements: Annotated[
+        int, typer.Option("--measurements", help="Backend measurements per iteration.")
+    ] = 10,
+    cost_steps: Annotated[
+        int, typer.Option("--cost-steps", help="Cost-network steps per iteration.")
+    ] = 300,
+    cost_batch: Annotated[int, typer.Option("--cost-batch", help="Cost-network batch size.")] = 64,
+    policy_batches: Annotated[
+        int, typer.Option("--policy-batches", help="Policy updates per iteration.")
+    ] = 10,
+    episodes: Annotated[int, typer.Option("--episodes", help="Episodes per policy update.")] = 10,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (decays to 0).")] = 5e-4,
+    entropy: Annotated[float, typer.Option("--entropy", help="Entropy bonus weight.")] = 1e-3,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from a checkpoint in --out.")
+    ] = True,
+) -> None:
+    """Train DreamShard on a suite's training tasks (METHOD.md section 4)."""
+    from dreamshard.backends import make_backend
+    from dreamshard.method.train import TrainConfig
+    from dreamshard.workflows.experiment import train_model
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    suite = load_suite(tasks)
+    if not suite.train:
+        raise InputError(f"{tasks}: the train split has no tasks")
+    config = TrainConfig(
+        iterations=iterations,
+        measurements_per_iteration=measurements,
+        cost_steps=cost_steps,
+        cost_batch_size=cost_batch,
+        policy_batches=policy_batches,
+        episodes_per_batch=episodes,
+        learning_rate=lr,
+        entropy_weight=entropy,
+        seed=backend.seed,
+    )
+    cost_backend = make_backend(backend.name, backend.options)
+    train_model(config, suite.train, cost_backend, out, resume=resume, log=print_line)
+
+
+def _print_step(title: str, detail: str) -> None:
+    out_console.print(f"[bold]{escape(title)}[/]" + (f" {escape(detail)}" if detail else ""))
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path(
+        "runs/demo"
+    ),
+    backend: BackendOpt = "fbgemm",
+    num_test: Annotated[int, typer.Option("--num-test", help="Test tasks to evaluate.")] = 8,
+    seed: SeedOpt = DEFAULT_SEED,
+) -> None:
+    """The main job: train DreamShard on real measurements, compare on unseen tasks."""
+    from dreamshard.workflows.demo import DemoConfig, run_demo
+
+    if num_test < 1:
+        raise InputError(f"--num-test must be at least 1, got {num_test}")
+    config = DemoConfig(out_dir=str(out), backend=backend, num_test_tasks=num_test, seed=seed)
+    out_console.print(
+        f"[bold]DreamShard demo[/]: {config.num_tables} DLRM-like tables (dim {config.dim}, "
+        f"rows <= {config.max_rows:,}); {config.num_train_tasks} training and {num_test} unseen "
+        f"test tasks of {config.tables_per_task} tables on {config.num_devices} devices with "
+        f"{config.memory} each; measured on {escape(backend)}"
+    )
+    result = run_demo(config, log=print_line, progress=progress, step=_print_step)
+    comparison = result.comparison
+    print_comparison(comparison.evaluation, comparison.torchrec_estimates)
+    out_console.print(f"wrote {escape(str(result.evaluation_path))}")

@@ -1,0 +1,266 @@
+"""Placement tasks and train/test task suites (METHOD.md section 7).
+
+The table pool is split into two disjoint halves at random; training tasks draw their
+tables from the first half and test tasks from the second, so test tasks hold tables no
+model has seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamshard.data.tables import table_to_record, tables_from_json
+from dreamshard.errors import InputError
+from dreamshard.fileio import read_json, write_json
+from dreamshard.types import Device, TableSpec, Task
+
+SUITE_FORMAT = "dreamshard-task-suite"
+SUITE_VERSION = 1
+SPLITS = ("train", "test")
+
+#: How many random draws of a task's tables are tried before giving up on memory.
+MAX_DRAWS_PER_TASK = 200
+
+
+def make_devices(num_devices: int, memory_bytes: int) -> tuple[Device, ...]:
+    """``num_devices`` identical devices named ``dev0``, ``dev1``, ..."""
+    if num_devices < 1:
+        raise InputError(f"number of devices must be at least 1, got {num_devices}")
+    return tuple(Device(name=f"dev{i}", memory_bytes=memory_bytes) for i in range(num_devices))
+
+
+def make_task(
+    name: str, tables: Sequence[TableSpec], devices: Sequence[Device], optimizer: str = "sgd"
+) -> Task:
+    """A task whose every table fits on at least one device.
+
+    Raises:
+        InputError: no devices, no tables, duplicate names, or a table larger than every
+            device (named).
+    """
+    if not devices:
+        raise InputError(f"task {name!r}: needs at least one device")
+    if not tables:
+        raise InputError(f"task {name!r}: needs at least one table")
+    try:
+        task = Task(name=name, tables=tuple(tables), devices=tuple(devices), optimizer=optimizer)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    largest_device = max(d.memory_bytes for d in task.devices)
+    for table in task.tables:
+        needed = task.table_memory_bytes(table)
+        if needed > largest_device:
+            raise InputError(
+                f"task {name!r}: table {table.name!r} needs {needed:,} bytes, more than any "
+                f"device has ({largest_device:,} bytes)"
+            )
+    return task
+
+
+def fits_memory(task: Task) -> bool:
+    """Whether the tables of ``task`` fit its devices' memory by first-fit decreasing:
+    largest table first, each onto the device with the least memory in use among those
+    with room (ties: the lower index).
+
+    This is the memory check of suite generation, not a search: a task it rejects may
+    still have a placement. On tasks with SGD it decides exactly as the ``size`` expert
+    rule does (whose proxy is then the memory itself).
+    """
+    need = [task.table_memory_bytes(t) for t in task.tables]
+    used = [0] * task.num_devices
+    for i in sorted(range(task.num_tables), key=lambda i: -need[i]):
+        room = [
+            d for d in range(task.num_devices) if used[d] + need[i] <= task.devices[d].memory_bytes
+        ]
+        if not room:
+            return False
+        used[min(room, key=lambda d: (used[d], d))] += need[i]
+    return True
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """How a suite was generated (saved with it).
+
+    Attributes:
+        num_train: Training tasks.
+        num_test: Test tasks.
+        min_tables: Fewest tables per task.
+        max_tables: Most tables per task (equal to ``min_tables`` for a fixed count).
+        num_devices: Devices per task.
+        memory_bytes: Memory of each device.
+        seed: Seed of the split and the draws.
+    """
+
+    num_train: int
+    num_test: int
+    min_tables: int
+    max_tables: int
+    num_devices: int
+    memory_bytes: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TaskSuite:
+    """Training and test tasks drawn from disjoint halves of one table pool."""
+
+    config: SuiteConfig
+    train: tuple[Task, ...]
+    test: tuple[Task, ...]
+
+    def split(self, name: str) -> tuple[Task, ...]:
+        """The tasks of split ``"train"`` or ``"test"``."""
+        if name not in SPLITS:
+            raise InputError(f"unknown split {name!r} (use {' or '.join(SPLITS)})")
+        return self.train if name == "train" else self.test
+
+
+def generate_suite(pool: Sequence[TableSpec], config: SuiteConfig) -> TaskSuite:
+    """Draw train and test tasks from disjoint random halves of ``pool``.
+
+    Each task's tables are drawn without replacement from its half; a draw whose tables
+    cannot be placed within the devices' memory (:func:`fits_memory`) is redrawn.
+
+    Raises:
+        InputError: bad sizes, or memory too small for any draw.
+    """
+    if config.num_train < 0 or config.num_test < 0:
+        raise InputError("numbers of tasks must be >= 0")
+    if not 1 <= config.min_tables <= config.max_tables:
+        raise InputError(
+            f"tables per task must be a range 1 <= min <= max, got "
+            f"{config.min_tables}-{config.max_tables}"
+        )
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(pool))
+    half = len(pool) // 2
+    halves = {"train": [pool[i] for i in order[:half]], "test": [pool[i] for i in order[half:]]}
+    devices = make_devices(config.num_devices, config.memory_bytes)
+    suites: dict[str, list[Task]] = {"train": [], "test": []}
+    for split, count in (("train", config.num_train), ("test", config.num_test)):
+        candidates = halves[split]
+        if count and len(candidates) < config.max_tables:
+            raise InputError(
+                f"the {split} half of the pool has {len(candidates)} tables, fewer than the "
+                f"{config.max_tables} tables per task asked for (use a larger pool)"
+            )
+        for k in range(count):
+            suites[split].append(_draw_task(f"{split}-{k}", candidates, devices, config, rng))
+    return TaskSuite(config=config, train=tuple(suites["train"]), test=tuple(suites["test"]))
+
+
+def _draw_task(
+    name: str,
+    candidates: Sequence[TableSpec],
+    devices: tuple[Device, ...],
+    config: SuiteConfig,
+    rng: np.random.Generator,
+) -> Task:
+    for _ in range(MAX_DRAWS_PER_TASK):
+        size = int(rng.integers(config.min_tables, config.max_tables + 1))
+        chosen = rng.choice(len(candidates), size=size, replace=False)
+        tables = [candidates[i] for i in sorted(chosen)]
+        fits_alone = all(t.size_bytes <= config.memory_bytes for t in tables)
+        if not fits_alone:
+            continue
+        task = Task(name=name, tables=tuple(tables), devices=devices)
+        if fits_memory(task):
+            return task
+    raise InputError(
+        f"could not draw task {name!r}: in {MAX_DRAWS_PER_TASK} draws no set of tables fit on "
+        f"{config.num_devices} devices of {config.memory_bytes:,} bytes (give more memory)"
+    )
+
+
+def suite_to_json(suite: TaskSuite) -> dict[str, Any]:
+    """The JSON payload of a suite file: every table once, tasks by table name."""
+    tables: dict[str, TableSpec] = {}
+    for task in (*suite.train, *suite.test):
+        for table in task.tables:
+            tables[table.name] = table
+
+    def task_record(task: Task) -> dict[str, Any]:
+        return {
+            "name": task.name,
+            "tables": [t.name for t in task.tables],
+            "devices": [{"name": d.name, "memory_bytes": d.memory_bytes} for d in task.devices],
+            "optimizer": task.optimizer,
+        }
+
+    return {
+        "format": SUITE_FORMAT,
+        "version": SUITE_VERSION,
+        "config": vars(suite.config),
+        "tables": [table_to_record(t) for t in tables.values()],
+        "train": [task_record(t) for t in suite.train],
+        "test": [task_record(t) for t in suite.test],
+    }
+
+
+def save_suite(path: str | Path, suite: TaskSuite) -> None:
+    """Write a suite file (JSON), atomically."""
+    write_json(path, suite_to_json(suite))
+
+
+def load_suite(path: str | Path) -> TaskSuite:
+    """Read and validate a suite file written by :func:`save_suite`.
+
+    Raises:
+        InputError: naming the file and the bad field, task or table.
+    """
+    where = str(path)
+    payload = read_json(path)
+    if not isinstance(payload, dict) or payload.get("format") != SUITE_FORMAT:
+        raise InputError(
+            f"{where}: not a task suite file (field 'format' must be {SUITE_FORMAT!r})"
+        )
+    if payload.get("version") != SUITE_VERSION:
+        raise InputError(
+            f"{where}: suite file version {payload.get('version')!r}, this program reads "
+            f"version {SUITE_VERSION}"
+        )
+    try:
+        config = SuiteConfig(**payload["config"])
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{where}: field 'config' is invalid ({err})") from None
+    tables = {t.name: t for t in tables_from_json(payload, where)}
+    splits: dict[str, list[Task]] = {}
+    for split in SPLITS:
+        records = payload.get(split)
+        if not isinstance(records, list):
+            raise InputError(f"{where}: field {split!r} must be a list of tasks")
+        splits[split] = [
+            _task_from_record(record, tables, f"{where}: {split}[{i}]")
+            for i, record in enumerate(records)
+        ]
+    return TaskSuite(config=config, train=tuple(splits["train"]), test=tuple(splits["test"]))
+
+
+def _task_from_record(record: Any, tables: dict[str, TableSpec], where: str) -> Task:
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected an object")
+    try:
+        names = list(record["tables"])
+        device_records = list(record["devices"])
+        name = str(record["name"])
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{where}: missing or invalid field {err}") from None
+    unknown = [n for n in names if n not in tables]
+    if unknown:
+        raise InputError(f"{where}: unknown table {unknown[0]!r}")
+    devices = []
+    for j, device in enumerate(device_records):
+        try:
+            memory = int(device["memory_bytes"])
+            devices.append(Device(name=str(device["name"]), memory_bytes=memory))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{where}: devices[{j}]: missing or invalid field {err}") from None
+        if memory <= 0:
+            raise InputError(f"{where}: devices[{j}]: 'memory_bytes' must be positive")
+    return make_task(name, [tables[n] for n in names], devices, str(record.get("optimizer", "sgd")))

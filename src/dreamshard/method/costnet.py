@@ -1,0 +1,266 @@
+"""The cost network (METHOD.md section 3): fused-operator and placement cost from features.
+
+A shared table encoder maps each table's normalised features to a 32-vector; a device is
+the SUM of its tables' encodings (any number of tables); three heads predict the
+device's forward computation, backward computation and communication (both stages)
+costs; an overall head reads the MAX over the device representations (any number of
+devices) and predicts the placement's cost. All costs are in units of ``cost_scale_ms``
+so the losses are well conditioned whatever the hardware's speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dreamshard.data.features import NETWORK_FEATURE_NAMES
+from dreamshard.types import Placement, PlacementCost
+
+#: Per-device heads, in output order.
+DEVICE_HEADS: tuple[str, ...] = ("fwd_comp", "bwd_comp", "comm")
+
+
+def mlp(sizes: Sequence[int], final_relu: bool) -> nn.Sequential:
+    """Linear layers with ReLU between them (and after the last if ``final_relu``)."""
+    layers: list[nn.Module] = []
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if k < len(sizes) - 2 or final_relu:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class TableEncoder(nn.Module):
+    """Features -> non-negative embedding (21 -> 128 -> 32); sums of them stay meaningful.
+
+    The final ReLU keeps every encoding >= 0, so a device without tables (all zeros) never
+    wins a MAX over devices, and padding devices with zeros is harmless.
+    """
+
+    def __init__(self, hidden: int = 128, embed: int = 32) -> None:
+        super().__init__()
+        self.embed = embed
+        self.net = mlp([len(NETWORK_FEATURE_NAMES), hidden, embed], final_relu=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)  # type: ignore[no-any-return]
+
+
+def device_sums(encodings: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """SUM of table encodings per segment (one segment = one device of one placement).
+
+    Args:
+        encodings: [N, E] encodings of N tables (ragged over placements and devices).
+        segment: [N] segment index of each table, in ``0..num_segments-1``.
+        num_segments: Number of segments (placements x padded devices).
+
+    Returns:
+        [num_segments, E]; empty segments are zero.
+    """
+    out = encodings.new_zeros(num_segments, encodings.shape[1])
+    return out.index_add(0, segment, encodings)
+
+
+@dataclass
+class PlacementBatch:
+    """Several placements (of possibly different tasks) packed for one forward pass.
+
+    Attributes:
+        features: [N, F] normalised features of every table of every placement.
+        segment: [N] index ``p * max_devices + d`` of the device holding each table.
+        num_placements: P.
+        max_devices: Devices per placement after padding.
+        device_mask: [P, max_devices] True for real devices.
+    """
+
+    features: torch.Tensor
+    segment: torch.Tensor
+    num_placements: int
+    max_devices: int
+    device_mask: torch.Tensor
+
+    @classmethod
+    def build(
+        cls,
+        features: Sequence[np.ndarray],
+        placements: Sequence[Placement],
+        num_devices: Sequence[int],
+    ) -> PlacementBatch:
+        """Pack placements; ``features[p]`` are the [T_p, F] normalised table features."""
+        max_devices = max(num_devices)
+        segments = [
+            p * max_devices + np.asarray(placement.device_of, dtype=np.int64)
+            for p, placement in enumerate(placements)
+        ]
+        mask = torch.zeros(len(placements), max_devices, dtype=torch.bool)
+        for p, d in enumerate(num_devices):
+            mask[p, :d] = True
+        return cls(
+            features=torch.from_numpy(np.concatenate(features).astype(np.float32)),
+            segment=torch.from_numpy(np.concatenate(segments)),
+            num_placements=len(placements),
+            max_devices=max_devices,
+            device_mask=mask,
+        )
+
+
+@dataclass
+class CostTargets:
+    """Measured costs of a batch, in units of ``cost_scale_ms``.
+
+    Attributes:
+        device: [P, max_devices, 3] fwd_comp, bwd_comp, comm (fwd + bwd) per device.
+        overall: [P] placement cost.
+    """
+
+    device: torch.Tensor
+    overall: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, costs: Sequence[PlacementCost], max_devices: int, cost_scale_ms: float
+    ) -> CostTargets:
+        device = torch.zeros(len(costs), max_devices, len(DEVICE_HEADS))
+        for p, cost in enumerate(costs):
+            slowest_fwd = max(stage.fwd_comp_ms for stage in cost.per_device)
+            for d, stage in enumerate(cost.per_device):
+                device[p, d, 0] = stage.fwd_comp_ms
+                device[p, d, 1] = stage.bwd_comp_ms
+                # The communication head learns BOTH stages (the original code trained it
+                # on the backward column only; METHOD.md section 4), without the time the
+                # device waited for slower devices' forward computation: that wait
+                # depends on the other devices, which a per-device head cannot see.
+                wait = slowest_fwd - stage.fwd_comp_ms
+                device[p, d, 2] = stage.fwd_comm_ms + stage.bwd_comm_ms - wait
+        overall = torch.tensor([c.cost_ms for c in costs], dtype=torch.float32)
+        return cls(device=device / cost_scale_ms, overall=overall / cost_scale_ms)
+
+
+class CostNet(nn.Module):
+    """DreamShard's cost network (METHOD.md section 3).
+
+    Args:
+        structured_overall: How the placement cost is predicted. False: the paper's
+            overall head over the MAX of the device representations. True (default):
+            the cost's own definition applied to the per-device predictions,
+            ``max_d fwd + max_d bwd + max_d comm`` (METHOD.md section 1), which every
+            per-device measurement trains and which the policy cannot exploit as easily.
+            The paper's head is trained either way.
+
+    Attributes:
+        cost_scale_ms: Milliseconds per output unit (set from the first measurements).
+    """
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        embed: int = 32,
+        head_hidden: int = 64,
+        structured_overall: bool = True,
+    ) -> None:
+        super().__init__()
+        self.structured_overall = structured_overall
+        self.encoder = TableEncoder(hidden, embed)
+        self.device_heads = nn.ModuleList(
+            [mlp([embed, head_hidden, 1], final_relu=False) for _ in DEVICE_HEADS]
+        )
+        self.overall_head = mlp([embed, head_hidden, 1], final_relu=False)
+        self._cost_scale_ms: torch.Tensor
+        self.register_buffer("_cost_scale_ms", torch.tensor(1.0))
+
+    @property
+    def cost_scale_ms(self) -> float:
+        return float(self._cost_scale_ms.item())
+
+    @cost_scale_ms.setter
+    def cost_scale_ms(self, value: float) -> None:
+        self._cost_scale_ms.fill_(value)
+
+    def heads(self, device_repr: torch.Tensor) -> torch.Tensor:
+        """[..., E] device representations -> [..., 3] fwd_comp, bwd_comp, comm.
+
+        The three heads (Linear-ReLU-Linear each) run as one wide layer and one batched
+        dot product: the same function as calling them in turn, with 2 kernel launches
+        instead of 6 (the MDP calls this at every step of every episode).
+        """
+        first: list[nn.Linear] = []
+        second: list[nn.Linear] = []
+        for head in self.device_heads:
+            in_layer, out_layer = (m for m in head.modules() if isinstance(m, nn.Linear))
+            first.append(in_layer)
+            second.append(out_layer)
+        hidden = torch.relu(
+            nn.functional.linear(
+                device_repr,
+                torch.cat([layer.weight for layer in first]),
+                torch.cat([layer.bias for layer in first]),
+            )
+        )  # [..., 3 * H]
+        hidden = hidden.reshape(*hidden.shape[:-1], len(first), -1)  # [..., 3, H]
+        out_weight = torch.cat([layer.weight for layer in second])  # [3, H]
+        out_bias = torch.cat([layer.bias for layer in second])  # [3]
+        out: torch.Tensor = (hidden * out_weight).sum(dim=-1) + out_bias
+        return out
+
+    def paper_overall(self, device_repr: torch.Tensor) -> torch.Tensor:
+        """[P, D, E] -> [P]: the paper's overall head on the MAX over devices.
+
+        Padding devices must be zero vectors; encodings are >= 0, so they never win.
+        """
+        pooled = device_repr.max(dim=1).values
+        return self.overall_head(pooled).squeeze(-1)  # type: ignore[no-any-return]
+
+    def predict(
+        self, device_repr: torch.Tensor, device_mask: torch.Tensor, occupied: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device costs and placement cost from device representations.
+
+        Args:
+            device_repr: [P, D, E] sums of table encodings (zero for padding).
+            device_mask: [P, D] True for real devices.
+            occupied: [P, D] True for devices holding at least one table.
+
+        Returns:
+            ([P, D, 3] device costs, [P] placement cost), scaled units; a device without
+            tables computes nothing, so its fwd/bwd are 0.
+        """
+        device = self.heads(device_repr)
+        compute = device[..., :2] * occupied.unsqueeze(-1)
+        device = torch.cat([compute, device[..., 2:]], dim=-1)
+        if not self.structured_overall:
+            return device, self.paper_overall(device_repr)
+        lowest = torch.finfo(device.dtype).min
+        per_stage_max = device.masked_fill(~device_mask.unsqueeze(-1), lowest).max(dim=1).values
+        return device, per_stage_max.sum(dim=-1)
+
+    def represent(self, batch: PlacementBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """([P, D, E] device representations, [P, D] occupied) of a batch."""
+        enc = self.encoder(batch.features)
+        size = batch.num_placements * batch.max_devices
+        sums = device_sums(enc, batch.segment, size)
+        counts = torch.zeros(size).index_add(0, batch.segment, torch.ones(len(batch.segment)))
+        shape = (batch.num_placements, batch.max_devices)
+        return sums.view(*shape, -1), counts.view(shape) > 0
+
+    def forward(self, batch: PlacementBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ([P, D, 3] device costs, [P] overall cost) in scaled units."""
+        device_repr, occupied = self.represent(batch)
+        return self.predict(device_repr, batch.device_mask, occupied)
+
+    def loss(self, batch: PlacementBatch, targets: CostTargets) -> torch.Tensor:
+        """Sum of the mean squared errors of the device heads and the overall cost
+        (METHOD.md section 3), real devices only; the paper's overall head is trained too.
+        """
+        device_repr, occupied = self.represent(batch)
+        device_pred, overall_pred = self.predict(device_repr, batch.device_mask, occupied)
+        device_loss = ((device_pred - targets.device) ** 2)[batch.device_mask].mean(dim=0)
+        loss = device_loss.sum() + ((overall_pred - targets.overall) ** 2).mean()
+        if self.structured_overall:
+            paper = self.paper_overall(device_repr)
+            loss = loss + ((paper - targets.overall) ** 2).mean()
+        return loss

@@ -1,0 +1,267 @@
+"""The estimated MDP (METHOD.md section 4): placing tables one by one, costs from the
+cost network, no hardware.
+
+An episode for one task visits the tables in order of their predicted single-table cost,
+largest first; each step puts the next table on a device with room; the reward is 0
+until the last step and then minus the cost network's predicted placement cost.
+
+:func:`rollout` runs a batch of episodes of one task in parallel (training and
+inference); :class:`EstimatedMDP` exposes the same transitions one step at a time with a
+Gymnasium interface, for checking and reuse. Both share :class:`EpisodeBatch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from dreamshard.data.features import FeatureNormalizer
+from dreamshard.method.costnet import CostNet
+from dreamshard.method.policy import PolicyNet, choose
+from dreamshard.types import Task
+
+#: An episode that runs out of room (no device can take the next table) is finished
+#: ignoring memory and its predicted cost is scaled by (1 + this), so the policy learns
+#: to avoid dead ends; inference never returns such a placement.
+INFEASIBLE_PENALTY = 1.0
+
+
+@dataclass(frozen=True)
+class TaskTensors:
+    """What the MDP needs of one task, computed once.
+
+    Attributes:
+        task: The task.
+        features: [T, F] normalised table features.
+        memory_bytes: [T] memory each table needs.
+        capacity_bytes: [D] memory of each device.
+        order: Table indices by predicted single-table cost, largest first.
+    """
+
+    task: Task
+    features: torch.Tensor
+    memory_bytes: torch.Tensor
+    capacity_bytes: torch.Tensor
+    order: tuple[int, ...]
+
+
+def task_tensors(task: Task, normalizer: FeatureNormalizer, costnet: CostNet) -> TaskTensors:
+    """Tensors of a task and its table order (METHOD.md section 4)."""
+    features = torch.from_numpy(normalizer.transform(task.tables))
+    with torch.no_grad():
+        alone = costnet.heads(costnet.encoder(features)).sum(dim=-1)  # [T] table alone
+    # Stable sort on the negated cost: ties keep table order, so episodes are reproducible.
+    order = sorted(range(task.num_tables), key=lambda i: -float(alone[i]))
+    return TaskTensors(
+        task=task,
+        features=features,
+        memory_bytes=torch.tensor([task.table_memory_bytes(t) for t in task.tables]),
+        capacity_bytes=torch.tensor([d.memory_bytes for d in task.devices]),
+        order=tuple(order),
+    )
+
+
+class EpisodeBatch:
+    """B parallel episodes of one task: the MDP's state and transitions."""
+
+    def __init__(self, tt: TaskTensors, costnet: CostNet, num_episodes: int) -> None:
+        self.tt = tt
+        self.costnet = costnet
+        with torch.no_grad():
+            self.table_enc = costnet.encoder(tt.features)  # [T, E]
+        num_devices = tt.task.num_devices
+        self.device_sums = torch.zeros(num_episodes, num_devices, self.table_enc.shape[1])
+        self.used_bytes = torch.zeros(num_episodes, num_devices, dtype=torch.int64)
+        self.table_counts = torch.zeros(num_episodes, num_devices, dtype=torch.int64)
+        self.device_of = torch.full((num_episodes, tt.task.num_tables), -1, dtype=torch.int64)
+        self.infeasible = torch.zeros(num_episodes, dtype=torch.bool)
+        #: First table that found no room, per episode (-1: none).
+        self.stuck_table = torch.full((num_episodes,), -1, dtype=torch.int64)
+        self.step_index = 0
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= len(self.tt.order)
+
+    @property
+    def table(self) -> int:
+        """Index of the table placed at this step."""
+        return self.tt.order[self.step_index]
+
+    def legal(self) -> torch.Tensor:
+        """[B, D] devices with room for the current table."""
+        need = self.tt.memory_bytes[self.table]
+        return self.used_bytes + need <= self.tt.capacity_bytes
+
+    def occupied(self) -> torch.Tensor:
+        """[B, D] devices holding at least one table."""
+        return self.table_counts > 0
+
+    def cost_features(self) -> torch.Tensor:
+        """[B, D, 9] predicted costs now, if the table joined, and the largest now."""
+        with torch.no_grad():
+            # Costs now and if the table joined, in one pass: [2, B, D, 3].
+            now, joined = self.costnet.heads(
+                torch.stack([self.device_sums, self.device_sums + self.table_enc[self.table]])
+            )
+            # A device without tables computes nothing yet: zero its fwd/bwd.
+            now[..., :2] *= self.occupied().unsqueeze(-1)
+            largest = now.max(dim=1, keepdim=True).values.expand_as(now)
+            return torch.cat([now, joined, largest], dim=-1)
+
+    def place(self, actions: torch.Tensor) -> None:
+        """Put the current table on ``actions[b]`` in every episode b."""
+        i = self.table
+        rows = torch.arange(actions.shape[0])
+        self.device_sums[rows, actions] += self.table_enc[i]
+        self.used_bytes[rows, actions] += self.tt.memory_bytes[i]
+        self.table_counts[rows, actions] += 1
+        self.device_of[:, i] = actions
+        self.step_index += 1
+
+    def predicted_cost(self) -> torch.Tensor:
+        """[B] the cost network's placement cost, in scaled units (penalised if infeasible)."""
+        with torch.no_grad():
+            real = torch.ones(self.used_bytes.shape, dtype=torch.bool)
+            _, cost = self.costnet.predict(self.device_sums, real, self.occupied())
+        return cost * (1.0 + INFEASIBLE_PENALTY * self.infeasible.float())
+
+
+@dataclass
+class Rollout:
+    """Finished episodes.
+
+    Attributes:
+        device_of: [B, T] device of each table.
+        log_prob: [B] sum over steps of the action log-probabilities (with gradient).
+        entropy: [B] mean over steps of the policy's entropy (with gradient).
+        predicted_cost: [B] cost network's placement cost (scaled units, penalised).
+        feasible: [B] whether every table found room.
+        stuck_table: [B] first table that found no room (-1 where feasible).
+    """
+
+    device_of: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    predicted_cost: torch.Tensor
+    feasible: torch.Tensor
+    stuck_table: torch.Tensor
+
+
+def rollout(
+    policy: PolicyNet,
+    costnet: CostNet,
+    tt: TaskTensors,
+    num_episodes: int,
+    greedy: bool,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Run ``num_episodes`` episodes of one task through the estimated MDP.
+
+    Gradients flow into the policy (call under ``torch.no_grad()`` for inference); the
+    cost network is only read.
+    """
+    batch = EpisodeBatch(tt, costnet, num_episodes)
+    policy_enc = policy.encoder(tt.features)  # [T, E]
+    policy_sums = policy_enc.new_zeros(num_episodes, tt.task.num_devices, policy_enc.shape[1])
+    log_prob = policy_enc.new_zeros(num_episodes)
+    entropy = policy_enc.new_zeros(num_episodes)
+    while not batch.done:
+        legal = batch.legal()
+        stuck = ~legal.any(dim=1)
+        if stuck.any():
+            batch.stuck_table[stuck & ~batch.infeasible] = batch.table
+            batch.infeasible |= stuck
+            legal = legal | stuck.unsqueeze(1)  # finish the episode ignoring memory
+        i = batch.table
+        logits = policy.logits(policy_sums, batch.cost_features(), policy_enc[i])
+        choice = choose(logits, legal, greedy, generator)
+        onehot = torch.nn.functional.one_hot(choice.actions, tt.task.num_devices).to(policy_enc)
+        policy_sums = policy_sums + onehot.unsqueeze(-1) * policy_enc[i]
+        log_prob = log_prob + choice.log_prob
+        entropy = entropy + choice.entropy
+        batch.place(choice.actions)
+    return Rollout(
+        device_of=batch.device_of,
+        log_prob=log_prob,
+        entropy=entropy / max(1, len(tt.order)),
+        predicted_cost=batch.predicted_cost(),
+        feasible=~batch.infeasible,
+        stuck_table=batch.stuck_table,
+    )
+
+
+class EstimatedMDP(gym.Env[dict[str, Any], np.int64]):
+    """One task's estimated MDP with a Gymnasium interface.
+
+    Observation (a dict): ``device_of`` [T] device of each placed table (-1 if not yet
+    placed), ``table`` the index of the table to place next (T once the episode is
+    over), ``action_mask`` [D] devices with room for it. Action: a device index; an
+    action outside the mask raises ValueError. Reward: 0, and at the last step minus
+    the predicted placement cost in milliseconds.
+    """
+
+    def __init__(self, task: Task, normalizer: FeatureNormalizer, costnet: CostNet) -> None:
+        self.metadata = {"render_modes": []}
+        self.tt = task_tensors(task, normalizer, costnet)
+        self.costnet = costnet
+        num_tables, num_devices = task.num_tables, task.num_devices
+        self.observation_space = spaces.Dict(
+            {
+                "device_of": spaces.Box(-1, num_devices - 1, (num_tables,), dtype=np.int64),
+                "table": spaces.Discrete(num_tables + 1),
+                "action_mask": spaces.MultiBinary(num_devices),
+            }
+        )
+        self.action_space = spaces.Discrete(num_devices)
+        self._batch = EpisodeBatch(self.tt, costnet, 1)
+
+    def _observation(self) -> dict[str, Any]:
+        done = self._batch.done
+        mask = (
+            np.zeros(self.tt.task.num_devices, dtype=np.int8)
+            if done
+            else self._batch.legal()[0].numpy().astype(np.int8)
+        )
+        return {
+            "device_of": self._batch.device_of[0].numpy().copy(),
+            "table": self.tt.task.num_tables if done else self._batch.table,
+            "action_mask": mask,
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        self._batch = EpisodeBatch(self.tt, self.costnet, 1)
+        return self._observation(), {}
+
+    def step(
+        self, action: np.int64 | int
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if self._batch.done:
+            raise RuntimeError("step() after the episode ended; call reset()")
+        legal = self._batch.legal()[0]
+        if not 0 <= int(action) < self.tt.task.num_devices or not bool(legal[int(action)]):
+            raise ValueError(
+                f"device {int(action)} is not a legal action for table "
+                f"{self.tt.task.tables[self._batch.table].name!r} (legal: "
+                f"{[d for d in range(len(legal)) if legal[d]]})"
+            )
+        self._batch.place(torch.tensor([int(action)]))
+        terminated = self._batch.done or not bool(self._batch.legal()[0].any())
+        reward = 0.0
+        info: dict[str, Any] = {}
+        if terminated:
+            if not self._batch.done:
+                info["infeasible"] = True
+                self._batch.infeasible[0] = True
+            cost = float(self._batch.predicted_cost()[0]) * self.costnet.cost_scale_ms
+            reward = -cost
+            info["predicted_cost_ms"] = cost
+        return self._observation(), reward, terminated, False, info

@@ -1,0 +1,81 @@
+"""Placing tables with a trained model (METHOD.md section 4, inference).
+
+The greedy policy on the estimated MDP gives a placement in milliseconds without
+running anything. Beyond the paper, ``samples=K`` also draws K placements from the
+policy and keeps the one the cost network rates best (the greedy one included).
+
+Memory: the MDP only offers devices with room for the current table, but a greedy
+episode can still paint itself into a corner (every device too full for a later large
+table). Then, beyond the paper, the placer draws up to :data:`FALLBACK_SAMPLES` sampled
+episodes and keeps the best that fits (the cost network rates them); only if none fits
+is the task reported infeasible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dreamshard.constants import DEFAULT_SEED
+from dreamshard.errors import InfeasiblePlacementError
+from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.method.mdp import rollout, task_tensors
+from dreamshard.runtime import one_thread
+from dreamshard.types import Placement, Task
+
+#: Sampled episodes tried, in rounds, when the greedy episode does not fit in memory.
+FALLBACK_SAMPLES: tuple[int, ...] = (16, 64, 256)
+
+
+class DreamShardPlacer:
+    """A trained DreamShard model as a placer.
+
+    Args:
+        model: The trained model.
+        samples: Extra sampled placements to consider (0: greedy policy only).
+        seed: Seed of the sampling.
+    """
+
+    name = "dreamshard"
+
+    def __init__(self, model: DreamShardModel, samples: int = 0, seed: int = DEFAULT_SEED) -> None:
+        if samples < 0:
+            raise ValueError(f"samples must be >= 0, got {samples}")
+        self.model = model
+        self.samples = samples
+        self.seed = seed
+
+    def place(self, task: Task) -> Placement:
+        model = self.model
+        with torch.no_grad(), one_thread():
+            tt = task_tensors(task, model.normalizer, model.costnet)
+            greedy = rollout(model.policy, model.costnet, tt, 1, greedy=True)
+            device_of, cost, feasible = greedy.device_of, greedy.predicted_cost, greedy.feasible
+            if self.samples:
+                generator = torch.Generator().manual_seed(self.seed)
+                sampled = rollout(model.policy, model.costnet, tt, self.samples, False, generator)
+                device_of = torch.cat([device_of, sampled.device_of])
+                cost = torch.cat([cost, sampled.predicted_cost])
+                feasible = torch.cat([feasible, sampled.feasible])
+            for round_, episodes in enumerate(FALLBACK_SAMPLES):
+                if bool(feasible.any()):
+                    break
+                generator = torch.Generator().manual_seed(self.seed + 1 + round_)
+                sampled = rollout(model.policy, model.costnet, tt, episodes, False, generator)
+                device_of = torch.cat([device_of, sampled.device_of])
+                cost = torch.cat([cost, sampled.predicted_cost])
+                feasible = torch.cat([feasible, sampled.feasible])
+        if not bool(feasible.any()):
+            stuck = int(greedy.stuck_table[0])
+            table = task.tables[stuck]
+            used = [0] * task.num_devices
+            for i, d in enumerate(greedy.device_of[0].tolist()):
+                if tt.order.index(i) < tt.order.index(stuck):
+                    used[d] += task.table_memory_bytes(task.tables[i])
+            raise InfeasiblePlacementError(
+                table.name,
+                task.table_memory_bytes(table),
+                [dev.memory_bytes - u for dev, u in zip(task.devices, used, strict=True)],
+            )
+        cost = torch.where(feasible, cost, torch.full_like(cost, float("inf")))
+        best = int(torch.argmin(cost))
+        return Placement(tuple(int(d) for d in device_of[best]))

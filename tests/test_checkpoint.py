@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamshard import __version__
+from dreamshard.data.features import NETWORK_FEATURE_NAMES, FeatureNormalizer
+from dreamshard.errors import InfeasiblePlacementError, InputError
+from dreamshard.method.checkpoint import MODEL_FILE, CheckpointError, DreamShardModel
+from dreamshard.method.costnet import CostNet, PlacementBatch
+from dreamshard.method.mdp import rollout, task_tensors
+from dreamshard.placers.dreamshard import DreamShardPlacer
+from dreamshard.placers.registry import PlacerOptions, make_placer
+from dreamshard.types import Placement, TableSpec, Task
+
+from .conftest import table, task
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BIG = 10**9
+
+
+def make_model(tables: list[TableSpec], seed: int = 0, structured: bool = True) -> DreamShardModel:
+    torch.manual_seed(seed)
+    model = DreamShardModel(
+        normalizer=FeatureNormalizer.fit(tables),
+        costnet=CostNet(structured_overall=structured),
+        config={"seed": seed, "iterations": 3},
+        info={"backend": "sim"},
+    )
+    model.costnet.cost_scale_ms = 3.5
+    return model
+
+
+def predictions(model: DreamShardModel, t: Task) -> tuple[torch.Tensor, ...]:
+    """Cost-network outputs for two placements and the greedy placement of ``t``."""
+    features = model.normalizer.transform(t.tables)
+    placements = [Placement((0, 1, 0, 1)), Placement((1, 1, 1, 0))]
+    batch = PlacementBatch.build([features] * 2, placements, [2, 2])
+    with torch.no_grad():
+        device, overall = model.costnet(batch)
+        tt = task_tensors(t, model.normalizer, model.costnet)
+        greedy = rollout(model.policy, model.costnet, tt, 1, greedy=True)
+        sampled = rollout(
+            model.policy, model.costnet, tt, 8, False, torch.Generator().manual_seed(0)
+        )
+    return device, overall, greedy.device_of, sampled.device_of, sampled.log_prob
+
+
+def edit_checkpoint(folder: Path, **changes: object) -> None:
+    path = folder / MODEL_FILE
+    state = torch.load(path, weights_only=False)
+    state.update(changes)
+    torch.save(state, path)
+
+
+@pytest.fixture
+def saved(tmp_path: Path, four_tables: list[TableSpec]) -> Path:
+    make_model(four_tables).save(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_save_load_round_trip_gives_identical_predictions(
+    tmp_path: Path, four_tables: list[TableSpec], structured: bool
+) -> None:
+    model = make_model(four_tables, structured=structured)
+    model.save(tmp_path)
+    assert (tmp_path / MODEL_FILE).is_file()
+    assert (tmp_path / "config.json").is_file()
+    loaded = DreamShardModel.load(tmp_path)
+    assert loaded.normalizer == model.normalizer
+    assert loaded.config == model.config
+    assert loaded.info == model.info
+    assert loaded.costnet.cost_scale_ms == 3.5
+    assert loaded.costnet.structured_overall == structured
+    t = task(four_tables, [BIG, BIG])
+    for before, after in zip(predictions(model, t), predictions(loaded, t), strict=True):
+        assert torch.equal(before, after)
+    # A differently seeded model really predicts differently (the check above has teeth).
+    other = predictions(make_model(four_tables, seed=1, structured=structured), t)
+    assert not torch.equal(other[1], predictions(model, t)[1])
+
+
+def test_changed_format_names_format_and_version(saved: Path) -> None:
+    edit_checkpoint(saved, format=99, package_version="0.0.1-old")
+    with pytest.raises(CheckpointError) as err:
+        DreamShardModel.load(saved)
+    message = str(err.value)
+    assert "format 99" in message
+    assert "0.0.1-old" in message
+    assert __version__ in message
+
+
+def test_missing_model_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=MODEL_FILE):
+        DreamShardModel.load(tmp_path)
+
+
+def test_truncated_model_file_raises(saved: Path) -> None:
+    path = saved / MODEL_FILE
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        DreamShardModel.load(saved)
+
+
+def test_file_that_is_not_a_checkpoint_raises_checkpoint_error(tmp_path: Path) -> None:
+    (tmp_path / MODEL_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        DreamShardModel.load(tmp_path)
+
+
+def test_feature_name_mismatch_raises(saved: Path) -> None:
+    edit_checkpoint(saved, feature_names=[*NETWORK_FEATURE_NAMES[:-1], "something_else"])
+    with pytest.raises(CheckpointError, match="other table features"):
+        DreamShardModel.load(saved)
+
+
+def test_damaged_normalizer_raises(saved: Path) -> None:
+    edit_checkpoint(saved, normalizer={"mean": [0.0], "std": [1.0]})
+    with pytest.raises(CheckpointError, match="normali"):
+        DreamShardModel.load(saved)
+
+
+def test_mismatched_weights_raise(saved: Path) -> None:
+    state = torch.load(saved / MODEL_FILE, weights_only=False)
+    costnet = dict(state["costnet"])
+    costnet.pop(next(iter(costnet)))
+    edit_checkpoint(saved, costnet=costnet)
+    with pytest.raises(CheckpointError, match="damaged or mismatched weights"):
+        DreamShardModel.load(saved)
+
+
+def test_dreamshard_placer_loads_model_and_places_validly(
+    saved: Path, four_tables: list[TableSpec]
+) -> None:
+    t = task(four_tables, [BIG, BIG, BIG])
+    placer = make_placer("dreamshard", PlacerOptions(model_dir=str(saved)))
+    placement = placer.place(t)
+    placement.validate(t)
+    # It is the loaded model's greedy placement.
+    greedy = predictions(DreamShardModel.load(saved), t)[2]
+    assert placement.device_of == tuple(greedy[0].tolist())
+
+
+def test_dreamshard_placer_with_samples_respects_memory(saved: Path) -> None:
+    tables = [table(f"t{i}", 625, dim) for i, dim in enumerate([16, 16, 12, 12, 8, 8])]
+    t = task(tables, [90_000, 90_000])  # only one table of each size per device fits
+    placer = make_placer("dreamshard", PlacerOptions(model_dir=str(saved), samples=32))
+    placement = placer.place(t)
+    placement.validate(t)
+
+
+def test_dreamshard_placer_without_model_dir_raises() -> None:
+    with pytest.raises(InputError, match="needs a trained model"):
+        make_placer("dreamshard", PlacerOptions())
+
+
+def test_dreamshard_placer_falls_back_to_samples_when_greedy_does_not_fit() -> None:
+    # 2,000 rows on two devices of 1,000 rows: only {600, 400} / {500, 300, 200} fits.
+    tables = [table(f"t{i}", rows, 16) for i, rows in enumerate([600, 500, 400, 300, 200])]
+    t = task(tables, [64_000, 64_000])
+    model = make_model(tables, seed=1)
+    with torch.no_grad():
+        greedy = rollout(
+            model.policy, model.costnet, task_tensors(t, model.normalizer, model.costnet), 1, True
+        )
+    assert not bool(greedy.feasible[0])  # the case the fallback exists for
+    placement = DreamShardPlacer(model).place(t)
+    placement.validate(t)
+    assert {tuple(i for i, d in enumerate(placement.device_of) if d == k) for k in (0, 1)} == {
+        (0, 2),
+        (1, 3, 4),
+    }
+
+
+def test_dreamshard_placer_reports_a_task_nothing_fits() -> None:
+    tables = [table(f"t{i}", rows, 16) for i, rows in enumerate([600, 600, 600])]
+    with pytest.raises(InfeasiblePlacementError, match="t"):
+        DreamShardPlacer(make_model(tables)).place(task(tables, [64_000, 64_000]))
