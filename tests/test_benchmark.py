@@ -243,6 +243,27 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
     assert "none.toml: file not found" in ANSI.sub("", result.stderr)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "part"),
+    [
+        ("bin.toml", b"\x00\xff\xfe\x80 binary", "not a UTF-8 text file"),
+        ("bin.json", b"\x89PNG\r\n\x1a\n\xff", "not a UTF-8 text file"),
+        ("deep.json", b"[" * 100_000, "invalid JSON (nested too deeply)"),
+        ("deep.toml", b"a = " + b"[" * 100_000, "invalid TOML (nested too deeply)"),
+        ("huge.json", b"1" * 5000, "invalid JSON (Exceeds the limit"),
+    ],
+)
+def test_unparseable_config_file_is_one_line(
+    tmp_path: Path, name: str, content: bytes, part: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and part in message and "\n" not in message
+
+
 def test_rerun_resumes_training_and_refuses_another_config(tmp_path: Path) -> None:
     one = with_change("suites", TINY["suites"][:1])
     one["families"] = TINY["families"][:1]

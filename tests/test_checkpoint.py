@@ -129,7 +129,7 @@ def test_mismatched_weights_raise(saved: Path) -> None:
     costnet = dict(state["costnet"])
     costnet.pop(next(iter(costnet)))
     edit_checkpoint(saved, costnet=costnet)
-    with pytest.raises(CheckpointError, match="damaged or mismatched weights"):
+    with pytest.raises(CheckpointError, match="weights do not match"):
         DreamShardModel.load(saved)
 
 
@@ -180,3 +180,127 @@ def test_dreamshard_placer_reports_a_task_nothing_fits() -> None:
     tables = [table(f"t{i}", rows, 16) for i, rows in enumerate([600, 600, 600])]
     with pytest.raises(InfeasiblePlacementError, match="t"):
         DreamShardPlacer(make_model(tables)).place(task(tables, [64_000, 64_000]))
+
+
+# -- files that are not (sound) DreamShard models -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload", [{"a": 1}, torch.zeros(3), [1, 2]], ids=["dict", "tensor", "list"]
+)
+def test_an_unrelated_torch_file_is_named_as_not_a_model_file(
+    tmp_path: Path, payload: object
+) -> None:
+    torch.save(payload, tmp_path / MODEL_FILE)
+    with pytest.raises(CheckpointError) as err:
+        DreamShardModel.load(tmp_path)
+    assert str(err.value) == f"{tmp_path / MODEL_FILE}: not a DreamShard model file"
+
+
+def without_a_key(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in weights.items() if k != "encoder.net.0.weight"}
+
+
+def with_extra_key(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {**weights, "extra.weight": torch.zeros(2)}
+
+
+def with_other_shape(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {**weights, "encoder.net.0.weight": torch.zeros(3, 3)}
+
+
+@pytest.mark.parametrize(
+    ("edit", "detail"),
+    [
+        (without_a_key, "missing 'encoder.net.0.weight'"),
+        (with_extra_key, "unexpected 'extra.weight'"),
+        (
+            with_other_shape,
+            f"'encoder.net.0.weight' has shape [3, 3], not [128, {len(NETWORK_FEATURE_NAMES)}]",
+        ),
+    ],
+)
+def test_mismatched_weights_are_one_line_naming_the_file_and_keys(
+    saved: Path, edit: object, detail: str
+) -> None:
+    state = torch.load(saved / MODEL_FILE, weights_only=False)
+    assert callable(edit)
+    edit_checkpoint(saved, costnet=edit(state["costnet"]))
+    with pytest.raises(CheckpointError) as err:
+        DreamShardModel.load(saved)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{saved / MODEL_FILE}: weights do not match")
+    assert f"costnet: {detail}" in message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file(saved: Path, value: float) -> None:
+    state = torch.load(saved / MODEL_FILE, weights_only=False)
+    policy = dict(state["policy"])
+    key = next(iter(policy))
+    policy[key] = policy[key].clone().fill_(value)
+    edit_checkpoint(saved, policy=policy)
+    with pytest.raises(CheckpointError, match=f"not finite \\(policy.{key}\\)") as err:
+        DreamShardModel.load(saved)
+    assert str(err.value).startswith(str(saved / MODEL_FILE))
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_a_cost_scale_that_is_not_positive_is_refused(saved: Path, scale: float) -> None:
+    state = torch.load(saved / MODEL_FILE, weights_only=False)
+    edit_checkpoint(saved, costnet={**state["costnet"], "_cost_scale_ms": torch.tensor(scale)})
+    with pytest.raises(CheckpointError, match="cost scale"):
+        DreamShardModel.load(saved)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("std", 0.0), ("std", float("nan")), ("std", -1.0), ("mean", float("inf"))]
+)
+def test_a_normaliser_with_unusable_statistics_is_refused(
+    saved: Path, field: str, value: float
+) -> None:
+    state = torch.load(saved / MODEL_FILE, weights_only=False)
+    normalizer = dict(state["normalizer"])
+    normalizer[field] = [value, *normalizer[field][1:]]
+    edit_checkpoint(saved, normalizer=normalizer)
+    with pytest.raises(CheckpointError, match=f"damaged feature normaliser.*{field}") as err:
+        DreamShardModel.load(saved)
+    assert str(err.value).startswith(str(saved / MODEL_FILE))
+
+
+def test_saving_leaves_no_temporary_file_when_the_write_fails(
+    tmp_path: Path, four_tables: list[TableSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_save = torch.save
+
+    def failing_save(obj: object, f: object) -> None:
+        real_save(obj, f)  # type: ignore[arg-type]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        make_model(four_tables).save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+class Foreign:
+    """An object of a class DreamShard never saves."""
+
+
+def test_a_torch_file_of_other_objects_is_not_unpickled(tmp_path: Path) -> None:
+    # Loading it would run the pickled classes' code; a model holds only values.
+    torch.save({"format": 1, "payload": Foreign()}, tmp_path / MODEL_FILE)
+    with pytest.raises(CheckpointError) as err:
+        DreamShardModel.load(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / MODEL_FILE}: not a DreamShard model file (cannot read it as a torch "
+        "file of tensors and plain values)"
+    )
+
+
+@pytest.mark.parametrize("field", ["config", "info"])
+def test_a_config_that_is_not_a_mapping_is_named(saved: Path, field: str) -> None:
+    edit_checkpoint(saved, **{field: [1, 2, 3]})
+    with pytest.raises(CheckpointError, match=f"damaged {field}"):
+        DreamShardModel.load(saved)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import stat
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +28,7 @@ FAST = ["--backend", "fbgemm", "--windows", "1", "--calls", "1", "--batch-size",
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def run(*args: str | Path) -> Result:
+def run(*args: str | Path | int) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -225,7 +228,9 @@ def test_place_writes_json(tmp_path: Path, tables_csv: Path) -> None:
     assert result.exit_code == 0, result.output
     # Off a terminal, progress comes as plain lines on stderr, ending with the total.
     assert "error" not in result.stderr and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].split(": ")[-1].startswith(("1/1", "2/2"))
+    # (A loaded machine adds one warning line after them.)
+    progress = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert progress[-1].split(": ")[-1].startswith(("1/1", "2/2"))
     payload = json.loads(out.read_text())
     assert set(payload) == {
         "format", "version",
@@ -275,7 +280,9 @@ def test_gen_tables_gen_tasks_evaluate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     # Off a terminal, progress comes as plain lines on stderr, ending with the total.
     assert "error" not in result.stderr and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].split(": ")[-1].startswith(("1/1", "2/2"))
+    # (A loaded machine adds one warning line after them.)
+    progress = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert progress[-1].split(": ")[-1].startswith(("1/1", "2/2"))
     payload = json.loads(out.read_text())
     assert payload["backend"] == "fbgemm"
     assert payload["placers"] == ["size", "dim"]
@@ -379,10 +386,169 @@ def test_backend_block_needs_a_keyword_only_backend_parameter() -> None:
 
 @pytest.mark.parametrize("command", ["place", "evaluate", "train"])
 def test_row_cap_checked_on_every_command(tmp_path: Path, command: str) -> None:
-    required = {
+    required: dict[str, list[str | Path | int]] = {
         "place": ["--tables", tmp_path / "x.csv", "--devices", 2, "--memory", "1GB"],
         "evaluate": ["--tasks", tmp_path / "s.json"],
         "train": ["--tasks", tmp_path / "s.json", "--out", tmp_path / "m"],
-    }[command]
-    result = run(command, *required, "--row-cap", 5)
+    }
+    result = run(command, *required[command], "--row-cap", 5)
     assert_one_line_error(result, "--row-cap must be at least 100, got 5")
+
+
+# -- outputs that would be lost or would replace an input (issue 12) ---------------------------
+
+SIM = ["--backend", "sim"]
+
+
+@pytest.fixture
+def suite_json(tmp_path: Path) -> Path:
+    from dreamshard.data.tasks import SuiteConfig, generate_suite, save_suite
+
+    pool = [table(f"t{i}", rows=1000, dim=8) for i in range(8)]
+    config = SuiteConfig(
+        num_train=2, num_test=2, min_tables=2, max_tables=2, num_devices=2,
+        memory_bytes=10**9, seed=0,
+    )  # fmt: skip
+    path = tmp_path / "suite.json"
+    save_suite(path, generate_suite(pool, config))
+    return path
+
+
+def test_place_refuses_out_equal_to_tables(tables_csv: Path) -> None:
+    before = tables_csv.read_bytes()
+    result = run(
+        "place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", *SIM,
+        "--out", tables_csv,
+    )  # fmt: skip
+    assert_one_line_error(
+        result, f"--out {tables_csv}: is the input file {tables_csv}; writing there would replace"
+    )
+    assert tables_csv.read_bytes() == before
+
+
+def test_evaluate_refuses_out_equal_to_tasks(
+    suite_json: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same file by another name: relative to the working folder.
+    monkeypatch.chdir(suite_json.parent)
+    before = suite_json.read_bytes()
+    result = run("evaluate", "--tasks", suite_json, *SIM, "--out", "suite.json")
+    assert_one_line_error(result, "--out suite.json: is the input file")
+    assert suite_json.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["/proc/x.json", "file.txt/x.json"])
+@pytest.mark.parametrize("command", ["place", "evaluate"])
+def test_unwritable_out_is_refused_before_the_work(
+    tmp_path: Path, tables_csv: Path, suite_json: Path, command: str, where: str
+) -> None:
+    (tmp_path / "file.txt").write_text("keep\n")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    inputs: dict[str, list[str | Path | int]] = {
+        "place": ["--tables", tables_csv, "--devices", 2, "--memory", "1GB"],
+        "evaluate": ["--tasks", suite_json, "--placers", "size"],
+    }
+    result = run(command, *inputs[command], *SIM, "--out", out)
+    # Nothing on stdout: no results printed that are then lost.
+    assert_one_line_error(result, f"--out {out}: cannot write here (")
+    assert (tmp_path / "file.txt").read_text() == "keep\n"
+
+
+def test_final_write_failure_is_one_line(
+    tables_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The folder becomes unwritable between the check and the write (a full disk, say).
+    out = tmp_path / "out.json"
+    real = tempfile.mkstemp
+    calls: list[int] = []
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        calls.append(1)
+        if len(calls) > 1:  # the first call is the up-front check
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    result = run(
+        "place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", *SIM, "--out", out
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = ANSI.sub("", result.stderr).splitlines()
+    assert line == f"error: {out}: cannot write (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.csv"]
+
+
+def test_outputs_follow_the_umask(tmp_path: Path, tables_csv: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "placement.json"
+        result = run(
+            "place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", *SIM,
+            "--out", out,
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+# -- option values (issue 12) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--placers", ""], "--placers: no placer named in ''"),
+        (["--placers", ",,"], "--placers: no placer named in ',,'"),
+        (["--placers", " , "], "--placers: no placer named in ' , '"),
+        (["--max-tasks", "-1"], "--max-tasks must be at least 1, got -1"),
+        (["--max-tasks", "0"], "--max-tasks must be at least 1, got 0"),
+    ],
+)
+def test_evaluate_bad_selection(suite_json: Path, options: list[str], message: str) -> None:
+    result = run("evaluate", "--tasks", suite_json, *SIM, *options)
+    assert assert_one_line_error(result) == f"error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["place", "--devices", "four"], "--devices: 'four' is not a valid integer"),
+        (["place", "--devices=four"], "--devices: 'four' is not a valid integer"),
+        (["evaluate", "--max-tasks", "1.5"], "--max-tasks: '1.5' is not a valid integer"),
+        (["place", "--out", ""], "--out: empty path"),
+        (["place", "--out="], "--out: empty path"),
+        (["gen-tables", "--out", " "], "--out: empty path"),
+        (["export", "--placement", "", "--out", "x.json"], "--placement: empty path"),
+        (["place", "--tables", "x.csv", "--bogus", "1"], "No such option: --bogus"),
+        (["place", "--devices", "2"], "Missing option '--tables'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    line = assert_one_line_error(run(*args))
+    assert line == f"error: {message}" or line.startswith(f"error: {message} ")
+
+
+def test_calibrate_comm_checks_the_device_before_printing(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    result = run("calibrate-comm", "--out", out, "--device", "tpu")
+    assert assert_one_line_error(result) == "error: --device 'tpu': use one of cpu, cuda"
+    assert not out.exists()
+
+
+def test_help_still_works() -> None:
+    result = run("place", "--help")
+    assert result.exit_code == 0 and "--tables" in result.output
+    result = run()
+    assert "Usage" in result.output and "Traceback" not in result.output
+
+
+def test_os_errors_are_one_line(tables_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A disk failing mid-read is no bad input, but must not end in a traceback either.
+    def failing(path: Path) -> None:
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr("dreamshard.cli.place_commands.load_tables", failing)
+    result = run("place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", *SIM)
+    assert assert_one_line_error(result) == f"error: {tables_csv}: Input/output error"

@@ -372,3 +372,21 @@ def test_suites_keep_the_source(tmp_path: Path, data_file: Path) -> None:
     loaded = load_suite(tmp_path / "suite.json")
     assert loaded == suite
     assert {t.source for task in loaded.train + loaded.test for t in task.tables} - {None}
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_torch_warnings(tmp_path: Path) -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "fbgemm_t2_bs4_0.pt"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    result = subprocess.run(
+        [sys.executable, "-m", "dreamshard", "tables-from-data", str(path), "--out",
+         str(tmp_path / "x.json")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0] == f"error: {path}: not a readable torch file (Weights only load failed)"

@@ -69,3 +69,24 @@ def test_infeasible_task_is_reported_not_raised() -> None:
     payload = result.to_json()
     assert payload["common_tasks"] == ["roomy"]
     assert len(payload["results"]) == 4
+
+
+def test_a_placement_that_breaks_the_constraints_counts_as_a_failure() -> None:
+    from dreamshard.data.constraints import parse_constraints
+
+    t = task([table("a"), table("b")], [10**9, 10**9])
+    spec = parse_constraints({"pin": {"a": "dev1"}})
+
+    class Ignores:  # puts everything on device 0, whatever it is told
+        name = "ignores"
+
+        def place(self, task_: object) -> Placement:
+            return Placement((0, 0))
+
+    honours = GreedyPlacer("size", constraints=spec)
+    result = evaluate([t], [Ignores(), honours], TablesPerDevice(), constraints=spec)
+    broken = result.result("ignores", "t")
+    assert broken.cost is None and broken.error is not None
+    assert broken.error.startswith("broke a constraint:") and "'a'" in broken.error
+    kept = result.result("size", "t")
+    assert kept.placement is not None and kept.placement.device_of[0] == 1

@@ -115,3 +115,15 @@ def test_reference_normalisation_scales_to_the_nominal_speed() -> None:
     (scaled,) = backend(reference_nominal_ms=(1000.0, 1000.0)).measure_shards([[table("a")]])
     assert scaled.fwd_comp_ms > 50 * raw.fwd_comp_ms
     assert scaled.bwd_comp_ms > 50 * raw.bwd_comp_ms
+
+
+def test_conditions_compare_the_interleaved_reference_with_its_nominal() -> None:
+    # A nominal far below any real time: the reference looks hugely slowed down.
+    measuring = backend(reference_nominal_ms=(1e-6, 1e-6))
+    measuring.measure_shards([[table("a")]])
+    conditions = measuring.conditions()
+    assert len(measuring.reference_ms) == 2  # one per window before the one shard
+    assert conditions.reference_slowdown is not None and conditions.reference_slowdown > 100
+    assert any("slower than nominal" in w for w in conditions.warnings)
+    # Without a reference there is nothing to compare.
+    assert backend(reference=False).conditions().reference_slowdown is None

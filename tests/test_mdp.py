@@ -6,7 +6,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from dreamshard.data.features import FeatureNormalizer
-from dreamshard.errors import InvalidPlacementError
+from dreamshard.errors import InputError, InvalidPlacementError
 from dreamshard.method.costnet import CostNet, PlacementBatch
 from dreamshard.method.mdp import INFEASIBLE_PENALTY, EstimatedMDP, rollout, task_tensors
 from dreamshard.method.policy import PolicyNet
@@ -214,3 +214,44 @@ def test_estimated_mdp_ends_early_when_the_next_table_has_no_room() -> None:
     assert partial.count(-1) == 1
     expected = (1.0 + INFEASIBLE_PENALTY) * predicted_ms(net, t, partial)
     assert reward == pytest.approx(-expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("memory", [10**19, 10**30])
+def test_devices_with_more_memory_than_int64_place_like_ample_memory(
+    four_tables: list[TableSpec], memory: int
+) -> None:
+    # Memory beyond what the tables need cannot change a placement, however large.
+    net, normalizer = costnet(), FeatureNormalizer.fit(four_tables)
+    policy = PolicyNet()
+    placed = []
+    for mem in (BIG, memory):
+        tt = task_tensors(task(four_tables, [mem, mem]), normalizer, net)
+        with torch.no_grad():
+            result = rollout(policy, net, tt, 4, False, torch.Generator().manual_seed(0))
+        assert bool(result.feasible.all())
+        placed.append(result.device_of)
+    assert torch.equal(placed[0], placed[1])
+
+
+def test_tight_memory_is_kept_exactly_when_huge_devices_are_clamped() -> None:
+    # One device has room for exactly a and b (96,000 bytes); the other is huge.
+    t = task(three_tables(), [96_000, 10**25])
+    tt = task_tensors(t, FeatureNormalizer.fit(t.tables), costnet())
+    assert tt.capacity_bytes.tolist() == [96_000, 112_000]
+
+
+def test_tables_beyond_int64_bytes_raise_input_error() -> None:
+    t = task([table("huge", rows=10**18, dim=16)], [BIG])
+    with pytest.raises(InputError, match="task 't': its tables need"):
+        task_tensors(t, FeatureNormalizer.fit(t.tables), costnet())
+
+
+def test_a_table_whose_features_overflow_raises_input_error_naming_it() -> None:
+    tables = [table("a", 1000, 16), table("b", 1000, 16, pooling=1e308)]
+    t = task(tables, [BIG])
+    normalizer = FeatureNormalizer.fit(tables[:1])
+    with (
+        np.errstate(over="ignore", invalid="ignore"),
+        pytest.raises(InputError, match="task 't': table 'b': its features are not finite"),
+    ):
+        task_tensors(t, normalizer, costnet())

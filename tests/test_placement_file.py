@@ -135,3 +135,46 @@ def test_not_an_object(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(InputError, match="expected a placement object"):
         read_placement_file(path)
+
+
+@pytest.mark.parametrize(
+    ("device_of", "part"),
+    [
+        ([0, 1, 1, 5], "table 'd' is on device 5, the file has devices 0..1"),
+        ([0, 1, 1], "field 'device_of' has 3 entries, field 'placement' places 4 tables"),
+        ([0, 1, 1, 0, 0], "field 'device_of' has 5 entries, field 'placement' places 4 tables"),
+        ([0, 1, "1", 0], "field 'device_of' must be a list of device indices"),
+        ([0, 1, True, 0], "field 'device_of' must be a list of device indices"),
+        ([0, 1, 1.0, 0], "field 'device_of' must be a list of device indices"),
+        ({"a": 0}, "field 'device_of' must be a list of device indices"),
+        ([0, 0, 1, 0], "table 'b' is on device 0 ('dev0') but field 'placement' puts it on 'dev1'"),
+    ],
+)
+def test_device_of_must_agree_with_the_placement(tmp_path: Path, device_of: Any, part: str) -> None:
+    path = write(tmp_path / "bad.json", {**LEGACY, "device_of": device_of})
+    with pytest.raises(InputError) as caught:
+        read_placement_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: field 'device_of'") and message.endswith(part)
+
+
+def test_device_names_must_be_unique(tmp_path: Path) -> None:
+    devices = [{"name": "dev0", "memory_bytes": 10}, {"name": "dev0", "memory_bytes": 10}]
+    path = write(tmp_path / "bad.json", {**LEGACY, "devices": devices})
+    with pytest.raises(InputError, match=r"devices\[1\]: device name 'dev0' is used twice"):
+        read_placement_file(path)
+
+
+def test_tables_file_is_stored_absolute(
+    four_tables: list[TableSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # place is run in one folder, export in another: a name relative to the first
+    # folder would not be found from the second.
+    monkeypatch.chdir(tmp_path)
+    placed = task(four_tables, [10**6] * 2, name="pool")
+    cost = PlacementCost(per_device=(StageCosts(0, 0, 0, 0),) * 2, backend="sim")
+    record = PlacementFile.of(
+        placed, Placement((0, 1, 1, 0)), cost, placer="size", backend="sim",
+        tables_file="sub/t.json", place_time_ms=1.0,
+    )  # fmt: skip
+    assert record.tables_file == str(tmp_path / "sub" / "t.json")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dreamshard.method.policy import NUM_COST_FEATURES, PolicyNet, choose
+from dreamshard.method.policy import NUM_COST_FEATURES, NonFiniteError, PolicyNet, choose
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -113,3 +113,17 @@ def test_policy_logits_are_per_device_and_equivariant() -> None:
         logits = policy.logits(sums, cost, table)
         permuted = policy.logits(sums[:, perm], cost[:, perm], table)
     torch.testing.assert_close(permuted, logits[:, perm])
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_scores_of_legal_devices_raise(greedy: bool, bad: float) -> None:
+    logits = torch.tensor([[0.5, bad, 0.1]])
+    with pytest.raises(NonFiniteError, match="scores of the devices are not finite"):
+        choose(logits, torch.ones(1, 3, dtype=torch.bool), greedy, torch.Generator())
+
+
+def test_non_finite_scores_of_illegal_devices_are_ignored() -> None:
+    logits = torch.tensor([[0.5, float("nan"), 0.1]])
+    choice = choose(logits, torch.tensor([[True, False, True]]), greedy=True)
+    assert choice.actions.tolist() == [0]

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.constraints import (
+    ConstrainedInfeasibleError,
+    parse_constraints,
+    resolve_constraints,
+)
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices
 from dreamshard.errors import InfeasiblePlacementError, InputError
@@ -79,3 +84,45 @@ def test_evaluation_counts_rnn_as_a_baseline(sim_task: Task) -> None:
     costs = {r.placer: r.cost.cost_ms for r in result.results if r.cost is not None}
     assert costs["rnn"] < costs["size"]  # the search beats the size rule on this task
     assert result.best_baseline() == "rnn"
+
+
+def test_big_table_goes_on_the_big_device() -> None:
+    # huge (64 MB) fits only dev1 (80 MB); dev0 (20 MB) holds one 12 MB table: the mask
+    # leaves the search the placements huge and one m on dev1, the other m on dev0.
+    tables = [table("huge", rows=1_000_000), table("m1", rows=187_500), table("m2", rows=187_500)]
+    t = task(tables, [20_000_000, 80_000_000])
+    placer = RnnPlacer(SimBackend(), RnnConfig(budget=6, samples_per_update=3), seed=0)
+    placement = placer.place(t)
+    assert placement.device_of in {(1, 0, 1), (1, 1, 0)}
+    assert placer.last_measurements == 6  # every sample fit: none was discarded
+
+
+def test_honours_constraints(sim_task: Task) -> None:
+    names = [t.name for t in sim_task.tables]
+    raw = parse_constraints(
+        {
+            "pin": {names[0]: "dev2"},
+            "together": [[names[1], names[2], names[3]]],
+            "apart": [[names[0], names[4]], [names[1], names[4], names[5]]],
+        }
+    )
+    rules = resolve_constraints(raw, sim_task)
+    placer = make_placer("rnn", PlacerOptions(backend="sim", budget=20, constraints=raw))
+    placement = placer.place(sim_task)
+    placement.validate(sim_task)
+    rules.check(placement, sim_task)
+    assert isinstance(placer, RnnPlacer) and placer.last_measurements == 20
+
+
+def test_unplaceable_constraints_name_a_table(four_tables) -> None:
+    # d (128k) fills dev0 (130k); a must avoid it and takes dev1 (100k); the group b + c
+    # (48k) then finds no room: every sample dead-ends.
+    t = task(four_tables, [130_000, 100_000])
+    raw = parse_constraints({"apart": [["a", "d"]], "together": [["b", "c"]]})
+    placer = RnnPlacer(SimBackend(), RnnConfig(budget=4, samples_per_update=2), constraints=raw)
+    with pytest.raises(
+        ConstrainedInfeasibleError,
+        match=r"table 'b' cannot be placed: in 16 sampled placements it found no device",
+    ):
+        placer.place(t)
+    assert placer.last_measurements == 0

@@ -332,3 +332,57 @@ def test_profiles_of_the_old_format_are_refused(tmp_path: Path, profile: SimProf
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"format_version 1 .*refit"):
         load_profile(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "part"),
+    [
+        ("bandwidth_gbps", 0, "comm.bandwidth_gbps must be a finite number > 0, got 0"),
+        ("bandwidth_gbps", -1.5, "comm.bandwidth_gbps must be a finite number > 0, got -1.5"),
+        (
+            "bandwidth_gbps",
+            float("nan"),
+            "comm.bandwidth_gbps must be a finite number > 0, got nan",
+        ),
+        ("latency_ms", float("inf"), "comm.latency_ms must be a finite number >= 0, got inf"),
+        ("latency_ms", "1", "comm.latency_ms must be a finite number >= 0, got '1'"),
+    ],
+)
+def test_profile_comm_must_be_usable(
+    tmp_path: Path, profile: SimProfile, key: str, value: object, part: str
+) -> None:
+    data = profile.to_dict()
+    data["comm"][key] = value
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError) as caught:
+        load_profile(path)
+    assert str(caught.value) == f"{path}: {part}"
+
+
+@pytest.mark.parametrize(
+    ("content", "part"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 text file"),
+        (b"[" * 100_000, "invalid JSON (nested too deeply)"),
+        (b"", "line 1: invalid JSON"),
+    ],
+)
+def test_profile_file_that_is_not_json_is_one_line(
+    tmp_path: Path, content: bytes, part: str
+) -> None:
+    path = tmp_path / "p.json"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        load_profile(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and part in message and "\n" not in message
+
+
+def test_profile_save_is_atomic_and_names_an_unwritable_path(
+    tmp_path: Path, profile: SimProfile
+) -> None:
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(InputError, match="is not a folder"):
+        profile.save(tmp_path / "file" / "p.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

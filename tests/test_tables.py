@@ -142,7 +142,6 @@ BAD_VALUES = [
     ("dim", "NaN", "must be finite"),
     ("dim", "-inf", "must be finite"),
     ("dim", 6, "must be a multiple of 4"),
-    ("pooling_factor", None, "is missing"),
     ("pooling_factor", -1.5, "must be positive"),
     ("pooling_factor", 0, "must be positive"),
     ("pooling_factor", "two", "must be a number"),
@@ -203,9 +202,9 @@ def test_csv_unknown_column(tmp_path: Path) -> None:
 
 
 def test_csv_missing_column(tmp_path: Path) -> None:
-    cols = [c for c in CSV_COLUMNS if c != "pooling_factor"]
+    cols = [c for c in CSV_COLUMNS if c != "dim"]
     path = write_csv(tmp_path / "p.csv", good_records(), cols)
-    assert error_of(path) == f"{path}: line 1: missing column 'pooling_factor'"
+    assert error_of(path) == f"{path}: line 1: missing column 'dim'"
 
 
 def test_csv_more_values_than_columns(tmp_path: Path) -> None:
@@ -357,3 +356,197 @@ def _spec_kwargs(record: dict[str, Any]) -> dict[str, Any]:
         "access_hist": tuple(record[f] for f in BIN_FIELDS),
         "dtype": record["dtype"],
     }
+
+
+# -- access statistics are optional (issue 12) ----------------------------------------------
+
+MINIMAL_COLUMNS = ["name", "rows", "dim"]
+
+
+def test_default_histogram_is_the_documented_zipf_one() -> None:
+    from dreamshard.constants import DEFAULT_BATCH_SIZE
+    from dreamshard.data.synthetic import expected_access_histograms
+    from dreamshard.data.tables import DEFAULT_ZIPF_SKEW, default_access_histograms
+
+    expected = expected_access_histograms([1000, 5000], [2.5, 1.0], [0.6, 0.6], DEFAULT_BATCH_SIZE)
+    got = default_access_histograms([1000, 5000], [2.5, 1.0])
+    assert DEFAULT_ZIPF_SKEW == 0.6
+    assert got == [tuple(float(v) for v in row) for row in expected]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_name_rows_dim_only_gets_defaults(
+    tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dreamshard.data.tables import default_access_histograms
+
+    records = [{c: r[c] for c in MINIMAL_COLUMNS} for r in good_records()]
+    if fmt == "csv":
+        path = write_csv(tmp_path / "pool.csv", records, MINIMAL_COLUMNS)
+    else:
+        path = write_json(tmp_path / "pool.json", records)
+    with caplog.at_level("WARNING"):
+        tables = load_tables(path)
+    assert [t.pooling_factor for t in tables] == [1.0, 1.0, 1.0]
+    assert [t.access_hist for t in tables] == default_access_histograms(
+        [1000, 200, 5000], [1.0] * 3
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: 3 of 3 tables have no access histogram, assumed Zipf(0.6) ids; "
+        f"3 of 3 have no pooling_factor, assumed 1.0 (see README 'Table files')"
+    ]
+
+
+def test_csv_without_bin_columns_keeps_pooling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dreamshard.data.tables import default_access_histograms
+
+    columns = [*MINIMAL_COLUMNS, "pooling_factor"]
+    path = write_csv(tmp_path / "pool.csv", good_records(), columns)
+    with caplog.at_level("WARNING"):
+        tables = load_tables(path)
+    assert [t.pooling_factor for t in tables] == [2.5, 0.75, 1.0]
+    assert tables[0].access_hist == default_access_histograms([1000], [2.5])[0]
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"{path}: 3 of 3 tables have no access histogram, assumed Zipf(0.6) ids "
+        f"(see README 'Table files')"
+    )
+
+
+def test_mixed_file_warns_once_counting_only_defaulted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = good_records()
+    for f in BIN_FIELDS:
+        records[1][f] = None  # all 17 cells empty: this table gets the default
+    path = write_csv(tmp_path / "pool.csv", records)
+    with caplog.at_level("WARNING"):
+        tables = load_tables(path)
+    assert tables[0].access_hist == HIST
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: 1 of 3 tables have no access histogram, assumed Zipf(0.6) ids "
+        f"(see README 'Table files')"
+    ]
+
+
+def test_full_file_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        load_tables(write_csv(tmp_path / "pool.csv", good_records()))
+    assert caplog.records == []
+
+
+def test_defaulted_tables_save_full_records(tmp_path: Path) -> None:
+    records = [{c: r[c] for c in MINIMAL_COLUMNS} for r in good_records()]
+    tables = load_tables(write_csv(tmp_path / "pool.csv", records, MINIMAL_COLUMNS))
+    save_tables(tmp_path / "full.csv", tables)
+    header = (tmp_path / "full.csv").read_text().splitlines()[0].split(",")
+    assert header == list(CSV_COLUMNS)
+    assert load_tables(tmp_path / "full.csv") == tables
+
+
+def test_csv_some_bin_columns_missing(tmp_path: Path) -> None:
+    cols = [c for c in CSV_COLUMNS if c != "access_bin_5"]
+    path = write_csv(tmp_path / "p.csv", good_records(), cols)
+    assert error_of(path) == (
+        f"{path}: line 1: missing column 'access_bin_5' "
+        f"(give all {len(BIN_FIELDS)} access_bin_* columns or none)"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_partial_histogram_names_file_line_table(tmp_path: Path, fmt: str) -> None:
+    records = good_records()
+    for f in BIN_FIELDS[3:]:
+        records[1][f] = None
+    if fmt == "json":
+        for f in BIN_FIELDS[3:]:
+            del records[1][f]
+        path = write_json(tmp_path / "p.json", records)
+        where = "tables[1]"
+    else:
+        path = write_csv(tmp_path / "p.csv", records)
+        where = "line 3"
+    assert error_of(path) == (
+        f"{path}: {where} (table 't1'): field 'access_bin_3' is missing "
+        f"(give all {len(BIN_FIELDS)} access_bin_* fields or none)"
+    )
+
+
+# -- garbled headers and values (issue 12, defects 3 and 15) ----------------------------------
+
+
+def test_csv_duplicate_column(tmp_path: Path) -> None:
+    records = good_records()
+    path = write_csv(tmp_path / "p.csv", records, [*CSV_COLUMNS, "rows"])
+    assert error_of(path) == f"{path}: line 1: column 'rows' appears twice"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("rows", "1_000"),
+        ("rows", "\u0661\u0660\u0660"),  # Arabic-Indic 100
+        ("dim", "\uff11\uff16"),  # full-width 16
+        ("pooling_factor", "2_5.0"),
+        ("access_bin_0", "\u0660.4"),
+    ],
+)
+def test_csv_garbled_numbers(tmp_path: Path, field: str, value: str) -> None:
+    records = good_records()
+    records[1][field] = value
+    path = write_csv(tmp_path / "p.csv", records)
+    message = error_of(path)
+    assert message.startswith(f"{path}: line 3 (table 't1'): field '{field}' must be a number")
+    assert repr(value) in message
+
+
+def test_json_garbled_number_string(tmp_path: Path) -> None:
+    records = good_records()
+    records[0]["rows"] = "1_000"
+    message = error_of(write_json(tmp_path / "p.json", records))
+    assert "tables[0] (table 't0'): field 'rows' must be a number" in message
+
+
+def test_plain_number_strings_still_accepted(tmp_path: Path) -> None:
+    records = good_records()
+    records[0]["rows"] = " 1e3 "
+    records[0]["pooling_factor"] = "+.25"
+    (t0, *_) = load_tables(write_json(tmp_path / "p.json", records))
+    assert (t0.rows, t0.pooling_factor) == (1000, 0.25)
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", "x\x00", "a\u2028b", "\x1b[31mred"])
+def test_control_characters_in_table_name(tmp_path: Path, name: str) -> None:
+    records = good_records()
+    records[1]["name"] = name
+    path = write_json(tmp_path / "p.json", records)
+    message = error_of(path)
+    assert message == (
+        f"{path}: tables[1] (table {name!r}): field 'name' must not contain control characters"
+    )
+    assert "\n" not in message
+
+
+def test_csv_newline_in_quoted_name(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "p.csv", good_records())
+    text = path.read_text().replace("\nt1,", '\n"t\n1",', 1)
+    path.write_text(text)
+    assert "(table 't\\n1'): field 'name' must not contain control characters" in error_of(path)
+
+
+def test_folder_named_like_a_table_file(tmp_path: Path) -> None:
+    folder = tmp_path / "pool.csv"
+    folder.mkdir()
+    assert error_of(folder) == f"{folder}: is a folder, expected a table file"
+
+
+def test_unreadable_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_csv(tmp_path / "p.csv", good_records())
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert error_of(path) == f"{path}: cannot read (Permission denied)"

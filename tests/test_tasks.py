@@ -287,3 +287,64 @@ def test_fits_memory_decides_as_the_size_rule_on_sgd_tasks(pool: list[TableSpec]
         assert fits_memory(t) is placeable
         decided.add(placeable)
     assert decided == {True, False}  # the draws exercised both answers
+
+
+# -- issue 12: duplicates and garbled fields in suite files ----------------------------------
+
+
+def test_make_task_duplicate_device_name() -> None:
+    devices = (Device("gpu", 10**9), Device("gpu", 10**9))
+    with pytest.raises(InputError) as err:
+        make_task("job", [table("a")], devices)
+    assert str(err.value) == "task 'job': duplicate device name 'gpu'"
+
+
+def test_load_suite_duplicate_device_name(tmp_path: Path, suite_payload: dict) -> None:
+    task = suite_payload["train"][1]
+    task["devices"][1]["name"] = task["devices"][0]["name"]
+    message = _load_error(tmp_path, suite_payload)
+    assert message.endswith(f": train[1]: task {task['name']!r}: duplicate device name 'dev0'")
+
+
+def test_load_suite_duplicate_task_name(tmp_path: Path, suite_payload: dict) -> None:
+    suite_payload["test"][2]["name"] = suite_payload["train"][0]["name"]
+    message = _load_error(tmp_path, suite_payload)
+    assert message.endswith(": test[2]: duplicate task name 'train-0' (first at train[0])")
+
+
+def test_task_suite_refuses_duplicate_task_names(suite: TaskSuite) -> None:
+    with pytest.raises(InputError, match="duplicate task name 'train-0'"):
+        TaskSuite(config=suite.config, train=suite.train, test=(suite.train[0],))
+
+
+@pytest.mark.parametrize("memory", ["lots", "1_000", "\u0661\u0660\u0660", 2.5, True, None])
+def test_load_suite_garbled_device_memory_names_field(
+    tmp_path: Path, suite_payload: dict, memory: object
+) -> None:
+    suite_payload["train"][0]["devices"][1]["memory_bytes"] = memory
+    message = _load_error(tmp_path, suite_payload)
+    assert message.endswith(
+        f": train[0]: devices[1]: field 'memory_bytes' must be a positive integer, got {memory!r}"
+    )
+
+
+def test_load_suite_garbled_config_field(tmp_path: Path, suite_payload: dict) -> None:
+    suite_payload["config"]["memory_bytes"] = "lots"
+    message = _load_error(tmp_path, suite_payload)
+    assert message.endswith(": field 'config.memory_bytes' must be an integer, got 'lots'")
+
+
+def test_load_suite_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        load_suite(tmp_path)
+    assert str(err.value) == f"{tmp_path}: is a folder, expected a task suite file"
+
+
+def test_suite_on_devices_of_different_memory(pool: list[TableSpec]) -> None:
+    devices = (Device("big", 3_000_000), Device("small", 700_000))
+    config = dataclasses.replace(CONFIG, memory_bytes=3_000_000)
+    suite = generate_suite(pool, config, devices)
+    assert all(t.devices == devices for t in (*suite.train, *suite.test))
+    assert all(fits_memory(t) for t in (*suite.train, *suite.test))
+    with pytest.raises(InputError, match="3 devices given for a suite of 2 devices"):
+        generate_suite(pool, CONFIG, (*devices, Device("third", 10**9)))

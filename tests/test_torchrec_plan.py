@@ -330,3 +330,105 @@ def test_cli_evaluate_shows_torchrec_estimates(
     assert all(v > 0 for v in estimates["mean_estimate_ms"].values())
     measured = {s["placer"]: s["mean_cost_ms"] for s in payload["summary"]}
     assert estimates["mean_measured_ms"] == measured
+
+
+def _place(args: list[str]) -> None:
+    placed = CliRunner().invoke(
+        app, ["place", *args, "--devices", "2", "--memory", "1MB", "--backend", "sim"]
+    )
+    assert placed.exit_code == 0, placed.output
+
+
+def test_cli_export_from_another_folder(
+    four_tables: list[TableSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The placement file names its table file absolutely: export finds it from anywhere.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_tables(tmp_path / "a" / "tables.json", four_tables)
+    monkeypatch.chdir(tmp_path / "a")
+    _place(["--tables", "tables.json", "--out", "../placement.json"])
+    monkeypatch.chdir(tmp_path / "b")
+    result = CliRunner().invoke(
+        app, ["export", "--placement", "../placement.json", "--out", "plan.json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert load_plan_spec(tmp_path / "b" / "plan.json").world_size == 2
+
+
+def test_relative_tables_file_is_found_beside_the_placement(
+    four_tables: list[TableSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files written before names were absolute: relative to cwd, else to the placement.
+    save_tables(tmp_path / "tables.json", four_tables)
+    placement = {
+        "tables_file": "tables.json",
+        "devices": [{"name": "dev0", "memory_bytes": 10**6}],
+        "placement": {t.name: "dev0" for t in four_tables},
+    }
+    (tmp_path / "placement.json").write_text(json.dumps(placement))
+    monkeypatch.chdir(tmp_path.parent)
+    spec = plan_from_placement_file(tmp_path / "placement.json")
+    assert spec.source["tables_file"] == str(tmp_path / "tables.json")
+
+
+def test_missing_tables_file_names_the_field(tmp_path: Path) -> None:
+    placement = {
+        "tables_file": "gone.json",
+        "devices": [{"name": "dev0", "memory_bytes": 10**6}],
+        "placement": {"a": "dev0"},
+    }
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps(placement))
+    with pytest.raises(InputError) as caught:
+        plan_from_placement_file(path)
+    assert str(caught.value) == (
+        f"{path}: field 'tables_file': gone.json: file not found (also looked in {tmp_path}); "
+        "pass the table file with --tables"
+    )
+
+
+@pytest.mark.parametrize("which", ["placement", "tables"])
+def test_cli_export_refuses_to_overwrite_an_input(
+    four_tables: list[TableSpec], tmp_path: Path, which: str
+) -> None:
+    tables = tmp_path / "tables.json"
+    save_tables(tables, four_tables)
+    _place(["--tables", str(tables), "--out", str(tmp_path / "placement.json")])
+    out = tmp_path / f"{which}.json"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = CliRunner().invoke(
+        app, ["export", "--placement", str(tmp_path / "placement.json"), "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --out {out}: is the input file ")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("device_of", "part"),
+    [
+        ([0, 0, 0, 7], "table 'd' is on device 7, the file has devices 0..1"),
+        ([0, 0], "field 'device_of' has 2 entries"),
+        ([0, 0, "x", 0], "field 'device_of' must be a list of device indices"),
+    ],
+)
+def test_cli_export_checks_device_of(
+    four_tables: list[TableSpec], tmp_path: Path, device_of: list[object], part: str
+) -> None:
+    save_tables(tmp_path / "tables.json", four_tables)
+    placement = {
+        "tables_file": str(tmp_path / "tables.json"),
+        "devices": [{"name": "dev0", "memory_bytes": 10**6}, {"name": "dev1", "memory_bytes": 1}],
+        "placement": {t.name: "dev0" for t in four_tables},
+        "device_of": device_of,
+    }
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps(placement))
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(app, ["export", "--placement", str(path), "--out", str(out)])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: field 'device_of'") and part in line
+    assert not out.exists()

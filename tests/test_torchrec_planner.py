@@ -21,21 +21,18 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.constraints import ConstraintSpec, parse_constraints
 from dreamshard.data.features import FeatureNormalizer
+from dreamshard.data.tables import DEFAULT_POOLING_FACTOR
 from dreamshard.errors import InfeasiblePlacementError, InputError
 from dreamshard.evaluation.evaluate import evaluate
 from dreamshard.evaluation.torchrec_estimates import torchrec_estimate
 from dreamshard.method.checkpoint import DreamShardModel
-from dreamshard.placers.registry import make_placer
+from dreamshard.placers.registry import PlacerOptions, make_placer
 from dreamshard.placers.torchrec import TorchRecPlacer
 from dreamshard.torchrec.plan import ranks_of_tables
-from dreamshard.torchrec.planner import (
-    DEFAULT_POOLING_FACTOR,
-    DreamShardPlanner,
-    PlannerTopology,
-    TableStats,
-)
-from dreamshard.types import Placement, TableSpec
+from dreamshard.torchrec.planner import DreamShardPlanner, PlannerTopology, TableStats
+from dreamshard.types import Device, Placement, TableSpec
 
 from .conftest import ONCE, table, task
 
@@ -222,3 +219,70 @@ def test_evaluate_compares_torchrec_with_the_baselines(four_tables: list[TableSp
     assert result.common_tasks() == ["t0", "t1"]
     assert result.best_baseline() in ("torchrec", "size")
     assert [s.placer for s in result.summary()] == ["torchrec", "size"]
+
+
+# -- devices of different memory, and constraints -----------------------------------------
+
+
+def test_planner_topology_keeps_each_ranks_memory_and_name(tmp_path: Path) -> None:
+    path = tmp_path / "gpus.csv"
+    path.write_text("name,memory\nbig,130kB\nsmall,120kB\n")
+    topology = PlannerTopology.from_file(path, "cpu")
+    assert topology == PlannerTopology((130_000, 120_000), "cpu", None, ("big", "small"))
+    assert [(d.name, d.memory_bytes) for d in topology.devices()] == [
+        ("big", 130_000),
+        ("small", 120_000),
+    ]
+    listed = PlannerTopology([5, np.int64(7)])  # type: ignore[arg-type]
+    assert listed.memory_bytes == (5, 7) and [d.name for d in listed.devices()] == [
+        "rank0",
+        "rank1",
+    ]
+    with pytest.raises(InputError, match=r"topology: rank 1: memory must be a positive integer"):
+        PlannerTopology((5, 0))
+    with pytest.raises(InputError, match=r"topology: rank name 'x' is given twice"):
+        PlannerTopology((5, 6), names=("x", "x"))
+    with pytest.raises(InputError, match=r"topology: 1 names for 2 ranks"):
+        PlannerTopology((5, 6), names=("x",))
+
+
+def test_heterogeneous_torchrec_topology_is_read_per_device() -> None:
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=3, hbm_cap_bytes=500_000),
+        kernel_config=KernelConfig(compute_device="cuda"),
+    )
+    topology.devices[1].storage.hbm = 200_000
+    assert PlannerTopology.from_torchrec(topology).memory_bytes == (500_000, 200_000, 500_000)
+
+
+def test_planner_puts_the_big_table_on_the_big_rank(model_dir: Path, single_thread: None) -> None:
+    # d (128,000 bytes) fits only rank 0 (130,000), which then has no room for another
+    # table; a, b and c (112,000) fill rank 1 (120,000): the only placement.
+    devices = (Device("big", 130_000), Device("small", 120_000))
+    planner = DreamShardPlanner(PlannerTopology.from_devices(devices, "cpu"), model_dir, FULL_STATS)
+    ranks = ranks_of_tables(planner.plan(make_ebc()))[""]
+    assert ranks == {"a": [1], "b": [1], "c": [1], "d": [0]}
+
+
+def test_torchrec_placer_puts_the_big_table_on_the_big_device() -> None:
+    # huge (64 MB) fits only dev1 (80 MB); dev0 (20 MB) holds one of the 12 MB tables.
+    tables = [table("huge", rows=1_000_000), table("m1", rows=187_500), table("m2", rows=187_500)]
+    for memory, big in (([20_000_000, 80_000_000], 1), ([80_000_000, 20_000_000], 0)):
+        placed = task(tables, memory)
+        placement = TorchRecPlacer().place(placed)
+        placement.validate(placed)
+        assert placement.device_of[0] == big
+        assert sorted(placement.device_of[1:]) == [0, 1]
+
+
+def test_torchrec_placer_refuses_constraints() -> None:
+    message = r"placer 'torchrec' cannot honour constraints .*torchrec issue #2642"
+    with pytest.raises(InputError, match=message):
+        TorchRecPlacer(constraints=parse_constraints({"pin": {"a": 0}}))
+    with pytest.raises(InputError, match=message):
+        make_placer(
+            "torchrec", PlacerOptions(constraints=parse_constraints({"apart": [["a", "b"]]}))
+        )
+    assert isinstance(
+        make_placer("torchrec", PlacerOptions(constraints=ConstraintSpec())), TorchRecPlacer
+    )

@@ -1,22 +1,36 @@
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import json
+import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from dreamshard.backends.sim.model import SimBackend
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices, make_task
+from dreamshard.errors import InputError
 from dreamshard.method.checkpoint import CheckpointError, DreamShardModel
 from dreamshard.method.mdp import rollout, task_tensors
 from dreamshard.method.policy import PolicyNet
-from dreamshard.method.train import IterationReport, TrainConfig, Trainer
+from dreamshard.method.train import (
+    LOCK_FILE,
+    IterationReport,
+    TrainConfig,
+    Trainer,
+    training_lock,
+)
 from dreamshard.types import Placement, Task
+from dreamshard.workflows.experiment import train_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -212,3 +226,269 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_raises_checkpoint_error(
     trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
     with pytest.raises(CheckpointError, match="cannot read"):
         trainer.resume()
+
+
+# -- robustness: settings, foreign files, crashes, concurrent runs, changed tasks --------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("learning_rate", float("inf")),
+        ("learning_rate", float("nan")),
+        ("entropy_weight", float("nan")),
+        ("entropy_weight", float("inf")),
+    ],
+)
+def test_non_finite_settings_are_refused_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(InputError, match=f"training config: {field} must be finite"):
+        changes: dict[str, Any] = {field: value}
+        replace(CONFIG, **changes)
+
+
+def test_diverging_training_stops_with_one_line_and_saves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"training diverged in iteration 1.*lower the learning"):
+        train(tmp_path, replace(CONFIG, iterations=1, learning_rate=1e30))
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_training_on_devices_with_huge_memory_works(tmp_path: Path) -> None:
+    pool = generate_table_pool(num_tables=12, seed=0, max_rows=10000)
+    tasks = [
+        make_task(f"task{k}", pool[6 * k : 6 * k + 6], make_devices(2, 10**30)) for k in (0, 1)
+    ]
+    Trainer(replace(CONFIG, iterations=1), tasks, SimBackend(), tmp_path).run()
+    assert DreamShardModel.load(tmp_path).info["iterations_done"] == 1
+
+
+def test_resume_from_a_foreign_torch_file_raises_one_line(tmp_path: Path) -> None:
+    torch.save({"a": 1}, tmp_path / "train_state.pt")
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"train_state.pt: not a DreamShard training state"):
+        trainer.resume()
+
+
+def test_resume_from_a_damaged_training_state_raises_one_line(run: Run, tmp_path: Path) -> None:
+    state = torch.load(run.out_dir / "train_state.pt", weights_only=False)
+    del state["buffer"]
+    torch.save(state, tmp_path / "train_state.pt")
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"train_state.pt: damaged training state"):
+        trainer.resume()
+
+
+def test_resume_from_a_state_of_an_older_version_is_refused(run: Run, tmp_path: Path) -> None:
+    # What train_state.pt held before it had a format (and a task fingerprint).
+    state = torch.load(run.out_dir / "train_state.pt", weights_only=False)
+    old = {k: v for k, v in state.items() if k in OLD_STATE_KEYS}
+    old["task_names"] = [t.name for t in training_tasks()]
+    torch.save(old, tmp_path / "train_state.pt")
+    (tmp_path / "model.pt").write_bytes((run.out_dir / "model.pt").read_bytes())
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"older dreamshard.*--no-resume"):
+        trainer.resume()
+
+
+OLD_STATE_KEYS = (
+    "iteration",
+    "config",
+    "buffer",
+    "history",
+    "cost_opt",
+    "policy_opt",
+    "cost_sched",
+    "policy_sched",
+    "numpy_rng",
+    "torch_generator",
+    "torch_rng",
+)
+
+
+def changed_memory(tasks: list[Task]) -> list[Task]:
+    devices = make_devices(2, 10**8)
+    return [replace(tasks[0], devices=devices), *tasks[1:]]
+
+
+def changed_table(tasks: list[Task]) -> list[Task]:
+    tables = (replace(tasks[1].tables[0], rows=tasks[1].tables[0].rows + 1), *tasks[1].tables[1:])
+    return [tasks[0], replace(tasks[1], tables=tables), *tasks[2:]]
+
+
+def changed_optimizer(tasks: list[Task]) -> list[Task]:
+    return [*tasks[:2], replace(tasks[2], optimizer="rowwise_adagrad")]
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [(changed_memory, "task0"), (changed_table, "task1"), (changed_optimizer, "task2")],
+)
+def test_resume_with_same_task_names_but_other_content_raises(
+    run: Run, change: Any, name: str
+) -> None:
+    trainer = Trainer(CONFIG, change(training_tasks()), SimBackend(), run.out_dir)
+    with pytest.raises(CheckpointError, match=f"task '{name}' is not the one it was trained on"):
+        trainer.resume()
+
+
+class Killed(Exception):
+    """Stands for the process dying at that point."""
+
+
+@pytest.mark.parametrize("fatal_write", [3, 4])
+def test_crash_between_checkpoint_writes_resumes_to_the_same_model(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fatal_write: int
+) -> None:
+    # Each iteration writes two torch files; dying at either write of iteration 2 (after
+    # the bytes reach the disk, before anything else) must leave a checkpoint that either
+    # refuses to resume or resumes exactly (the run then equals an uninterrupted one).
+    real_save = torch.save
+    writes = []
+
+    def dying_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        writes.append(f)
+        real_save(obj, f, *args, **kwargs)
+        if len(writes) == fatal_write:
+            raise Killed
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(Killed):
+        train(tmp_path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    resumed = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    assert resumed.resume()
+    resumed.run()
+    assert history_without_time(resumed.state.history) == history_without_time(
+        run.trainer.state.history
+    )
+    assert same_weights(resumed.model, run.trainer.model)
+    assert same_weights(DreamShardModel.load(tmp_path), run.trainer.model)
+
+
+@pytest.mark.parametrize("stale", ["model.pt", "train_state.pt"])
+def test_model_and_state_of_different_iterations_never_resume_silently(
+    run: Run, tmp_path: Path, stale: str
+) -> None:
+    # A folder whose two files come from iterations 1 and 2 (what a kill between the two
+    # writes left before checkpoints were one unit): resume refuses, or repairs and then
+    # trains exactly like an uninterrupted run.
+    old = {}
+
+    def keep_first_then_stop(report: IterationReport) -> None:
+        if report.iteration == 1:
+            old[stale] = (tmp_path / stale).read_bytes()
+        if report.iteration == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(tmp_path, on_iteration=keep_first_then_stop)
+    (tmp_path / stale).write_bytes(old[stale])
+    resumed = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    try:
+        resumed.resume()
+    except CheckpointError as err:
+        assert "\n" not in str(err)
+        return
+    resumed.run()
+    assert same_weights(resumed.model, run.trainer.model)
+
+
+def test_stale_temporary_files_are_removed_when_training_starts(tmp_path: Path) -> None:
+    for name in (".model.pt.tmp", ".train_state.pt.tmp", ".model.pt.x1y2.tmp"):
+        (tmp_path / name).write_bytes(b"left by a killed run")
+    (tmp_path / "notes.tmp").write_text("the user's own file")
+    with training_lock(tmp_path):
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert left == ["notes.tmp"]
+
+
+def test_a_second_training_of_the_same_folder_is_refused(tmp_path: Path) -> None:
+    with training_lock(tmp_path):
+        message = f"{tmp_path} is being trained by another process \\(pid {os.getpid()}\\)"
+        with pytest.raises(InputError, match=message):
+            train_model(replace(CONFIG, iterations=1), training_tasks(), SimBackend(), tmp_path)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_the_training_lock_is_released_on_exit_and_on_error(tmp_path: Path) -> None:
+    with pytest.raises(Interrupted), training_lock(tmp_path):
+        raise Interrupted
+    with training_lock(tmp_path):
+        pass
+    trained = train_model(replace(CONFIG, iterations=1), training_tasks(), SimBackend(), tmp_path)
+    assert trained.history[-1].iteration == 1
+    with training_lock(tmp_path):
+        pass
+
+
+def test_another_process_holding_the_lock_is_named(tmp_path: Path) -> None:
+    # The lock's protocol without importing torch (seconds): flock the lock file, pid in it.
+    code = (
+        "import fcntl, os, sys\n"
+        "with open(sys.argv[1], 'a+') as f:\n"
+        "    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    f.write(str(os.getpid())); f.flush()\n"
+        "    print('locked', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / LOCK_FILE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with (
+            pytest.raises(InputError, match=f"another process \\(pid {holder.pid}\\)"),
+            training_lock(tmp_path),
+        ):
+            pass
+    finally:
+        holder.communicate("\n", timeout=30)
+    with training_lock(tmp_path):
+        pass
+
+
+def test_training_tables_whose_features_overflow_are_named(tmp_path: Path) -> None:
+    tasks = training_tasks()
+    tables = (*tasks[1].tables[:2], replace(tasks[1].tables[2], pooling_factor=1e308))
+    tasks[1] = replace(tasks[1], tables=tables)
+    with (
+        np.errstate(over="ignore", invalid="ignore"),
+        pytest.raises(InputError, match=f"task 'task1': table '{tables[2].name}': its features"),
+    ):
+        Trainer(CONFIG, tasks, SimBackend(), tmp_path)
+
+
+def test_a_model_without_a_training_state_is_not_trained_over(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes((run.out_dir / "model.pt").read_bytes())
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"model.pt but no train_state.pt.*--no-resume"):
+        trainer.resume()
+    assert (tmp_path / "model.pt").read_bytes() == (run.out_dir / "model.pt").read_bytes()
+
+
+def test_resume_from_a_pickle_of_a_class_that_no_longer_exists_raises_one_line(
+    tmp_path: Path,
+) -> None:
+    # A pickle naming a module that cannot be imported (here: one that never existed).
+    payload = b"\x80\x02cno_such_module_here\nThing\nq\x00)\x81q\x01."
+    (tmp_path / "train_state.pt").write_bytes(payload)
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"train_state.pt: cannot read training state"):
+        trainer.resume()
+
+
+def test_a_folder_that_cannot_be_locked_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with (
+        pytest.raises(InputError, match="cannot lock the model folder \\(No locks available\\)"),
+        training_lock(tmp_path),
+    ):
+        pass

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from dreamshard.errors import InvalidPlacementError
-from dreamshard.types import Placement, StageCosts, synchronized_costs
+from dreamshard.types import Device, Placement, StageCosts, Task, synchronized_costs
 
 from .conftest import table, task
 
@@ -48,3 +48,10 @@ def test_shards_and_names() -> None:
     p = Placement((1, 0, 1))
     assert p.shards(2) == [[1], [0, 2]]
     assert p.to_names(t) == {"a": "dev1", "b": "dev0", "c": "dev1"}
+
+
+def test_task_refuses_duplicate_table_and_device_names() -> None:
+    with pytest.raises(ValueError, match="duplicate table name 'a'"):
+        Task("t", (table("a"), table("a")), (Device("d0", 10**9),))
+    with pytest.raises(ValueError, match="duplicate device name 'd0'"):
+        Task("t", (table("a"),), (Device("d0", 10**9), Device("d0", 10**9)))

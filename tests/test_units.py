@@ -103,3 +103,13 @@ def test_format_bytes(num_bytes: float, text: str) -> None:
 
 def test_format_then_parse_round_trip() -> None:
     assert parse_memory(format_bytes(3 * 2**30)) == 3 * 2**30
+
+
+@pytest.mark.parametrize(
+    "text", ["1_000GB", "1_0", "\u0661\u0660\u0660GB", "\uff11\uff10\uff10", "5\u0660MB", "5GB\x00"]
+)
+def test_parse_memory_refuses_underscores_and_non_ascii_digits(text: str) -> None:
+    # float() reads "1_000" and non-ASCII digits; a memory size must not (issue 12).
+    with pytest.raises(InputError, match=r"^--memory: cannot parse") as err:
+        parse_memory(text, "--memory")
+    assert repr(text) in str(err.value)

@@ -22,5 +22,19 @@ DIM_MULTIPLE = 4
 #: Default seed of every random choice in the package.
 DEFAULT_SEED = 0
 
+#: A measurement is flagged as taken on a loaded machine when the reference shard runs
+#: this much slower than nominal (0.3: 30%), or its timings spread more than this (std /
+#: median), or the load average exceeds the cores the measurement leaves free.
+LOADED_REFERENCE_SLOWDOWN = 0.3
+LOADED_REFERENCE_SPREAD = 0.15
+
+#: Most devices a task may have (a large cluster is a few thousand GPUs; far more is a
+#: typo that would exhaust memory building the device list).
+MAX_DEVICES = 65_536
+
+#: Most time windows and calls per window a measuring backend accepts (the defaults are
+#: 4-8; far more would measure for days).
+MAX_TIMING_REPEATS = 10_000
+
 #: Where fused embedding operators can run (and TorchRec plans can put shards).
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")

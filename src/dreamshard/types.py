@@ -111,6 +111,10 @@ class Task:
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ValueError(f"task {self.name!r}: duplicate table name {dup!r}")
+        devices = [d.name for d in self.devices]
+        if len(set(devices)) != len(devices):
+            dup = next(n for n in devices if devices.count(n) > 1)
+            raise ValueError(f"task {self.name!r}: duplicate device name {dup!r}")
         if self.optimizer not in OPTIMIZER_STATE_BYTES_PER_ROW:
             raise ValueError(f"task {self.name!r}: unknown optimizer {self.optimizer!r}")
 
@@ -237,6 +241,45 @@ def synchronized_costs(
         )
         for f, b in zip(fwd_comp_ms, bwd_comp_ms, strict=True)
     )
+
+
+@dataclass(frozen=True)
+class MeasurementConditions:
+    """How quiet the machine was while a measuring backend timed placements.
+
+    Timing on a loaded machine is untrustworthy: with three CPU-heavy jobs on 2 cores,
+    per-placement spreads went from 3-8% to 10-30% and rankings flipped (MEASUREMENT.md).
+
+    Attributes:
+        reference_slowdown: Median reference-shard time over its nominal time, minus 1
+            (0.3 = 30% slower than usual), or None where the backend has no reference.
+        reference_spread: Relative spread (standard deviation / median) of the reference
+            shard's timings, or None.
+        load_average: The machine's 1-minute load average when measuring ended, or None
+            where the platform has none.
+        free_cores: Cores not used by the measurement itself.
+        warnings: One sentence per sign of load, with its figure; empty on a quiet machine.
+    """
+
+    reference_slowdown: float | None
+    reference_spread: float | None
+    load_average: float | None
+    free_cores: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether any sign of load was seen."""
+        return bool(self.warnings)
+
+
+@runtime_checkable
+class ReportsConditions(Protocol):
+    """A backend that can say how quiet the machine was while it measured."""
+
+    def conditions(self) -> MeasurementConditions:
+        """The conditions of every measurement so far."""
+        ...
 
 
 @runtime_checkable

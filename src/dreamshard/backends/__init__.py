@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED, MAX_TIMING_REPEATS
 from dreamshard.errors import InputError
 from dreamshard.types import CostBackend
 
@@ -58,8 +58,12 @@ def make_backend(
     opts = options or BackendOptions()
     if opts.batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {opts.batch_size}")
-    if name in ("fbgemm", "distributed") and (opts.windows < 1 or opts.calls_per_window < 1):
-        raise InputError("windows and calls per window must be at least 1")
+    if name in ("fbgemm", "distributed") and not (
+        1 <= opts.windows <= MAX_TIMING_REPEATS and 1 <= opts.calls_per_window <= MAX_TIMING_REPEATS
+    ):
+        raise InputError(
+            f"windows and calls per window must be between 1 and {MAX_TIMING_REPEATS:,}"
+        )
     if name == "fbgemm":
         from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig, default_comm
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from dreamshard.types import FloatArray, TableSpec
+from dreamshard.constants import LOADED_REFERENCE_SLOWDOWN, LOADED_REFERENCE_SPREAD
+from dreamshard.types import FloatArray, MeasurementConditions, TableSpec
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,55 @@ def stage_synchronous_cost_ms(
     comm = np.asarray(fwd_a2a_ms, dtype=np.float64) + np.asarray(bwd_a2a_ms, dtype=np.float64)
     cost: FloatArray = np.asarray(fwd.max(axis=-1) + comm + bwd.max(axis=-1), dtype=np.float64)
     return cost
+
+
+def assess_conditions(
+    reference_ms: Sequence[float],
+    nominal_ms: float | None,
+    load_average: float | None,
+    cpu_count: int,
+    measuring_cores: int = 1,
+) -> MeasurementConditions:
+    """Signs that a measurement ran on a loaded machine, each with its figure.
+
+    Args:
+        reference_ms: Times of the reference shard taken between the measured shards
+            (one kind, e.g. forward), or empty where the backend times no reference.
+        nominal_ms: The reference's usual time, or None.
+        load_average: The 1-minute load average at the end, or None.
+        cpu_count: Cores of the machine.
+        measuring_cores: Cores the measurement itself keeps busy (its share of the load).
+    """
+    free = max(0, cpu_count - measuring_cores)
+    warnings: list[str] = []
+    slowdown = spread = None
+    if reference_ms:
+        median = float(np.median(reference_ms))
+        if len(reference_ms) > 1 and median > 0:
+            spread = float(np.std(reference_ms)) / median
+            if spread > LOADED_REFERENCE_SPREAD:
+                warnings.append(
+                    f"the reference shard's timings spread {spread * 100:.0f}% "
+                    f"(more than {LOADED_REFERENCE_SPREAD * 100:.0f}%)"
+                )
+        if nominal_ms:
+            slowdown = median / nominal_ms - 1.0
+            if slowdown > LOADED_REFERENCE_SLOWDOWN:
+                warnings.append(
+                    f"the reference shard ran {slowdown * 100:.0f}% slower than nominal "
+                    f"({median:.3f} vs {nominal_ms:.3f} ms)"
+                )
+    if load_average is not None and load_average - measuring_cores > free:
+        warnings.append(
+            f"load average {load_average:.2f} on {cpu_count} cores: other work is using "
+            f"more than the {free} core(s) the measurement leaves free"
+        )
+    return MeasurementConditions(slowdown, spread, load_average, free, tuple(warnings))
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average, or None where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None

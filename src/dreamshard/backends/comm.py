@@ -24,14 +24,22 @@ same size. With one device there is nothing to exchange and both stages cost zer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from dreamshard.errors import InputError
 
 #: Bytes per value of the pooled embeddings exchanged (FP32 outputs).
 OUTPUT_BYTES_PER_VALUE = 4
 
 #: Ways a device's sent and received bytes combine into its transfer volume.
 VOLUME_MODES: tuple[str, ...] = ("max", "sum")
+
+
+def _is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,20 @@ class AllToAllModel:
     volume: str = "max"
 
     def __post_init__(self) -> None:
+        # A zero bandwidth would divide by zero in time_ms; NaN would make every
+        # placement cost NaN and every comparison meaningless.
+        if not _is_number(self.latency_ms) or not self.latency_ms >= 0.0:
+            raise InputError(
+                f"all-to-all latency_ms must be a finite number >= 0, got {self.latency_ms!r}"
+            )
+        if not _is_number(self.bandwidth_gbps) or not self.bandwidth_gbps > 0.0:
+            raise InputError(
+                f"all-to-all bandwidth_gbps must be a finite number > 0, got "
+                f"{self.bandwidth_gbps!r}"
+            )
         if self.volume not in VOLUME_MODES:
-            raise ValueError(
-                f"all-to-all volume must be one of {VOLUME_MODES}, got {self.volume!r}"
+            raise InputError(
+                f"all-to-all volume must be one of {', '.join(VOLUME_MODES)}, got {self.volume!r}"
             )
 
     def time_ms(self, widths: Sequence[int], batch_size: int) -> float:

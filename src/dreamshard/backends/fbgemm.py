@@ -27,6 +27,7 @@ base.stage_synchronous_cost_ms for the cost of each window).
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,7 +35,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dreamshard.backends.base import ShardTiming, stage_synchronous_cost_ms
+from dreamshard.backends.base import (
+    ShardTiming,
+    assess_conditions,
+    load_average,
+    stage_synchronous_cost_ms,
+)
 from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel
 from dreamshard.backends.kernels import (
     FBGEMM_KERNEL,
@@ -50,7 +56,14 @@ from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.data.ids import table_ids
 from dreamshard.data.synthetic import expected_access_histograms
 from dreamshard.errors import BackendError
-from dreamshard.types import Placement, PlacementCost, TableSpec, Task, synchronized_costs
+from dreamshard.types import (
+    MeasurementConditions,
+    Placement,
+    PlacementCost,
+    TableSpec,
+    Task,
+    synchronized_costs,
+)
 from dreamshard.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -169,6 +182,8 @@ class FbgemmBackend:
         self._anchor: tuple[float, float] | None = None
         #: (fwd, bwd) ms of every interleaved reference timing, raw.
         self.reference_ms: list[tuple[float, float]] = []
+        #: The reference's nominal (fwd, bwd) ms the timings were scaled to, once known.
+        self._nominal: tuple[float, float] | None = None
 
     # -- public API --------------------------------------------------------------------
 
@@ -215,6 +230,15 @@ class FbgemmBackend:
             )
         return results
 
+    def conditions(self) -> MeasurementConditions:
+        """Signs of a loaded machine over every measurement so far: the interleaved
+        reference shard's slowdown against its nominal time and its spread (forward plus
+        backward), and the load average now."""
+        nominal = sum(self._nominal) if self._nominal is not None else None
+        return assess_conditions(
+            [f + b for f, b in self.reference_ms], nominal, load_average(), os.cpu_count() or 1
+        )
+
     def measure_shards(self, shards: Sequence[Sequence[TableSpec]]) -> list[ShardTiming]:
         """Computation cost of each shard (tables fused into one operator), interleaved."""
         tables = [tuple(s) for s in shards]
@@ -249,6 +273,7 @@ class FbgemmBackend:
                     for _ in range(cfg.warmup_calls):
                         self._call(shard)
                 nominal = self._reference_nominal()
+                self._nominal = nominal
                 times = [_ShardTimes([], []) for _ in group]
                 for window in range(cfg.windows):
                     # Rotate the order each window so no shard always follows the same one.

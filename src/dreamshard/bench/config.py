@@ -10,7 +10,6 @@ works from any install). Every error is one line naming the bad field.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from dreamshard.backends import BACKEND_NAMES, BackendOptions
 from dreamshard.errors import InputError
+from dreamshard.fileio import parse_json, read_text
 from dreamshard.method.train import TrainConfig
 from dreamshard.placers.registry import PLACERS
 from dreamshard.placers.rnn import RnnConfig
@@ -457,9 +457,7 @@ def load_config(path: str | Path | None = None) -> BenchmarkConfig:
     if path is None:
         return parse_config_text(default_config_text(), DEFAULT_CONFIG_WHERE, json_format=False)
     source = Path(path)
-    if not source.is_file():
-        raise InputError(f"{source}: file not found")
-    text = source.read_text(encoding="utf-8")
+    text = read_text(source)  # one line for a missing, unreadable or binary file
     return parse_config_text(text, str(source), json_format=source.suffix.lower() == ".json")
 
 
@@ -479,15 +477,14 @@ def parse_config_text(text: str, where: str, json_format: bool) -> BenchmarkConf
         InputError: naming ``where``: malformed text or a bad field.
     """
     if json_format:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{where}: line {err.lineno}: invalid JSON ({err.msg})") from None
+        data = parse_json(text, where)
     else:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise InputError(f"{where}: invalid TOML ({err})") from None
+        except RecursionError:
+            raise InputError(f"{where}: invalid TOML (nested too deeply)") from None
     return parse_config(data, where)
 
 

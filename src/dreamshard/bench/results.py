@@ -24,7 +24,7 @@ from dreamshard.errors import InputError
 from dreamshard.evaluation.evaluate import Evaluation, TaskResult
 from dreamshard.fileio import read_json
 from dreamshard.method.train import IterationReport
-from dreamshard.types import Placement, PlacementCost, StageCosts
+from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts
 
 RESULTS_FORMAT = "dreamshard-benchmark"
 RESULTS_VERSION = 1
@@ -333,6 +333,13 @@ class Environment:
 # -- evaluations -------------------------------------------------------------------------
 
 
+def _conditions_from_json(data: Any) -> MeasurementConditions | None:
+    if data is None:
+        return None
+    fields = {k: v for k, v in data.items() if k != "loaded"}  # ``loaded`` is derived
+    return MeasurementConditions(**{**fields, "warnings": tuple(fields["warnings"])})
+
+
 def evaluation_from_json(data: Any, where: str = "evaluation") -> Evaluation:
     """An :class:`Evaluation` back from its ``to_json()`` payload.
 
@@ -369,6 +376,7 @@ def evaluation_from_json(data: Any, where: str = "evaluation") -> Evaluation:
             placers=tuple(data["placers"]),
             tasks=tuple(data["tasks"]),
             results=tuple(results),
+            conditions=_conditions_from_json(data.get("measurement_conditions")),
         )
     except (KeyError, TypeError) as err:
         raise InputError(f"{where}: not an evaluation ({err!r})") from None

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from dreamshard.cli.options import check_out
 from dreamshard.cli.output import out_console, progress_lines
 from dreamshard.errors import InputError
 
@@ -34,6 +35,8 @@ def benchmark(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     resolved = load_config(config)  # None: the packaged default config
+    # Before the hours of training and measuring whose results would be lost.
+    check_out(out / "results.json", config)
     if quick:
         resolved = resolved.shrunk()
 

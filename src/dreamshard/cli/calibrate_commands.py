@@ -10,7 +10,8 @@ from rich.markup import escape
 
 from dreamshard.cli.options import CallsOpt, SeedOpt, WindowsOpt, check_out, parse_ints
 from dreamshard.cli.output import out_console, progress
-from dreamshard.constants import DEFAULT_SEED
+from dreamshard.constants import DEFAULT_SEED, DEVICE_TYPES
+from dreamshard.errors import InputError
 from dreamshard.fileio import write_json
 
 
@@ -39,7 +40,7 @@ def calibrate(
 
     check_out(out)
     report_path = report if report is not None else out.with_suffix(".report.json")
-    check_out(report_path)
+    check_out(report_path, out, flag="--report")
     config = CalibrationConfig(
         num_shards=num_shards,
         holdout_fraction=holdout,
@@ -101,9 +102,12 @@ def calibrate_comm(
     from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
     from dreamshard.backends.sim.profile import load_profile
 
-    check_out(out)
+    # Checked first: nothing may be printed ("gloo processes") before a bad device fails.
+    if device not in DEVICE_TYPES:
+        raise InputError(f"--device {device!r}: use one of {', '.join(DEVICE_TYPES)}")
+    check_out(out)  # may be the --profile file: the profile is read before it is replaced
     report_path = report if report is not None else out.with_suffix(".comm-report.json")
-    check_out(report_path)
+    check_out(report_path, out, Path(profile), flag="--report")
     load_profile(profile)  # a bad profile fails before minutes of measuring
     config = CommFitConfig(
         num_devices=devices,

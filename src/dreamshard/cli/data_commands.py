@@ -14,34 +14,57 @@ from dreamshard.cli.output import out_console, progress
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.data.tables import load_tables, save_tables
 from dreamshard.data.tasks import SuiteConfig, generate_suite, save_suite
+from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
+from dreamshard.types import Device
 from dreamshard.units import format_bytes, parse_memory
+
+#: Most tables ``gen-tables`` makes. Generating a pool holds about 110 KB per table at
+#: once (the analytic access histograms), so 10,000 tables (12x the public DLRM dataset's
+#: 856) need about 1.2 GB and ~10 s; a million would need over 30 GiB after minutes.
+MAX_GEN_TABLES = 10_000
 
 
 def gen_tables(
     out: Annotated[Path, typer.Option("--out", help="Table file to write (.json or .csv).")],
     num: Annotated[int, typer.Option("--num", help="Number of tables.")] = 856,
     seed: SeedOpt = DEFAULT_SEED,
-    dim: Annotated[int, typer.Option("--dim", help="Embedding dim of every table.")] = 16,
+    dim: Annotated[
+        int | None, typer.Option("--dim", help="Embedding dim of every table (default 16).")
+    ] = None,
     dims: Annotated[
-        str | None, typer.Option("--dims", help="Comma-separated dims to draw from, e.g. 8,16,32.")
+        str | None,
+        typer.Option(
+            "--dims", help="Comma-separated dims to draw from, e.g. 8,16,32 (not with --dim)."
+        ),
     ] = None,
     max_rows: Annotated[
         int | None, typer.Option("--max-rows", help="Cap on rows per table.")
     ] = None,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
 ) -> None:
-    """Generate a DLRM-like table pool (like Meta's public dataset: 856 tables)."""
+    """Generate a DLRM-like table pool (like Meta's public dataset: 856 tables; at most 10,000)."""
     from dreamshard.data.synthetic import generate_table_pool
 
     if num < 1:
         raise InputError(f"--num must be at least 1, got {num}")
+    if num > MAX_GEN_TABLES:
+        raise InputError(
+            f"--num must be at most {MAX_GEN_TABLES:,}, got {num:,} (generating a pool holds "
+            f"about 110 KB per table in memory)"
+        )
+    if dim is not None and dims is not None:
+        raise InputError("--dim and --dims: give one, not both")
+    dim = 16 if dim is None else dim
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     dim_list = None
     if dims is not None:
-        try:
-            dim_list = [int(d) for d in dims.split(",")]
-        except ValueError:
-            raise InputError(f"--dims: expected comma-separated integers, got {dims!r}") from None
+        parts = [d.strip() for d in dims.split(",")]
+        # int() would also take "1_6" and non-ASCII digits; a dim is plain ASCII digits.
+        if not all(p.isascii() and p.isdigit() for p in parts):
+            raise InputError(f"--dims: expected comma-separated integers, got {dims!r}")
+        dim_list = [int(p) for p in parts]
     for d in dim_list or [dim]:
         if d <= 0 or d % 4:
             raise InputError(f"dim {d}: must be a positive multiple of 4 for FBGEMM")
@@ -49,6 +72,7 @@ def gen_tables(
         raise InputError(f"--max-rows must be at least 100, got {max_rows}")
     if out.suffix.lower() not in (".json", ".csv"):
         raise InputError(f"--out {out}: use a .json or .csv file name")
+    check_out(out)
     start = time.perf_counter()
     pool = generate_table_pool(
         num_tables=num, seed=seed, dim=dim, dims=dim_list, max_rows=max_rows, batch_size=batch_size
@@ -85,7 +109,7 @@ def tables_from_data(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if out.suffix.lower() not in (".json", ".csv"):
         raise InputError(f"--out {out}: use a .json or .csv file name")
-    check_out(out)
+    check_out(out, data)
     start = time.perf_counter()
     loaded = load_dlrm_file(data)
     chosen = parse_table_selection(tables, loaded.num_tables) if tables is not None else None
@@ -116,29 +140,57 @@ def gen_tasks(
     tables_per_task: Annotated[
         str, typer.Option("--tables-per-task", help="Tables per task: N or MIN-MAX.")
     ] = "50",
-    devices: Annotated[int, typer.Option("--devices", help="Devices per task.")] = 4,
-    memory: Annotated[str, typer.Option("--memory", help="Memory per device, e.g. 5GB.")] = "5GB",
+    devices: Annotated[
+        int | None, typer.Option("--devices", help="Devices per task [default: 4].")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Memory per device, e.g. 5GB [default: 5GB].")
+    ] = None,
+    topology: Annotated[
+        Path | None,
+        typer.Option(
+            "--topology",
+            help="Topology file (.csv or .json): a name and a memory (e.g. 16GB) per device; "
+            "replaces --devices and --memory.",
+        ),
+    ] = None,
     seed: SeedOpt = DEFAULT_SEED,
 ) -> None:
     """Draw train and test tasks from disjoint halves of a table pool."""
-    pool = load_tables(tables)
+    check_out(out, tables, topology)
     low, high = parse_count_range(tables_per_task, "--tables-per-task")
     if num_train + num_test < 1:
         raise InputError("--num-train and --num-test: ask for at least one task")
-    if devices < 1:
-        raise InputError(f"--devices must be at least 1, got {devices}")
+    task_devices: tuple[Device, ...] | None = None
+    if topology is not None:
+        if devices is not None or memory is not None:
+            raise InputError(
+                "--topology gives the devices and their memory: drop --devices and --memory"
+            )
+        task_devices = load_topology(topology)
+        num_devices = len(task_devices)
+        memory_bytes = max(d.memory_bytes for d in task_devices)
+        shape = f"devices of {escape(str(topology))}"
+    else:
+        num_devices = 4 if devices is None else devices
+        if num_devices < 1:
+            raise InputError(f"--devices must be at least 1, got {num_devices}")
+        memory = "5GB" if memory is None else memory
+        memory_bytes = parse_memory(memory, "--memory")
+        shape = f"devices of {memory}"
+    pool = load_tables(tables)
     config = SuiteConfig(
         num_train=num_train,
         num_test=num_test,
         min_tables=low,
         max_tables=high,
-        num_devices=devices,
-        memory_bytes=parse_memory(memory, "--memory"),
+        num_devices=num_devices,
+        memory_bytes=memory_bytes,
         seed=seed,
     )
-    suite = generate_suite(pool, config)
+    suite = generate_suite(pool, config, task_devices)
     save_suite(out, suite)
     out_console.print(
         f"wrote {len(suite.train)} train and {len(suite.test)} test tasks "
-        f"({tables_per_task} tables on {devices} devices of {memory}) to {out}"
+        f"({tables_per_task} tables on {num_devices} {shape}) to {out}"
     )

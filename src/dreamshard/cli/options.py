@@ -19,8 +19,14 @@ import typer
 
 from dreamshard.backends import BACKEND_NAMES, BackendOptions
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.data.constraints import ConstraintSpec
+from dreamshard.data.tasks import make_devices
+from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
+from dreamshard.fileio import check_writable
 from dreamshard.placers.registry import PlacerOptions
+from dreamshard.types import Device
+from dreamshard.units import parse_memory
 
 BackendOpt = Annotated[
     str, typer.Option("--backend", help=f"Cost backend: {', '.join(BACKEND_NAMES)}.")
@@ -39,7 +45,11 @@ WindowsOpt = Annotated[
 CallsOpt = Annotated[
     int, typer.Option("--calls", help="Timed calls per shard per window; fbgemm only.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of everything random.")]
+#: Largest ``--seed``: torch keeps seeds in 64 bits, and numpy refuses negative ones.
+MAX_SEED = 2**63 - 1
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of everything random.")
+]
 DeviceOpt = Annotated[
     str,
     typer.Option(
@@ -62,7 +72,9 @@ ModelOpt = Annotated[
 SamplesOpt = Annotated[
     int,
     typer.Option(
-        "--samples", help="dreamshard: also sample K placements, keep the cost network's best."
+        "--samples",
+        min=0,
+        help="dreamshard: also sample K placements, keep the cost network's best.",
     ),
 ]
 
@@ -206,6 +218,7 @@ def placer_options(
     model: Path | None,
     samples: int,
     backend: BackendChoice | None = None,
+    constraints: ConstraintSpec | None = None,
 ) -> PlacerOptions:
     """Options of the placers a command builds; the backend is for placers that search
     on measured costs (rnn)."""
@@ -215,17 +228,59 @@ def placer_options(
         samples=samples,
         backend=backend.name if backend is not None else None,
         backend_options=backend.options if backend is not None else None,
+        constraints=constraints,
     )
 
 
+TopologyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--topology",
+        help="Topology file (.csv or .json): a name and a memory (e.g. 16GB) per device; "
+        "replaces --devices and --memory.",
+    ),
+]
+ConstraintsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--constraints",
+        help="Constraints file (.json): pin tables to devices, keep groups together or apart.",
+    ),
+]
+
+
+def task_devices(
+    devices: int | None, memory: str | None, topology: Path | None
+) -> tuple[Device, ...]:
+    """The devices of ``--topology FILE``, or ``--devices N`` of ``--memory SIZE`` each."""
+    if topology is not None:
+        if devices is not None or memory is not None:
+            raise InputError(
+                "--topology gives the devices and their memory: drop --devices and --memory"
+            )
+        return load_topology(topology)
+    if devices is None or memory is None:
+        raise InputError("give --devices N and --memory SIZE, or --topology FILE")
+    return make_devices(devices, parse_memory(memory, "--memory"))
+
+
 # -- parsing helpers --------------------------------------------------------------------
+
+
+def _ascii_int(text: str) -> int:
+    """An integer in plain ASCII digits; ``int()`` also takes ``1_000`` and other scripts'
+    digits, which are typos here."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(text)
+    return int(digits)
 
 
 def parse_count_range(text: str, what: str) -> tuple[int, int]:
     """``"50"`` -> (50, 50); ``"20-40"`` -> (20, 40)."""
     parts = text.split("-")
     try:
-        values = [int(p) for p in parts]
+        values = [_ascii_int(p) for p in parts]
     except ValueError:
         raise InputError(f"{what}: expected N or MIN-MAX, got {text!r}") from None
     if len(values) == 1:
@@ -238,12 +293,48 @@ def parse_count_range(text: str, what: str) -> tuple[int, int]:
 def parse_ints(text: str, what: str) -> list[int]:
     """``"1,2,3"`` -> [1, 2, 3]."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [_ascii_int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise InputError(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
-def check_out(out: Path | None) -> None:
-    """``--out`` must not name a folder."""
-    if out is not None and out.exists() and out.is_dir():
-        raise InputError(f"--out {out}: is a folder, expected a file path")
+def check_out(out: Path | None, *inputs: Path | None, flag: str = "--out") -> None:
+    """Refuse an output path before any work is done, with one line naming it.
+
+    ``out`` must not be a folder, must not be one of ``inputs`` (the files the command
+    reads: writing there would replace what it read) and must be writable: the folder
+    is created and a temporary file made and removed there, so results computed for
+    minutes are not lost at the end. ``None`` (no output asked for) passes.
+
+    Args:
+        out: The output path, or None.
+        inputs: The command's input files (None entries are skipped).
+        flag: The option that gave ``out``, for the message.
+
+    Raises:
+        InputError: naming ``flag``, ``out`` and, for an input, which one.
+    """
+    if out is None:
+        return
+    if out.exists() and out.is_dir():
+        raise InputError(f"{flag} {out}: is a folder, expected a file path")
+    for source in inputs:
+        if source is not None and _same_file(out, source):
+            raise InputError(
+                f"{flag} {out}: is the input file {source}; writing there would replace "
+                f"it, choose another path"
+            )
+    try:
+        check_writable(out)
+    except InputError as err:
+        raise InputError(f"{flag} {err}") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative paths included)."""
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

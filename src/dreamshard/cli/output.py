@@ -13,12 +13,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dreamshard.evaluation.evaluate import Evaluation
-from dreamshard.types import PlacementCost, Task
+from dreamshard.types import MeasurementConditions, PlacementCost, Task
 from dreamshard.units import format_bytes
 
+#: Width of the consoles off a terminal (logs, pipes, files): wide enough that result
+#: tables never wrap at rich's default 80 columns.
+UNWRAPPED_WIDTH = 400
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=UNWRAPPED_WIDTH)
+    return console
+
+
 #: Results go to stdout; errors and progress to stderr.
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = _console()
+err_console = _console(stderr=True)
+
+#: ``place`` shows at most this many devices (the slowest) unless asked for all.
+SUMMARY_DEVICES = 16
 
 
 def print_line(line: str) -> None:
@@ -69,11 +84,40 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+def print_conditions(conditions: MeasurementConditions | None) -> None:
+    """One warning line on stderr when the measurement ran on a loaded machine."""
+    if conditions is not None and conditions.loaded:
+        err_console.print(
+            "[bold yellow]warning:[/] measured on a loaded machine: "
+            + escape("; ".join(conditions.warnings))
+            + " (costs may be off; measure alone on the machine)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def print_placement(
-    task: Task, device_of: Sequence[int], cost: PlacementCost, placer: str, place_ms: float
+    task: Task,
+    device_of: Sequence[int],
+    cost: PlacementCost,
+    placer: str,
+    place_ms: float,
+    show_all: bool = False,
 ) -> None:
-    """One placement: tables, memory and stage costs per device, then its cost."""
-    table = Table(title=f"{placer} placement of {task.name} ({cost.backend})")
+    """One placement: tables, memory and stage costs per device, then its cost.
+
+    On more than :data:`SUMMARY_DEVICES` devices only the slowest are listed (with the
+    spread of per-device totals), and each device's tables are abbreviated, unless
+    ``show_all``: then every device and every table name is shown.
+    """
+    shown_devices = list(range(task.num_devices))
+    if not show_all and task.num_devices > SUMMARY_DEVICES:
+        by_total = sorted(shown_devices, key=lambda d: -cost.per_device[d].total_ms)
+        shown_devices = sorted(by_total[:SUMMARY_DEVICES])
+    title = f"{placer} placement of {task.name} ({cost.backend})"
+    if len(shown_devices) < task.num_devices:
+        title += f": the {len(shown_devices)} slowest of {task.num_devices} devices"
+    table = Table(title=title)
     for column in (
         "device",
         "tables",
@@ -85,14 +129,18 @@ def print_placement(
         "total ms",
     ):
         table.add_column(column, justify="left" if column in ("device", "tables") else "right")
-    for d, (device, stage) in enumerate(zip(task.devices, cost.per_device, strict=True)):
+    for d in shown_devices:
+        device, stage = task.devices[d], cost.per_device[d]
         names = [t.name for t, dd in zip(task.tables, device_of, strict=True) if dd == d]
         used = sum(
             task.table_memory_bytes(t)
             for t, dd in zip(task.tables, device_of, strict=True)
             if dd == d
         )
-        shown = ", ".join(names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
+        if show_all or len(names) <= 6:
+            shown = ", ".join(names)
+        else:
+            shown = ", ".join(names[:6]) + f", ... ({len(names)})"
         table.add_row(
             device.name,
             shown,
@@ -104,6 +152,13 @@ def print_placement(
             f"{stage.total_ms:.3f}",
         )
     out_console.print(table)
+    if len(shown_devices) < task.num_devices:
+        totals = sorted(c.total_ms for c in cost.per_device)
+        out_console.print(
+            f"per-device total ms over all {task.num_devices} devices: min {totals[0]:.3f}, "
+            f"median {totals[len(totals) // 2]:.3f}, max {totals[-1]:.3f} "
+            "(--all lists every device and table)"
+        )
     spread = f" (spread ±{cost.rel_spread * 100:.1f}%)" if cost.rel_spread is not None else ""
     out_console.print(f"placement cost: {cost.cost_ms:.3f} ms{spread}; placed in {place_ms:.1f} ms")
 
@@ -164,7 +219,9 @@ def print_torchrec_estimates(result: Evaluation, estimates: Mapping[str, Any]) -
 
 
 def print_comparison(result: Evaluation, estimates: Mapping[str, Any] | None) -> None:
-    """An evaluation's tables, and TorchRec's estimates when there are any."""
+    """An evaluation's tables, TorchRec's estimates when there are any, and a warning
+    when the measurements ran on a loaded machine."""
     print_evaluation(result)
     if estimates is not None:
         print_torchrec_estimates(result, estimates)
+    print_conditions(result.conditions)

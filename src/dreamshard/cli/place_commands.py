@@ -10,53 +10,80 @@ from rich.markup import escape
 
 from dreamshard.cli.options import (
     BackendChoice,
+    ConstraintsOpt,
     ModelOpt,
     OutOpt,
     SamplesOpt,
+    TopologyOpt,
     backend_options,
     check_out,
     placer_options,
+    task_devices,
 )
-from dreamshard.cli.output import out_console, print_comparison, print_placement, progress
+from dreamshard.cli.output import (
+    out_console,
+    print_comparison,
+    print_conditions,
+    print_placement,
+    progress,
+)
+from dreamshard.data.constraints import read_constraints
 from dreamshard.data.tables import load_tables
-from dreamshard.data.tasks import load_suite, make_devices, make_task
+from dreamshard.data.tasks import load_suite, make_task
+from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
 from dreamshard.fileio import write_json
 from dreamshard.placers.registry import COMPARISON_PLACERS
-from dreamshard.units import parse_memory
 
 
 @backend_options(windows=8, calls=8)
 def place(
     *,
     tables: Annotated[Path, typer.Option("--tables", help="Table file (.json or .csv).")],
-    devices: Annotated[int, typer.Option("--devices", help="Number of devices.")],
-    memory: Annotated[str, typer.Option("--memory", help="Memory per device, e.g. 5GB.")],
+    devices: Annotated[int | None, typer.Option("--devices", help="Number of devices.")] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Memory per device, e.g. 5GB.")
+    ] = None,
+    topology: TopologyOpt = None,
+    constraints: ConstraintsOpt = None,
     placer: Annotated[str, typer.Option("--placer", help="Placer name.")] = "size-lookup",
     backend: BackendChoice,
     out: OutOpt = None,
     model: ModelOpt = None,
     samples: SamplesOpt = 0,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="List every device and every table (default: a summary on many)."
+        ),
+    ] = False,
 ) -> None:
     """Place one task and print the placement with its per-device stage costs."""
     from dreamshard.evaluation.placement_file import PlacementFile, write_placement_file
     from dreamshard.workflows.experiment import place_and_measure
 
-    check_out(out)
-    task = make_task(
-        tables.stem, load_tables(tables), make_devices(devices, parse_memory(memory, "--memory"))
-    )
+    check_out(out, tables, topology, constraints)
+    task = make_task(tables.stem, load_tables(tables), task_devices(devices, memory, topology))
+    spec = read_constraints(constraints) if constraints is not None else None
+    if spec is not None:
+        spec.resolve(task)  # bad or contradictory constraints fail before placing
     placed = place_and_measure(
         task,
         placer,
-        placer_options(backend.seed, model, samples, backend),
+        placer_options(backend.seed, model, samples, backend, spec),
         backend.name,
         backend.options,
         progress,
     )
     print_placement(
-        task, placed.placement.device_of, placed.cost, placed.placer, placed.place_time_ms
+        task,
+        placed.placement.device_of,
+        placed.cost,
+        placed.placer,
+        placed.place_time_ms,
+        show_all=show_all,
     )
+    print_conditions(placed.conditions)
     if out is not None:
         record = PlacementFile.of(
             task,
@@ -86,22 +113,45 @@ def evaluate(
     ] = None,
     model: ModelOpt = None,
     samples: SamplesOpt = 0,
+    topology: Annotated[
+        Path | None,
+        typer.Option(
+            "--topology",
+            help="Topology file (.csv or .json): run every task on these devices instead "
+            "of the suite's.",
+        ),
+    ] = None,
+    constraints: ConstraintsOpt = None,
 ) -> None:
     """Compare placers on a suite's tasks, measured on one backend."""
     from dreamshard.workflows.experiment import compare_placers
 
-    check_out(out)
-    suite = load_suite(tasks)
-    chosen_tasks = list(suite.split(split))[: max_tasks if max_tasks is not None else None]
-    if not chosen_tasks:
-        raise InputError(f"{tasks}: split {split!r} has no tasks")
+    check_out(out, tasks, topology, constraints)
+    if max_tasks is not None and max_tasks < 1:
+        raise InputError(f"--max-tasks must be at least 1, got {max_tasks}")
     names = [n.strip() for n in placers.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"--placers: no placer named in {placers!r}")
     if len(set(names)) != len(names):
         raise InputError(f"--placers: a placer is named twice in {placers!r}")
+    suite = load_suite(tasks)
+    chosen_tasks = list(suite.split(split))[:max_tasks]
+    if not chosen_tasks:
+        raise InputError(f"{tasks}: split {split!r} has no tasks")
+    if topology is not None:
+        devices = load_topology(topology)
+        chosen_tasks = [make_task(t.name, t.tables, devices, t.optimizer) for t in chosen_tasks]
+    spec = None
+    if constraints is not None:
+        # Named tables must be in the suite; each task takes the constraints on its own.
+        names_in_suite = {x.name for task in (*suite.train, *suite.test) for x in task.tables}
+        spec = read_constraints(constraints).within(names_in_suite)
+        for t in chosen_tasks:
+            spec.resolve(t)  # bad or contradictory constraints fail before placing
     comparison = compare_placers(
         chosen_tasks,
         names,
-        placer_options(backend.seed, model, samples, backend),
+        placer_options(backend.seed, model, samples, backend, spec),
         backend.name,
         backend.options,
         progress,
@@ -144,8 +194,10 @@ def export(
     """
     from dreamshard.torchrec.plan import plan_from_placement_file, save_plan
 
-    check_out(out)
+    check_out(out, placement, tables)
     spec = plan_from_placement_file(placement, tables, module_path)
+    # The table file the placement named is an input too.
+    check_out(out, Path(spec.source["tables_file"]))
     save_plan(out, spec)
     (tables_planned,) = spec.modules.values()
     out_console.print(

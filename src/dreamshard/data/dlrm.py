@@ -26,6 +26,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -141,12 +142,18 @@ def _read(source: Path) -> Any:
         zipfile.BadZipFile,
     ) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        # torch's refusal goes on about its weights_only default; its first sentence says it.
+        reason = reason.split(". ")[0]
         raise InputError(f"{source}: not a readable torch file ({reason})") from None
 
 
 def _load(path: Path) -> Any:
     mmap = zipfile.is_zipfile(path)  # only the zip format (torch >= 1.6) can be mapped
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    # torch warns about the pickle protocol of a file it is about to refuse; the refusal
+    # is the one line the user needs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _is_integer(tensor: torch.Tensor) -> bool:

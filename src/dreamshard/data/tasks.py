@@ -7,13 +7,14 @@ model has seen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dreamshard.constants import MAX_DEVICES
 from dreamshard.data.tables import table_to_record, tables_from_json
 from dreamshard.errors import InputError
 from dreamshard.fileio import read_json, write_json
@@ -31,6 +32,8 @@ def make_devices(num_devices: int, memory_bytes: int) -> tuple[Device, ...]:
     """``num_devices`` identical devices named ``dev0``, ``dev1``, ..."""
     if num_devices < 1:
         raise InputError(f"number of devices must be at least 1, got {num_devices}")
+    if num_devices > MAX_DEVICES:
+        raise InputError(f"number of devices must be at most {MAX_DEVICES:,}, got {num_devices}")
     return tuple(Device(name=f"dev{i}", memory_bytes=memory_bytes) for i in range(num_devices))
 
 
@@ -40,11 +43,15 @@ def make_task(
     """A task whose every table fits on at least one device.
 
     Raises:
-        InputError: no devices, no tables, duplicate names, or a table larger than every
-            device (named).
+        InputError: no devices, no tables, duplicate table or device names, or a table
+            larger than every device (named).
     """
     if not devices:
         raise InputError(f"task {name!r}: needs at least one device")
+    # Placements name devices; two of one name would make them ambiguous.
+    twice = _first_repeat(d.name for d in devices)
+    if twice is not None:
+        raise InputError(f"task {name!r}: duplicate device name {twice!r}")
     if not tables:
         raise InputError(f"task {name!r}: needs at least one table")
     try:
@@ -60,6 +67,16 @@ def make_task(
                 f"device has ({largest_device:,} bytes)"
             )
     return task
+
+
+def _first_repeat(names: Iterable[str]) -> str | None:
+    """The first name that occurs a second time, or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def fits_memory(task: Task) -> bool:
@@ -114,6 +131,12 @@ class TaskSuite:
     train: tuple[Task, ...]
     test: tuple[Task, ...]
 
+    def __post_init__(self) -> None:
+        # Results and placements are keyed by task name: two tasks of one name would mix.
+        twice = _first_repeat(t.name for t in (*self.train, *self.test))
+        if twice is not None:
+            raise InputError(f"task suite: duplicate task name {twice!r}")
+
     def split(self, name: str) -> tuple[Task, ...]:
         """The tasks of split ``"train"`` or ``"test"``."""
         if name not in SPLITS:
@@ -121,11 +144,23 @@ class TaskSuite:
         return self.train if name == "train" else self.test
 
 
-def generate_suite(pool: Sequence[TableSpec], config: SuiteConfig) -> TaskSuite:
+def generate_suite(
+    pool: Sequence[TableSpec],
+    config: SuiteConfig,
+    devices: Sequence[Device] | None = None,
+) -> TaskSuite:
     """Draw train and test tasks from disjoint random halves of ``pool``.
 
     Each task's tables are drawn without replacement from its half; a draw whose tables
     cannot be placed within the devices' memory (:func:`fits_memory`) is redrawn.
+
+    Args:
+        pool: The tables to draw from.
+        config: Sizes and seed.
+        devices: The devices of every task (a topology file's, which may differ in
+            memory); default ``config.num_devices`` devices of ``config.memory_bytes``.
+            Given, they must number ``config.num_devices``, and ``config.memory_bytes``
+            should be the largest one's memory (what the suite file records).
 
     Raises:
         InputError: bad sizes, or memory too small for any draw.
@@ -141,7 +176,14 @@ def generate_suite(pool: Sequence[TableSpec], config: SuiteConfig) -> TaskSuite:
     order = rng.permutation(len(pool))
     half = len(pool) // 2
     halves = {"train": [pool[i] for i in order[:half]], "test": [pool[i] for i in order[half:]]}
-    devices = make_devices(config.num_devices, config.memory_bytes)
+    if devices is None:
+        task_devices = make_devices(config.num_devices, config.memory_bytes)
+    else:
+        task_devices = tuple(devices)
+        if len(task_devices) != config.num_devices:
+            raise InputError(
+                f"{len(task_devices)} devices given for a suite of {config.num_devices} devices"
+            )
     suites: dict[str, list[Task]] = {"train": [], "test": []}
     for split, count in (("train", config.num_train), ("test", config.num_test)):
         candidates = halves[split]
@@ -151,7 +193,7 @@ def generate_suite(pool: Sequence[TableSpec], config: SuiteConfig) -> TaskSuite:
                 f"{config.max_tables} tables per task asked for (use a larger pool)"
             )
         for k in range(count):
-            suites[split].append(_draw_task(f"{split}-{k}", candidates, devices, config, rng))
+            suites[split].append(_draw_task(f"{split}-{k}", candidates, task_devices, config, rng))
     return TaskSuite(config=config, train=tuple(suites["train"]), test=tuple(suites["test"]))
 
 
@@ -166,7 +208,8 @@ def _draw_task(
         size = int(rng.integers(config.min_tables, config.max_tables + 1))
         chosen = rng.choice(len(candidates), size=size, replace=False)
         tables = [candidates[i] for i in sorted(chosen)]
-        fits_alone = all(t.size_bytes <= config.memory_bytes for t in tables)
+        largest = max(d.memory_bytes for d in devices)
+        fits_alone = all(t.size_bytes <= largest for t in tables)
         if not fits_alone:
             continue
         task = Task(name=name, tables=tuple(tables), devices=devices)
@@ -215,6 +258,8 @@ def load_suite(path: str | Path) -> TaskSuite:
         InputError: naming the file and the bad field, task or table.
     """
     where = str(path)
+    if Path(path).is_dir():
+        raise InputError(f"{where}: is a folder, expected a task suite file")
     payload = read_json(path)
     if not isinstance(payload, dict) or payload.get("format") != SUITE_FORMAT:
         raise InputError(
@@ -229,16 +274,29 @@ def load_suite(path: str | Path) -> TaskSuite:
         config = SuiteConfig(**payload["config"])
     except (KeyError, TypeError) as err:
         raise InputError(f"{where}: field 'config' is invalid ({err})") from None
+    for field in fields(SuiteConfig):
+        value = getattr(config, field.name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(
+                f"{where}: field 'config.{field.name}' must be an integer, got {value!r}"
+            )
     tables = {t.name: t for t in tables_from_json(payload, where)}
     splits: dict[str, list[Task]] = {}
+    first_at: dict[str, str] = {}
     for split in SPLITS:
         records = payload.get(split)
         if not isinstance(records, list):
             raise InputError(f"{where}: field {split!r} must be a list of tasks")
-        splits[split] = [
-            _task_from_record(record, tables, f"{where}: {split}[{i}]")
-            for i, record in enumerate(records)
-        ]
+        splits[split] = []
+        for i, record in enumerate(records):
+            task = _task_from_record(record, tables, f"{where}: {split}[{i}]")
+            if task.name in first_at:
+                raise InputError(
+                    f"{where}: {split}[{i}]: duplicate task name {task.name!r} "
+                    f"(first at {first_at[task.name]})"
+                )
+            first_at[task.name] = f"{split}[{i}]"
+            splits[split].append(task)
     return TaskSuite(config=config, train=tuple(splits["train"]), test=tuple(splits["test"]))
 
 
@@ -257,10 +315,22 @@ def _task_from_record(record: Any, tables: dict[str, TableSpec], where: str) -> 
     devices = []
     for j, device in enumerate(device_records):
         try:
-            memory = int(device["memory_bytes"])
-            devices.append(Device(name=str(device["name"]), memory_bytes=memory))
-        except (KeyError, TypeError, ValueError) as err:
+            memory = device["memory_bytes"]
+            device_name = str(device["name"])
+        except (KeyError, TypeError) as err:
             raise InputError(f"{where}: devices[{j}]: missing or invalid field {err}") from None
+        # Suite files hold whole bytes as JSON integers; int() would also take "1_000",
+        # non-ASCII digits and 2.5 (truncated), so anything else is refused.
+        if isinstance(memory, bool) or not isinstance(memory, int):
+            raise InputError(
+                f"{where}: devices[{j}]: field 'memory_bytes' must be a positive integer, "
+                f"got {memory!r}"
+            )
         if memory <= 0:
             raise InputError(f"{where}: devices[{j}]: 'memory_bytes' must be positive")
-    return make_task(name, [tables[n] for n in names], devices, str(record.get("optimizer", "sgd")))
+        devices.append(Device(name=device_name, memory_bytes=memory))
+    optimizer = str(record.get("optimizer", "sgd"))
+    try:
+        return make_task(name, [tables[n] for n in names], devices, optimizer)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None

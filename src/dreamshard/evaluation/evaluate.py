@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from dreamshard.errors import InfeasiblePlacementError
+from dreamshard.data.constraints import ConstraintSpec, constraints_for
+from dreamshard.errors import InfeasiblePlacementError, InvalidPlacementError
 from dreamshard.placers.registry import is_baseline
-from dreamshard.types import CostBackend, Placement, PlacementCost, Placer, Task
+from dreamshard.types import (
+    CostBackend,
+    MeasurementConditions,
+    Placement,
+    PlacementCost,
+    Placer,
+    ReportsConditions,
+    Task,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Evaluation:
     placers: tuple[str, ...]
     tasks: tuple[str, ...]
     results: tuple[TaskResult, ...]
+    #: How quiet the machine was while measuring (measuring backends only).
+    conditions: MeasurementConditions | None = None
 
     def result(self, placer: str, task: str) -> TaskResult:
         return next(r for r in self.results if r.placer == placer and r.task == task)
@@ -126,6 +137,16 @@ class Evaluation:
             "best_baseline": self.best_baseline(),
             "summary": [vars(s) for s in self.summary()],
             "results": [_result_json(r) for r in self.results],
+            **(
+                {
+                    "measurement_conditions": {
+                        **asdict(self.conditions),
+                        "loaded": self.conditions.loaded,
+                    }
+                }
+                if self.conditions is not None
+                else {}
+            ),
         }
 
 
@@ -148,6 +169,7 @@ def evaluate(
     placers: Sequence[Placer],
     backend: CostBackend,
     on_task_done: Callable[[int, int], None] | None = None,
+    constraints: ConstraintSpec | None = None,
 ) -> Evaluation:
     """Place every task with every placer and measure the placements on ``backend``.
 
@@ -156,9 +178,12 @@ def evaluate(
         placers: Placers to compare (names must be distinct).
         backend: Where costs come from; all placements of a task are measured in one call.
         on_task_done: Called with (tasks done, total) after each task.
+        constraints: User constraints the placers were given: every placement is checked
+            against them, and one that breaks them counts as a failure of its placer.
     """
     results: list[TaskResult] = []
     for k, task in enumerate(tasks):
+        rules = constraints_for(constraints, task)
         placed: list[tuple[str, Placement, float]] = []
         for placer in placers:
             start = time.perf_counter()
@@ -168,7 +193,14 @@ def evaluate(
                 elapsed = (time.perf_counter() - start) * 1e3
                 results.append(TaskResult(placer.name, task.name, None, None, elapsed, str(err)))
                 continue
-            placed.append((placer.name, placement, (time.perf_counter() - start) * 1e3))
+            elapsed = (time.perf_counter() - start) * 1e3
+            try:
+                rules.check(placement, task)
+            except InvalidPlacementError as err:
+                error = f"broke a constraint: {err}"
+                results.append(TaskResult(placer.name, task.name, None, None, elapsed, error))
+                continue
+            placed.append((placer.name, placement, elapsed))
         costs = backend.measure(task, [p for _, p, _ in placed]) if placed else []
         for (name, placement, elapsed), cost in zip(placed, costs, strict=True):
             results.append(TaskResult(name, task.name, placement, cost, elapsed))
@@ -179,4 +211,5 @@ def evaluate(
         placers=tuple(p.name for p in placers),
         tasks=tuple(t.name for t in tasks),
         results=tuple(results),
+        conditions=backend.conditions() if isinstance(backend, ReportsConditions) else None,
     )

@@ -6,7 +6,7 @@ Placement file (JSON), version 1::
     {
       "format": "dreamshard-placement", "version": 1,
       "task": "pool", "placer": "size-lookup", "backend": "fbgemm",
-      "tables_file": "pool.csv",
+      "tables_file": "/data/pool.csv",            # absolute (older files: as given)
       "devices": [{"name": "dev0", "memory_bytes": 1000000000}, ...],
       "placement": {"t0": "dev1", ...},          # table name -> device name
       "device_of": [1, ...],                      # device index of each table, in order
@@ -19,14 +19,17 @@ Placement file (JSON), version 1::
 Files written before the format had a name carry no ``format`` and ``version``: they
 are read as version 0, the same fields without those two. Only ``placement`` and
 ``devices`` are required (hand-written files often hold just those and
-``tables_file``); every other field is checked when present. A file of another format
-or of a newer version is refused with one line naming the file and the field.
+``tables_file``); every other field is checked when present, ``device_of`` against
+``placement`` and ``devices`` (same length, indices in range, the same devices). A
+file of another format or of a newer version is refused with one line naming the file
+and the field.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +56,9 @@ class PlacementFile:
         task: Task name.
         placer: Name of the placer that made the placement.
         backend: Backend the placement was measured on.
-        tables_file: The table file the task was made from, as given to ``place``.
+        tables_file: The table file the task was made from: an absolute path in files
+            written now; older files hold it as given to ``place`` (relative to the
+            folder ``place`` ran in), which ``export`` also looks for beside the file.
         device_of: Device index of each table, in the table file's order.
         cost_ms: Measured cost (the slowest device's total).
         rel_spread: Relative spread of the measurement, None if the backend has none.
@@ -95,7 +100,8 @@ class PlacementFile:
             task=task.name,
             placer=placer,
             backend=backend,
-            tables_file=str(tables_file),
+            # Absolute, so the file still names it when read from another folder.
+            tables_file=os.path.abspath(tables_file),
             device_of=tuple(placement.device_of),
             cost_ms=cost.cost_ms,
             rel_spread=cost.rel_spread,
@@ -154,14 +160,16 @@ def placement_file_from_json(payload: Any, where: str) -> PlacementFile:
         or not all(isinstance(v, str) for v in names.values())
     ):
         raise InputError(f"{where}: field 'placement' must map table names to device names")
+    placement = {str(k): v for k, v in names.items()}
+    devices = _devices(payload.get("devices"), where)
     return PlacementFile(
-        placement={str(k): v for k, v in names.items()},
-        devices=_devices(payload.get("devices"), where),
+        placement=placement,
+        devices=devices,
         task=_optional_str(payload, "task", where),
         placer=_optional_str(payload, "placer", where),
         backend=_optional_str(payload, "backend", where),
         tables_file=_optional_str(payload, "tables_file", where),
-        device_of=_device_of(payload.get("device_of"), where),
+        device_of=_device_of(payload.get("device_of"), placement, devices, where),
         cost_ms=_optional_float(payload, "cost_ms", where),
         rel_spread=_optional_float(payload, "rel_spread", where),
         per_device=_per_device(payload.get("per_device"), where),
@@ -192,7 +200,7 @@ def _version(payload: Mapping[str, Any], where: str) -> int:
 def _devices(records: Any, where: str) -> tuple[Device, ...]:
     if not isinstance(records, list) or not records:
         raise InputError(f"{where}: field 'devices' must be a non-empty list")
-    devices = []
+    devices: list[Device] = []
     for k, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("name"), str):
             raise InputError(f"{where}: devices[{k}]: field 'name' is missing")
@@ -205,6 +213,8 @@ def _devices(records: Any, where: str) -> tuple[Device, ...]:
             raise InputError(
                 f"{where}: devices[{k}]: field 'memory_bytes' must be >= 1, got {memory}"
             )
+        if any(d.name == record["name"] for d in devices):
+            raise InputError(f"{where}: devices[{k}]: device name {record['name']!r} is used twice")
         devices.append(Device(record["name"], memory))
     return tuple(devices)
 
@@ -234,13 +244,35 @@ def _optional_float(payload: Mapping[str, Any], name: str, where: str) -> float 
     return number
 
 
-def _device_of(value: Any, where: str) -> tuple[int, ...] | None:
+def _device_of(
+    value: Any, placement: Mapping[str, str], devices: Sequence[Device], where: str
+) -> tuple[int, ...] | None:
+    """``device_of`` checked against ``placement`` and ``devices``: entry ``i`` must be
+    the index of the device that ``placement`` gives its ``i``-th table (the two fields
+    say the same thing, and ``export`` must not meet a file where they disagree)."""
     if value is None:
         return None
     if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+        isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
         raise InputError(f"{where}: field 'device_of' must be a list of device indices")
+    if len(value) != len(placement):
+        raise InputError(
+            f"{where}: field 'device_of' has {len(value)} entries, field 'placement' "
+            f"places {len(placement)} tables"
+        )
+    index_of = {d.name: k for k, d in enumerate(devices)}
+    for (table, device), index in zip(placement.items(), value, strict=True):
+        if not 0 <= index < len(devices):
+            raise InputError(
+                f"{where}: field 'device_of': table {table!r} is on device {index}, the file "
+                f"has devices 0..{len(devices) - 1}"
+            )
+        if device in index_of and index_of[device] != index:
+            raise InputError(
+                f"{where}: field 'device_of': table {table!r} is on device {index} "
+                f"({devices[index].name!r}) but field 'placement' puts it on {device!r}"
+            )
     return tuple(value)
 
 

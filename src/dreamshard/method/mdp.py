@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from dreamshard.data.constraints import NO_CONSTRAINTS, Constraints, ConstraintTracker
 from dreamshard.data.features import FeatureNormalizer
+from dreamshard.errors import InputError
 from dreamshard.method.costnet import CostNet
 from dreamshard.method.policy import PolicyNet, choose
 from dreamshard.types import Task
@@ -29,6 +31,8 @@ from dreamshard.types import Task
 #: ignoring memory and its predicted cost is scaled by (1 + this), so the policy learns
 #: to avoid dead ends; inference never returns such a placement.
 INFEASIBLE_PENALTY = 1.0
+
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ class TaskTensors:
         task: The task.
         features: [T, F] normalised table features.
         memory_bytes: [T] memory each table needs.
-        capacity_bytes: [D] memory of each device.
+        capacity_bytes: [D] memory of each device, at most that of all the tables.
         order: Table indices by predicted single-table cost, largest first.
+        constraints: User constraints the episodes honour (legal devices).
     """
 
     task: Task
@@ -48,11 +53,41 @@ class TaskTensors:
     memory_bytes: torch.Tensor
     capacity_bytes: torch.Tensor
     order: tuple[int, ...]
+    constraints: Constraints = NO_CONSTRAINTS
 
 
-def task_tensors(task: Task, normalizer: FeatureNormalizer, costnet: CostNet) -> TaskTensors:
-    """Tensors of a task and its table order (METHOD.md section 4)."""
-    features = torch.from_numpy(normalizer.transform(task.tables))
+def task_tensors(
+    task: Task,
+    normalizer: FeatureNormalizer,
+    costnet: CostNet,
+    constraints: Constraints = NO_CONSTRAINTS,
+) -> TaskTensors:
+    """Tensors of a task and its table order (METHOD.md section 4).
+
+    Device memory is clamped to the memory of all the task's tables: a device that can
+    hold every table behaves the same however much more it has, and the clamp keeps
+    memory counts in int64 whatever size a task file gives.
+
+    Raises:
+        InputError: The task's tables together need more bytes than int64 can count, or
+            a table's normalised features are not finite.
+    """
+    table_bytes = [task.table_memory_bytes(t) for t in task.tables]
+    total = sum(table_bytes)
+    if total > _INT64_MAX:
+        raise InputError(
+            f"task {task.name!r}: its tables need {total:,} bytes in all, more than {_INT64_MAX:,}"
+        )
+    normalised = normalizer.transform(task.tables)
+    finite = np.isfinite(normalised).all(axis=1)
+    if not finite.all():
+        # Inf or NaN would reach the policy's scores and make every choice meaningless.
+        name = task.tables[int(np.argmin(finite))].name
+        raise InputError(
+            f"task {task.name!r}: table {name!r}: its features are not finite (a size or "
+            "pooling factor too large to compute with)"
+        )
+    features = torch.from_numpy(normalised)
     with torch.no_grad():
         alone = costnet.heads(costnet.encoder(features)).sum(dim=-1)  # [T] table alone
     # Stable sort on the negated cost: ties keep table order, so episodes are reproducible.
@@ -60,9 +95,12 @@ def task_tensors(task: Task, normalizer: FeatureNormalizer, costnet: CostNet) ->
     return TaskTensors(
         task=task,
         features=features,
-        memory_bytes=torch.tensor([task.table_memory_bytes(t) for t in task.tables]),
-        capacity_bytes=torch.tensor([d.memory_bytes for d in task.devices]),
+        memory_bytes=torch.tensor(table_bytes, dtype=torch.int64),
+        capacity_bytes=torch.tensor(
+            [min(d.memory_bytes, total) for d in task.devices], dtype=torch.int64
+        ),
         order=tuple(order),
+        constraints=constraints,
     )
 
 
@@ -83,6 +121,7 @@ class EpisodeBatch:
         #: First table that found no room, per episode (-1: none).
         self.stuck_table = torch.full((num_episodes,), -1, dtype=torch.int64)
         self.step_index = 0
+        self.tracker = ConstraintTracker(tt.task, tt.constraints, num_episodes)
 
     @property
     def done(self) -> bool:
@@ -94,9 +133,8 @@ class EpisodeBatch:
         return self.tt.order[self.step_index]
 
     def legal(self) -> torch.Tensor:
-        """[B, D] devices with room for the current table."""
-        need = self.tt.memory_bytes[self.table]
-        return self.used_bytes + need <= self.tt.capacity_bytes
+        """[B, D] devices with room for the current table that its constraints allow."""
+        return torch.from_numpy(self.tracker.legal(self.table))
 
     def occupied(self) -> torch.Tensor:
         """[B, D] devices holding at least one table."""
@@ -122,6 +160,7 @@ class EpisodeBatch:
         self.used_bytes[rows, actions] += self.tt.memory_bytes[i]
         self.table_counts[rows, actions] += 1
         self.device_of[:, i] = actions
+        self.tracker.place(i, actions.numpy())
         self.step_index += 1
 
     def predicted_cost(self) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dreamshard.errors import InputError
 from dreamshard.method.costnet import DEVICE_HEADS, TableEncoder, mlp
 
 #: Cost features per device: now (3), if the table joined (3), largest now over devices (3).
@@ -70,6 +71,11 @@ class Choice:
     entropy: torch.Tensor
 
 
+class NonFiniteError(InputError):
+    """The policy scored a device inf or NaN: its weights diverged in training, or a
+    task is beyond what the networks can score."""
+
+
 #: Relative tolerance under which greedy inference treats two logits as equal.
 GREEDY_TIE_TOLERANCE = 1e-5
 
@@ -92,8 +98,14 @@ def choose(
         legal: [B, D] bool; at least one True per row.
         greedy: Take the most likely legal device instead of sampling.
         generator: Random source for sampling (seeded by the caller).
+
+    Raises:
+        NonFiniteError: A legal device's logit is inf or NaN (no distribution to draw
+            from, and greedy would silently take device 0).
     """
     masked = logits.masked_fill(~legal, torch.finfo(logits.dtype).min)
+    if not bool(torch.isfinite(masked).all()):
+        raise NonFiniteError("the policy's scores of the devices are not finite")
     log_probs = torch.log_softmax(masked, dim=-1)
     probs = log_probs.exp()
     if greedy:

@@ -9,13 +9,24 @@ Each iteration:
 
 After every iteration the model and the full training state are checkpointed, so an
 interrupted run resumes where it stopped.
+
+The checkpoint is one unit however the process dies: ``train_state.pt`` holds the model
+too (and a hash of the ``model.pt`` written with it), it is replaced before ``model.pt``
+is, and resuming takes the model from it and rewrites a ``model.pt`` that does not match.
+A run holds the folder's lock (:func:`training_lock`) so two runs never write one folder,
+and it resumes only onto the same tasks: names and content (a fingerprint per task).
 """
 
 from __future__ import annotations
 
-import pickle
+import fcntl
+import hashlib
+import json
+import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +34,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamshard.data.features import FeatureNormalizer
+from dreamshard import __version__
+from dreamshard.data.features import FeatureNormalizer, log_transform, network_features
+from dreamshard.data.tables import table_to_record
 from dreamshard.errors import InputError
 from dreamshard.fileio import write_json
-from dreamshard.method.checkpoint import CheckpointError, DreamShardModel
+from dreamshard.method.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    DreamShardModel,
+    remove_stale_temp_files,
+    save_torch_atomic,
+    write_temp_torch,
+)
 from dreamshard.method.costnet import CostTargets, PlacementBatch
 from dreamshard.method.mdp import TaskTensors, rollout, task_tensors
+from dreamshard.method.policy import NonFiniteError
 from dreamshard.runtime import one_thread
 from dreamshard.types import CostBackend, Placement, PlacementCost, StageCosts, Task
 
 TRAIN_STATE_FILE = "train_state.pt"
+HISTORY_FILE = "history.json"
+#: Held (``flock``) by the process training the folder; holds its pid.
+LOCK_FILE = ".train.lock"
+TRAIN_STATE_FORMAT = "dreamshard-train-state"
+#: Version of the training-state layout; bump when an older state would resume wrongly.
+TRAIN_STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -62,6 +90,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("learning_rate", "entropy_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise InputError(f"training config: {name} must be finite, got {value}")
         for name in (
             "iterations",
             "measurements_per_iteration",
@@ -141,8 +173,11 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.on_iteration = on_iteration
         torch.manual_seed(config.seed)
+        normalizer = FeatureNormalizer.fit([t for task in self.tasks for t in task.tables])
+        if not np.isfinite([*normalizer.mean, *normalizer.std]).all():
+            raise _table_beyond_features(self.tasks)
         self.model = DreamShardModel(
-            normalizer=FeatureNormalizer.fit([t for task in self.tasks for t in task.tables]),
+            normalizer=normalizer,
             config=asdict(config),
             info={"backend": backend.name, "train_tasks": len(self.tasks)},
         )
@@ -177,11 +212,17 @@ class Trainer:
     def _run(self) -> DreamShardModel:
         while self.state.iteration < self.config.iterations:
             t0 = time.perf_counter()
-            new = self.collect()
-            new_mape = self.cost_mape(new) if self.state.iteration > 0 else None
-            self.state.buffer.extend(new)
-            cost_loss = self.fit_cost_model()
-            predicted = self.improve_policy()
+            try:
+                new = self.collect()
+                new_mape = self.cost_mape(new) if self.state.iteration > 0 else None
+                self.state.buffer.extend(new)
+                cost_loss = self.fit_cost_model()
+                predicted = self.improve_policy()
+            except NonFiniteError as err:
+                raise self._diverged(str(err)) from None
+            bad = self.model.non_finite_weight()
+            if bad is not None:
+                raise self._diverged(f"weight {bad} is not finite")
             self.state.iteration += 1
             report = IterationReport(
                 iteration=self.state.iteration,
@@ -262,6 +303,8 @@ class Trainer:
             idx = self.rng.integers(len(self.state.buffer), size=self.config.cost_batch_size)
             batch, targets = self.cost_batch([self.state.buffer[i] for i in idx])
             loss = costnet.loss(batch, targets)
+            if not math.isfinite(loss.item()):
+                raise self._diverged("the cost network's loss is not finite")
             self.cost_opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             self.cost_opt.step()
@@ -312,6 +355,8 @@ class Trainer:
             advantage = (reward - reward.mean()) / (reward.std() + 1e-8)
             loss = -(advantage.detach() * result.log_prob).mean()
             loss = loss - self.config.entropy_weight * result.entropy.mean()
+            if not math.isfinite(loss.item()):
+                raise self._diverged("the policy's loss is not finite")
             self.policy_opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             self.policy_opt.step()
@@ -321,6 +366,14 @@ class Trainer:
         return predicted_ms
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _diverged(self, why: str) -> InputError:
+        """The error that stops a run whose numbers left the finite range (nothing of the
+        iteration is saved: the last checkpoint stays the last good one)."""
+        return InputError(
+            f"training diverged in iteration {self.state.iteration + 1} ({why}): lower the "
+            f"learning rate (now {self.config.learning_rate:g})"
+        )
 
     def features(self, task: Task) -> np.ndarray:
         if task.name not in self._features:
@@ -334,36 +387,76 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Model (for placing) and full training state (for resuming), atomically."""
-        self.model.save(self.out_dir)
-        state = {
-            "iteration": self.state.iteration,
-            "config": asdict(self.config),
-            "task_names": [t.name for t in self.tasks],
-            "buffer": [_measurement_record(m) for m in self.state.buffer],
-            "history": [asdict(r) for r in self.state.history],
-            "cost_opt": self.cost_opt.state_dict(),
-            "policy_opt": self.policy_opt.state_dict(),
-            "cost_sched": self.cost_sched.state_dict(),
-            "policy_sched": self.policy_sched.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "torch_generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        tmp = self.out_dir / f".{TRAIN_STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / TRAIN_STATE_FILE)
-        write_json(self.out_dir / "history.json", [asdict(r) for r in self.state.history])
+        """Model (for placing) and full training state (for resuming), as one unit.
+
+        ``model.pt`` is written to a temporary file first; the training state, which
+        holds the same model and the hash of that file, replaces ``train_state.pt``;
+        only then does the temporary file replace ``model.pt``. Killed at any point, the
+        folder has a whole training state, and a ``model.pt`` that is either its model
+        or the previous iteration's (which :meth:`resume` detects and rewrites).
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        model_state = self.model.state()
+        model_path = self.out_dir / MODEL_FILE
+        model_tmp = write_temp_torch(model_state, model_path)
+        try:
+            state = {
+                "format": TRAIN_STATE_FORMAT,
+                "version": TRAIN_STATE_VERSION,
+                "package_version": __version__,
+                "iteration": self.state.iteration,
+                "config": asdict(self.config),
+                "tasks": [{"name": t.name, "fingerprint": task_fingerprint(t)} for t in self.tasks],
+                "model": model_state,
+                "model_sha256": _sha256(model_tmp),
+                "buffer": [_measurement_record(m) for m in self.state.buffer],
+                "history": [asdict(r) for r in self.state.history],
+                "cost_opt": self.cost_opt.state_dict(),
+                "policy_opt": self.policy_opt.state_dict(),
+                "cost_sched": self.cost_sched.state_dict(),
+                "policy_sched": self.policy_sched.state_dict(),
+                "numpy_rng": self.rng.bit_generator.state,
+                "torch_generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_torch_atomic(state, self.out_dir / TRAIN_STATE_FILE)
+            os.replace(model_tmp, model_path)
+        except BaseException:
+            model_tmp.unlink(missing_ok=True)
+            raise
+        self.model.save_config(self.out_dir)
+        write_json(self.out_dir / HISTORY_FILE, [asdict(r) for r in self.state.history])
 
     def resume(self) -> bool:
-        """Continue from ``out_dir``'s checkpoint if there is one; returns whether it did."""
+        """Continue from ``out_dir``'s checkpoint if there is one; returns whether it did.
+
+        Raises:
+            CheckpointError: The folder holds a model but no training state (training
+                would overwrite the model), or the training state is unreadable, not one,
+                of an older or newer layout, damaged, or saved with another config
+                (beyond ``iterations``) or other tasks (names or content); one line naming
+                it.
+        """
         path = self.out_dir / TRAIN_STATE_FILE
         if not path.is_file():
+            if (self.out_dir / MODEL_FILE).is_file():
+                # Training writes its state before its model, so this model came from
+                # elsewhere: training from scratch would overwrite it.
+                raise CheckpointError(
+                    f"{self.out_dir}: holds a {MODEL_FILE} but no {TRAIN_STATE_FILE} to resume "
+                    "from: train into another --out, or pass --no-resume to train over it"
+                )
             return False
+        state = _read_train_state(path)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise CheckpointError(f"{path}: cannot read training state ({err})") from None
+            self._restore(state, path)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            detail = f"no {err.args[0]!r}" if isinstance(err, KeyError) else _one_line(err)
+            raise CheckpointError(f"{path}: damaged training state ({detail})") from None
+        return True
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        """Check ``state`` against this run, then take it over (see :meth:`resume`)."""
         saved = {k: v for k, v in state["config"].items() if k != "iterations"}
         current = {k: v for k, v in asdict(self.config).items() if k != "iterations"}
         if saved != current:
@@ -371,12 +464,23 @@ class Trainer:
                 f"{path}: saved with another training config; only --iterations may change "
                 "when resuming"
             )
-        by_name = {t.name: t for t in self.tasks}
-        if state["task_names"] != [t.name for t in self.tasks]:
+        saved_tasks = [(t["name"], t["fingerprint"]) for t in state["tasks"]]
+        if [name for name, _ in saved_tasks] != [t.name for t in self.tasks]:
             raise CheckpointError(f"{path}: saved with other training tasks")
-        self.model = DreamShardModel.load(self.out_dir)
-        self.model.config = asdict(self.config)
-        self.model.costnet.train()
+        for task, (_, fingerprint) in zip(self.tasks, saved_tasks, strict=True):
+            if task_fingerprint(task) != fingerprint:
+                raise CheckpointError(
+                    f"{path}: task {task.name!r} is not the one it was trained on (its "
+                    "tables, devices or optimizer changed): train into another --out, or "
+                    "pass --no-resume to start over"
+                )
+        by_name = {t.name: t for t in self.tasks}
+        model = DreamShardModel.from_state(state["model"], f"{path} (its model)")
+        buffer = [_measurement_from_record(r, by_name) for r in state["buffer"]]
+        history = [IterationReport(**r) for r in state["history"]]
+        model.config = asdict(self.config)
+        model.costnet.train()
+        self.model = model
         self._make_optimizers()
         self.cost_opt.load_state_dict(state["cost_opt"])
         self.policy_opt.load_state_dict(state["policy_opt"])
@@ -385,12 +489,119 @@ class Trainer:
         self.rng.bit_generator.state = state["numpy_rng"]
         self.generator.set_state(state["torch_generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.state = _State(
-            iteration=state["iteration"],
-            buffer=[_measurement_from_record(r, by_name) for r in state["buffer"]],
-            history=[IterationReport(**r) for r in state["history"]],
+        self.state = _State(iteration=int(state["iteration"]), buffer=buffer, history=history)
+        model_path = self.out_dir / MODEL_FILE
+        if not model_path.is_file() or _sha256(model_path) != state["model_sha256"]:
+            # Killed between the two writes: model.pt is the previous iteration's (or
+            # gone); the state's own copy is the one that goes with it.
+            save_torch_atomic(state["model"], model_path)
+            model.save_config(self.out_dir)
+
+
+def task_fingerprint(task: Task) -> str:
+    """A stable hash of what a task's measurements depend on: its tables' records in
+    order (the source file's path left out, so a moved data folder still resumes; the
+    statistics taken from it are in), its devices' memory in order and its optimizer."""
+    tables = [
+        {k: v for k, v in table_to_record(t).items() if k not in ("source_file", "source_table")}
+        for t in task.tables
+    ]
+    record = {
+        "tables": tables,
+        "device_memory_bytes": [d.memory_bytes for d in task.devices],
+        "optimizer": task.optimizer,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+@contextmanager
+def training_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder``'s training lock while the block runs (created if need be).
+
+    The lock is an ``flock`` on ``folder/.train.lock``, so the kernel releases it when
+    the holder exits however it ends (a kill included). Holding it, stale temporary
+    files of killed runs are removed: no one else writes the folder.
+
+    Raises:
+        InputError: Another process holds the lock (naming its pid), or the folder
+            cannot be created or written.
+    """
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Append mode: opening must not erase the holder's pid before we hold the lock.
+        handle = (out / LOCK_FILE).open("a+", encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{out}: cannot write the model folder ({err.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            raise InputError(f"{out} is being trained by another process (pid {pid})") from None
+        except OSError as err:
+            # A file system without locks (some network mounts): no way to keep a second
+            # run out, so refuse rather than risk two writers.
+            raise InputError(f"{out}: cannot lock the model folder ({err.strerror})") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        remove_stale_temp_files(out, (MODEL_FILE, TRAIN_STATE_FILE, CONFIG_FILE, HISTORY_FILE))
+        yield
+
+
+def _read_train_state(path: Path) -> dict[str, Any]:
+    """``path``'s training state, checked to be one of this layout."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        # Unpickling a file that is not ours can fail in any way (a module that cannot
+        # be imported, a class that changed, ...): each means the file cannot be read.
+        raise CheckpointError(f"{path}: cannot read training state ({_one_line(err)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a DreamShard training state")
+    fmt = state.get("format")
+    if fmt is None and "task_names" in state and "iteration" in state:
+        # Written before states had a format: no task fingerprints to check the tasks
+        # against and no model of their own, so resuming could silently go wrong.
+        raise CheckpointError(
+            f"{path}: written by an older dreamshard, whose training state cannot be checked "
+            "against the tasks: train into another --out, or pass --no-resume to start over"
         )
-        return True
+    if fmt != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a DreamShard training state")
+    version = state.get("version")
+    if version != TRAIN_STATE_VERSION:
+        raise CheckpointError(
+            f"{path}: training state version {version!r} (written by dreamshard "
+            f"{state.get('package_version', '?')}); this dreamshard {__version__} resumes "
+            f"version {TRAIN_STATE_VERSION}: train into another --out, or pass --no-resume"
+        )
+    return state
+
+
+def _table_beyond_features(tasks: Sequence[Task]) -> InputError:
+    """The error naming the table that broke the feature statistics: the one with the
+    largest (or a non-finite) transformed feature, whose square overflowed the spread."""
+    pairs = [(task, table) for task in tasks for table in task.tables]
+    logged = np.abs(log_transform(network_features([table for _, table in pairs])))
+    task, table = pairs[int(np.argmax(np.nan_to_num(logged, nan=np.inf).max(axis=1)))]
+    return InputError(
+        f"task {task.name!r}: table {table.name!r}: its features are too large to compute "
+        "with (its size or pooling factor)"
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (torch's often span several)."""
+    return " ".join(str(err).split())
 
 
 def _measurement_record(m: Measurement) -> dict[str, Any]:

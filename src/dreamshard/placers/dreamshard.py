@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from dreamshard.constants import DEFAULT_SEED
-from dreamshard.errors import InfeasiblePlacementError
+from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.mdp import rollout, task_tensors
 from dreamshard.runtime import one_thread
@@ -33,21 +33,30 @@ class DreamShardPlacer:
         model: The trained model.
         samples: Extra sampled placements to consider (0: greedy policy only).
         seed: Seed of the sampling.
+        constraints: User constraints, resolved against each task placed.
     """
 
     name = "dreamshard"
 
-    def __init__(self, model: DreamShardModel, samples: int = 0, seed: int = DEFAULT_SEED) -> None:
+    def __init__(
+        self,
+        model: DreamShardModel,
+        samples: int = 0,
+        seed: int = DEFAULT_SEED,
+        constraints: ConstraintSpec | None = None,
+    ) -> None:
         if samples < 0:
             raise ValueError(f"samples must be >= 0, got {samples}")
         self.model = model
         self.samples = samples
         self.seed = seed
+        self.constraints = constraints
 
     def place(self, task: Task) -> Placement:
         model = self.model
+        constraints = constraints_for(self.constraints, task)
         with torch.no_grad(), one_thread():
-            tt = task_tensors(task, model.normalizer, model.costnet)
+            tt = task_tensors(task, model.normalizer, model.costnet, constraints)
             greedy = rollout(model.policy, model.costnet, tt, 1, greedy=True)
             device_of, cost, feasible = greedy.device_of, greedy.predicted_cost, greedy.feasible
             if self.samples:
@@ -65,17 +74,12 @@ class DreamShardPlacer:
                 cost = torch.cat([cost, sampled.predicted_cost])
                 feasible = torch.cat([feasible, sampled.feasible])
         if not bool(feasible.any()):
+            # Replay the greedy episode up to the table that found no legal device.
             stuck = int(greedy.stuck_table[0])
-            table = task.tables[stuck]
-            used = [0] * task.num_devices
-            for i, d in enumerate(greedy.device_of[0].tolist()):
-                if tt.order.index(i) < tt.order.index(stuck):
-                    used[d] += task.table_memory_bytes(task.tables[i])
-            raise InfeasiblePlacementError(
-                table.name,
-                task.table_memory_bytes(table),
-                [dev.memory_bytes - u for dev, u in zip(task.devices, used, strict=True)],
-            )
+            tracker = ConstraintTracker(task, constraints)
+            for i in tt.order[: tt.order.index(stuck)]:
+                tracker.place(i, [int(greedy.device_of[0, i])])
+            raise tracker.infeasible(stuck)
         cost = torch.where(feasible, cost, torch.full_like(cost, float("inf")))
         best = int(torch.argmin(cost))
         return Placement(tuple(int(d) for d in device_of[best]))

@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from dreamshard.backends import BackendOptions
 from dreamshard.constants import DEFAULT_SEED
+from dreamshard.data.constraints import ConstraintSpec
 from dreamshard.errors import InputError
 from dreamshard.placers.rules import PROXIES, GreedyPlacer, RandomPlacer
 from dreamshard.types import Placer
@@ -43,6 +44,9 @@ class PlacerOptions:
         backend: Cost backend name that placers searching on measurements use (``rnn``).
         backend_options: Options of that backend (``rnn``; defaults when None).
         budget: Backend measurements per task (``rnn``).
+        constraints: User constraints (pins, together and apart groups), by name;
+            every placer resolves them against each task and honours them, or refuses
+            them when built (``torchrec``, ``dreamshard``).
     """
 
     seed: int = DEFAULT_SEED
@@ -51,6 +55,7 @@ class PlacerOptions:
     backend: str | None = None
     backend_options: BackendOptions | None = None
     budget: int = 500
+    constraints: ConstraintSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,11 @@ class PlacerEntry:
 
 
 def _greedy(proxy: str) -> Callable[[PlacerOptions], Placer]:
-    return lambda _options: GreedyPlacer(proxy)
+    return lambda options: GreedyPlacer(proxy, options.constraints)
+
+
+def _random(options: PlacerOptions) -> Placer:
+    return RandomPlacer(options.seed, options.constraints)
 
 
 def _dreamshard(options: PlacerOptions) -> Placer:
@@ -81,13 +90,15 @@ def _dreamshard(options: PlacerOptions) -> Placer:
     if options.samples < 0:
         raise InputError(f"--samples must be >= 0, got {options.samples}")
     model = DreamShardModel.load(options.model_dir)
-    return DreamShardPlacer(model, samples=options.samples, seed=options.seed)
+    return DreamShardPlacer(
+        model, samples=options.samples, seed=options.seed, constraints=options.constraints
+    )
 
 
 def _torchrec(options: PlacerOptions) -> Placer:
     from dreamshard.placers.torchrec import TorchRecPlacer
 
-    return TorchRecPlacer()
+    return TorchRecPlacer(constraints=options.constraints)
 
 
 def _rnn(options: PlacerOptions) -> Placer:
@@ -97,14 +108,17 @@ def _rnn(options: PlacerOptions) -> Placer:
     if options.backend is None:
         raise InputError("placer 'rnn' trains on measured costs: it needs a cost backend")
     backend = make_backend(options.backend, options.backend_options)
-    return RnnPlacer(backend, RnnConfig(budget=options.budget), seed=options.seed)
+    return RnnPlacer(
+        backend,
+        RnnConfig(budget=options.budget),
+        seed=options.seed,
+        constraints=options.constraints,
+    )
 
 
 #: Every placer by name, in display order.
 PLACERS: dict[str, PlacerEntry] = {
-    "random": PlacerEntry(
-        PlacerKind.RULE, lambda options: RandomPlacer(options.seed), "uniform device with room"
-    ),
+    "random": PlacerEntry(PlacerKind.RULE, _random, "uniform device with room"),
     **{
         proxy: PlacerEntry(PlacerKind.RULE, _greedy(proxy), f"expert rule on {proxy} cost")
         for proxy in PROXIES

@@ -10,9 +10,12 @@ on the hardware.
 Here the operations are embedding tables (largest memory first, so the memory mask
 rarely dead-ends), the run time is the cost backend's measured placement cost, and:
 
-- devices without room for the table are masked (the one masked-sampling helper,
-  :func:`dreamshard.method.policy.choose`); a sample that runs out of room is finished
-  ignoring memory, never measured, and penalised;
+- devices without room for the table, or that the user's constraints forbid (pins,
+  together and apart groups; :class:`dreamshard.data.constraints.ConstraintTracker`,
+  which reserves a together group's memory when its first table is placed), are masked
+  (the one masked-sampling helper, :func:`dreamshard.method.policy.choose`); a sample
+  that runs out of legal devices is finished ignoring the mask, never measured, and
+  penalised;
 - the REINFORCE baseline is a moving average of the measured costs, advantages are
   relative to it (scale-free), plus an entropy bonus;
 - the budget counts backend measurements; the best measured placement is returned.
@@ -28,6 +31,13 @@ import torch
 from torch import nn
 
 from dreamshard.constants import DEFAULT_SEED
+from dreamshard.data.constraints import (
+    ConstrainedInfeasibleError,
+    Constraints,
+    ConstraintSpec,
+    ConstraintTracker,
+    constraints_for,
+)
 from dreamshard.data.features import log_transform, network_features
 from dreamshard.errors import InfeasiblePlacementError, InputError
 from dreamshard.method.policy import choose
@@ -149,16 +159,23 @@ class RnnPlacer:
         config: Search settings.
         seed: Seed of the initial weights and the sampling (combined with the task name,
             so a task gets the same placement whatever was placed before it).
+        constraints: User constraints, resolved against each task placed; samples only
+            take devices they allow.
     """
 
     name = "rnn"
 
     def __init__(
-        self, backend: CostBackend, config: RnnConfig | None = None, seed: int = DEFAULT_SEED
+        self,
+        backend: CostBackend,
+        config: RnnConfig | None = None,
+        seed: int = DEFAULT_SEED,
+        constraints: ConstraintSpec | None = None,
     ) -> None:
         self.backend = backend
         self.config = config or RnnConfig()
         self.seed = seed
+        self.constraints = constraints
         #: Measurements spent on the last task placed, and on all tasks so far.
         self.last_measurements = 0
         self.total_measurements = 0
@@ -169,6 +186,7 @@ class RnnPlacer:
 
     def _place(self, task: Task) -> Placement:
         cfg = self.config
+        constraints = constraints_for(self.constraints, task)
         task_seed = [self.seed, zlib.crc32(task.name.encode())]
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence(task_seed).generate_state(1)[0])
@@ -193,7 +211,7 @@ class RnnPlacer:
         drawn = 0
         while measured < cfg.budget and drawn < max_samples:
             batch = min(cfg.samples_per_update, max(2, cfg.budget - measured))
-            samples = self._sample(policy, features, order, memory, task, batch, generator)
+            samples = self._sample(policy, features, order, task, constraints, batch, generator)
             drawn += batch
             ok = np.flatnonzero(samples.feasible)
             for i in samples.stuck_table[~samples.feasible]:
@@ -226,10 +244,19 @@ class RnnPlacer:
         self.total_measurements += measured
         if best is None:
             stuck = int(np.argmax(stuck_counts))
-            raise InfeasiblePlacementError(
-                task.tables[stuck].name,
-                int(memory[stuck]),
+            if constraints.is_empty:
+                raise InfeasiblePlacementError(
+                    task.tables[stuck].name,
+                    int(memory[stuck]),
+                    [d.memory_bytes for d in task.devices],
+                )
+            name = task.tables[stuck].name
+            raise ConstrainedInfeasibleError(
+                name,
+                constraints.reserved_bytes(task, stuck),
                 [d.memory_bytes for d in task.devices],
+                f"table {name!r} cannot be placed: in {drawn} sampled placements it found no "
+                f"device that its constraints allow with room for it",
             )
         return Placement(best[1])
 
@@ -238,18 +265,16 @@ class RnnPlacer:
         policy: Seq2SeqPolicy,
         features: torch.Tensor,
         order: list[int],
-        memory: np.ndarray,
         task: Task,
+        constraints: Constraints,
         batch: int,
         generator: torch.Generator,
     ) -> _Samples:
-        """``batch`` placements sampled from the policy, with the memory mask."""
+        """``batch`` placements sampled from the policy, with the memory and constraint mask."""
         num_devices = task.num_devices
-        capacity = torch.tensor([d.memory_bytes for d in task.devices], dtype=torch.int64)
-        used = torch.zeros(batch, num_devices, dtype=torch.int64)
+        tracker = ConstraintTracker(task, constraints, batch)
         feasible = torch.ones(batch, dtype=torch.bool)
         stuck_table = torch.full((batch,), -1, dtype=torch.int64)
-        device_of = torch.zeros(batch, task.num_tables, dtype=torch.int64)
         encoded = policy.encode(features)
         hidden = encoded.shape[1]
         state = (encoded.new_zeros(batch, hidden), encoded.new_zeros(batch, hidden))
@@ -257,8 +282,7 @@ class RnnPlacer:
         log_prob = encoded.new_zeros(batch)
         entropy = encoded.new_zeros(batch)
         for t, table in enumerate(order):
-            need = int(memory[table])
-            legal = used + need <= capacity
+            legal = torch.from_numpy(tracker.legal(table))
             stuck = ~legal.any(dim=1)
             if bool(stuck.any()):
                 stuck_table[stuck & feasible] = table
@@ -266,13 +290,12 @@ class RnnPlacer:
                 legal = legal | stuck.unsqueeze(1)  # finish ignoring memory; never measured
             logits, state = policy.step(encoded, t, previous, state)
             choice = choose(logits, legal, greedy=False, generator=generator)
-            device_of[:, table] = choice.actions
-            used[torch.arange(batch), choice.actions] += need
+            tracker.place(table, choice.actions.numpy())
             log_prob = log_prob + choice.log_prob
             entropy = entropy + choice.entropy
             previous = choice.actions
         return _Samples(
-            device_of=device_of.numpy(),
+            device_of=tracker.device_of,
             log_prob=log_prob,
             entropy=entropy / max(1, len(order)),
             feasible=feasible.numpy(),

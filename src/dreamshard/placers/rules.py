@@ -4,6 +4,12 @@ The "human expert" rules sort the tables by a cost proxy, largest first, and put
 on the device with the smallest running sum of that proxy among the devices with room
 (ties: the device with less memory used, then the lower index). The random placer puts
 each table on a device drawn uniformly among those with room.
+
+Both honour user constraints (:mod:`dreamshard.data.constraints`): a table may only take
+the devices its pins, together groups and apart groups allow, and a together group's
+memory is reserved on its device when its first table is placed. The expert rules place
+the tables whose device is pinned first, so they balance the others around them. Without
+constraints both place exactly as the rules above.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from dreamshard.constants import DEFAULT_SEED
-from dreamshard.errors import InfeasiblePlacementError, InputError
+from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
+from dreamshard.errors import InputError
 from dreamshard.types import Placement, TableSpec, Task
 
 #: Cost proxies of the expert rules, by placer name.
@@ -27,39 +34,42 @@ PROXIES: dict[str, Callable[[TableSpec], float]] = {
 }
 
 
-def _infeasible(task: Task, table: int, used: list[int]) -> InfeasiblePlacementError:
-    free = [d.memory_bytes - u for d, u in zip(task.devices, used, strict=True)]
-    t = task.tables[table]
-    return InfeasiblePlacementError(t.name, task.table_memory_bytes(t), free)
-
-
 class GreedyPlacer:
-    """Expert rule: largest proxy first, onto the device with the smallest proxy sum."""
+    """Expert rule: largest proxy first, onto the device with the smallest proxy sum.
 
-    def __init__(self, proxy: str) -> None:
+    Args:
+        proxy: The cost proxy, a key of :data:`PROXIES`.
+        constraints: User constraints, resolved against each task placed.
+    """
+
+    def __init__(self, proxy: str, constraints: ConstraintSpec | None = None) -> None:
         if proxy not in PROXIES:
             raise InputError(f"unknown proxy {proxy!r} (known: {', '.join(PROXIES)})")
         self.name = proxy
+        self.constraints = constraints
         self._proxy = PROXIES[proxy]
 
     def place(self, task: Task) -> Placement:
+        constraints = constraints_for(self.constraints, task)
         proxies = [self._proxy(t) for t in task.tables]
         # Stable sort: equal proxies keep table order, so the result is deterministic.
-        order = sorted(range(task.num_tables), key=lambda i: -proxies[i])
+        # Tables with a pinned device come first, so the others balance around them.
+        order = sorted(
+            range(task.num_tables),
+            key=lambda i: (constraints.pinned_device(i) is None, -proxies[i]),
+        )
+        tracker = ConstraintTracker(task, constraints)
+        used = tracker.used[0]
         load = [0.0] * task.num_devices
-        used = [0] * task.num_devices
         device_of = [0] * task.num_tables
         for i in order:
-            need = task.table_memory_bytes(task.tables[i])
-            room = [
-                d for d in range(task.num_devices) if used[d] + need <= task.devices[d].memory_bytes
-            ]
+            room = tracker.allowed(i)
             if not room:
-                raise _infeasible(task, i, used)
-            best = min(room, key=lambda d: (load[d], used[d], d))
+                raise tracker.infeasible(i)
+            best = min(room, key=lambda d: (load[d], int(used[d]), d))
             device_of[i] = best
             load[best] += proxies[i]
-            used[best] += need
+            tracker.place(i, [best])
         return Placement(tuple(device_of))
 
 
@@ -68,28 +78,29 @@ class RandomPlacer:
 
     The random stream depends on the seed and the task's name only, so a task gets the
     same placement whatever else was placed before it.
+
+    Args:
+        seed: Seed of the draws.
+        constraints: User constraints, resolved against each task placed.
     """
 
     name = "random"
 
-    def __init__(self, seed: int = DEFAULT_SEED) -> None:
+    def __init__(self, seed: int = DEFAULT_SEED, constraints: ConstraintSpec | None = None) -> None:
         self.seed = seed
+        self.constraints = constraints
 
     def place(self, task: Task) -> Placement:
         rng = np.random.default_rng([self.seed, zlib.crc32(task.name.encode())])
+        tracker = ConstraintTracker(task, constraints_for(self.constraints, task))
         memory = [task.table_memory_bytes(t) for t in task.tables]
         order = sorted(range(task.num_tables), key=lambda i: -memory[i])
-        used = [0] * task.num_devices
         device_of = [0] * task.num_tables
         for i in order:
-            room = [
-                d
-                for d in range(task.num_devices)
-                if used[d] + memory[i] <= task.devices[d].memory_bytes
-            ]
+            room = tracker.allowed(i)
             if not room:
-                raise _infeasible(task, i, used)
+                raise tracker.infeasible(i)
             choice = room[int(rng.integers(len(room)))]
             device_of[i] = choice
-            used[choice] += memory[i]
+            tracker.place(i, [choice])
         return Placement(tuple(device_of))

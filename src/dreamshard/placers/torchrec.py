@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEVICE_TYPES
+from dreamshard.data.constraints import ConstraintSpec
 from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
 from dreamshard.types import Placement, Task
 
@@ -143,13 +144,29 @@ class TorchRecPlacer:
         compute_device: ``"cpu"`` (default; the package's measuring backends run on CPU)
             or ``"cuda"``: which hardware TorchRec's estimators assume.
         batch_size: Global batch size TorchRec's estimators assume.
+        constraints: User constraints; any non-empty ones are refused, since TorchRec's
+            ``ParameterConstraints`` cannot put a table on a given rank (torchrec issue
+            #2642), keep tables together or apart.
+
+    Raises:
+        InputError: for non-empty ``constraints``.
     """
 
     name = "torchrec"
 
-    def __init__(self, compute_device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        compute_device: str = "cpu",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        constraints: ConstraintSpec | None = None,
+    ) -> None:
         if compute_device not in DEVICE_TYPES:
             raise InputError(f"compute device {compute_device!r}: use one of {DEVICE_TYPES}")
+        if constraints is not None and not constraints.is_empty:
+            raise InputError(
+                "placer 'torchrec' cannot honour constraints (TorchRec's planner has no "
+                "per-rank pinning; see torchrec issue #2642)"
+            )
         self.compute_device = compute_device
         self.batch_size = batch_size
 

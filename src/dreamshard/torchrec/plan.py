@@ -136,7 +136,8 @@ def plan_from_placement_file(
             :func:`dreamshard.evaluation.placement_file.read_placement_file`; its
             ``placement``, ``devices`` and ``tables_file`` fields are used).
         tables_path: The table file the placement was made for; default: the file the
-            placement names in ``tables_file`` (as written, else beside the placement).
+            placement names in ``tables_file`` (as written, else relative to the
+            placement file's folder).
         module_path: Path of the ``EmbeddingBagCollection`` in the user's model.
 
     Raises:
@@ -154,9 +155,7 @@ def plan_from_placement_file(
         named = record.tables_file
         if named is None:
             raise InputError(f"{where}: no field 'tables_file': pass the table file (--tables)")
-        tables_path = Path(named)
-        if not tables_path.is_file() and (Path(path).parent / named).is_file():
-            tables_path = Path(path).parent / named
+        tables_path = _named_tables_file(named, Path(path), where)
     tables = load_tables(tables_path)
     known = {t.name for t in tables}
     for name in names:
@@ -186,6 +185,20 @@ def plan_from_placement_file(
         return plan_from_placement(task, Placement(tuple(device_of)), module_path, source)
     except InvalidPlacementError as err:
         raise InputError(f"{where}: {err}") from None
+
+
+def _named_tables_file(named: str, placement_path: Path, where: str) -> Path:
+    """The table file a placement file names: as written (absolute, or relative to the
+    working folder, as files before absolute names have it), else relative to the
+    placement file's folder (files moved together with their tables)."""
+    candidates = [Path(named), placement_path.parent / named]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise InputError(
+        f"{where}: field 'tables_file': {named}: file not found (also looked in "
+        f"{placement_path.parent}); pass the table file with --tables"
+    )
 
 
 # -- plan files -------------------------------------------------------------------------

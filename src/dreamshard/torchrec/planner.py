@@ -22,6 +22,7 @@ TorchRec is imported lazily, inside these classes and functions.
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,14 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 
 from dreamshard.constants import DEFAULT_SEED, DEVICE_TYPES
-from dreamshard.data.tables import table_from_record
+from dreamshard.data.tables import (
+    DEFAULT_POOLING_FACTOR,
+    DEFAULT_ZIPF_SKEW,
+    default_access_histograms,
+    table_from_record,
+)
 from dreamshard.data.tasks import make_task
+from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
 from dreamshard.torchrec.plan import (
     ModelTable,
@@ -53,14 +60,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Pooling factor assumed for a table without statistics: TorchRec's own planner default
-#: (``torchrec.distributed.planner.constants.POOLING_FACTOR``), so both planners assume
-#: the same when told nothing.
-DEFAULT_POOLING_FACTOR = 1.0
-
-#: Zipf exponent of the access histogram assumed for a table without one: the middle of
-#: the synthetic pools' range (``dreamshard.data.synthetic.SKEW_RANGE``, 0 to 1.2).
-DEFAULT_ZIPF_SKEW = 0.6
+# The defaults for a table without statistics are those of table files
+# (dreamshard.data.tables: DEFAULT_POOLING_FACTOR, TorchRec's own planner default, and a
+# Zipf(DEFAULT_ZIPF_SKEW) access histogram), so a table means the same in both.
 
 
 # -- statistics -------------------------------------------------------------------------
@@ -97,7 +99,6 @@ def table_spec(table: ModelTable, stats: TableStats | None) -> tuple[TableSpec, 
         InputError: naming the table and the statistic, for malformed statistics.
     """
     from dreamshard.data.features import table_from_ids
-    from dreamshard.data.synthetic import expected_access_histograms
 
     stats = stats or TableStats()
     pooling = stats.pooling_factor
@@ -122,8 +123,7 @@ def table_spec(table: ModelTable, stats: TableStats | None) -> tuple[TableSpec, 
                 f"statistics of table {table.name!r}: field 'pooling_factor' must be "
                 f"positive, got {pooling}"
             )
-        expected = expected_access_histograms([table.rows], [pooling], [DEFAULT_ZIPF_SKEW])
-        hist = [float(x) for x in expected[0]]
+        hist = list(default_access_histograms([table.rows], [pooling])[0])
         defaulted.append("access_hist")
     record = {
         "name": table.name,
@@ -141,29 +141,47 @@ def table_spec(table: ModelTable, stats: TableStats | None) -> tuple[TableSpec, 
 
 @dataclass(frozen=True)
 class PlannerTopology:
-    """Devices to plan for.
+    """Devices to plan for, each with its own memory.
 
     Attributes:
         memory_bytes: Memory each rank has for embedding tables (weights and optimizer
-            state), one entry per rank.
+            state), one entry per rank (a list is accepted).
         compute_device: ``"cuda"`` or ``"cpu"``: where the tables will live.
         local_world_size: Ranks per host (default: all on one host).
+        names: A name per rank (default ``rank0``, ``rank1``, ...), as a topology file
+            gives them.
     """
 
     memory_bytes: tuple[int, ...]
     compute_device: str = "cuda"
     local_world_size: int | None = None
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.names is not None:
+            object.__setattr__(self, "names", tuple(self.names))
         if not self.memory_bytes:
             raise InputError("topology: needs at least one rank")
-        if any(m <= 0 for m in self.memory_bytes):
-            raise InputError("topology: every rank's memory must be positive")
+        for k, m in enumerate(self.memory_bytes):
+            if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m <= 0:
+                raise InputError(
+                    f"topology: rank {k}: memory must be a positive integer, got {m!r}"
+                )
+        # A list, or numpy integers, become the tuple of ints the field promises.
+        object.__setattr__(self, "memory_bytes", tuple(int(m) for m in self.memory_bytes))
         if self.compute_device not in DEVICE_TYPES:
             raise InputError(
                 f"topology: compute device {self.compute_device!r}, use one of "
                 f"{', '.join(DEVICE_TYPES)}"
             )
+        if self.names is not None:
+            if len(self.names) != len(self.memory_bytes):
+                raise InputError(
+                    f"topology: {len(self.names)} names for {len(self.memory_bytes)} ranks"
+                )
+            twice = [n for k, n in enumerate(self.names) if n in self.names[:k]]
+            if twice:
+                raise InputError(f"topology: rank name {twice[0]!r} is given twice")
 
     @property
     def world_size(self) -> int:
@@ -179,8 +197,30 @@ class PlannerTopology:
         return cls((memory_bytes,) * world_size, compute_device)
 
     @classmethod
+    def from_devices(
+        cls,
+        devices: Sequence[Device],
+        compute_device: str = "cuda",
+        local_world_size: int | None = None,
+    ) -> PlannerTopology:
+        """One rank per device, in order, with its memory and name."""
+        return cls(
+            tuple(d.memory_bytes for d in devices),
+            compute_device,
+            local_world_size,
+            tuple(d.name for d in devices),
+        )
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, compute_device: str = "cuda", local_world_size: int | None = None
+    ) -> PlannerTopology:
+        """From a topology file (:func:`dreamshard.data.topology.load_topology`)."""
+        return cls.from_devices(load_topology(path), compute_device, local_world_size)
+
+    @classmethod
     def from_torchrec(cls, topology: Any) -> PlannerTopology:
-        """From a TorchRec ``Topology``: HBM per device on ``cuda``, DDR on ``cpu``."""
+        """From a TorchRec ``Topology``: each device's own HBM on ``cuda``, DDR on ``cpu``."""
         device = str(topology.compute_device)
         if device not in DEVICE_TYPES:
             raise InputError(f"topology: compute device {device!r} is not supported")
@@ -190,7 +230,8 @@ class PlannerTopology:
         return cls(memory, device, int(topology.local_world_size))
 
     def devices(self) -> tuple[Device, ...]:
-        return tuple(Device(f"rank{k}", m) for k, m in enumerate(self.memory_bytes))
+        names = self.names or tuple(f"rank{k}" for k in range(self.world_size))
+        return tuple(Device(n, m) for n, m in zip(names, self.memory_bytes, strict=True))
 
 
 # -- fused optimizer --------------------------------------------------------------------

@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dreamshard.backends import BackendOptions, make_backend
+from dreamshard.data.constraints import constraints_for
 from dreamshard.evaluation.evaluate import Evaluation, evaluate
 from dreamshard.placers.registry import PlacerOptions, make_placer
-from dreamshard.types import CostBackend, Placement, PlacementCost, Placer, Task
+from dreamshard.types import (
+    CostBackend,
+    MeasurementConditions,
+    Placement,
+    PlacementCost,
+    Placer,
+    ReportsConditions,
+    Task,
+)
 
 if TYPE_CHECKING:  # torch loads only when a model is trained, not to place or compare
     from dreamshard.method.checkpoint import DreamShardModel
@@ -93,7 +102,7 @@ def train_model(
             the end.
         indent: Prefix of every logged line.
     """
-    from dreamshard.method.train import Trainer
+    from dreamshard.method.train import Trainer, training_lock
 
     folder = Path(out_dir)
 
@@ -101,16 +110,20 @@ def train_model(
         if log is not None:
             log(indent + iteration_line(report))
 
-    trainer = Trainer(config, tasks, backend, folder, on_iteration=on_iteration)
-    resumed_at = trainer.state.iteration if resume and trainer.resume() else None
-    if log is not None:
-        if resumed_at is not None:
-            log(f"{indent}resumed {folder} at iteration {resumed_at}")
-        log(
-            f"{indent}training on {len(tasks)} tasks, backend {backend.name}, "
-            f"{config.iterations} iterations x {config.measurements_per_iteration} measurements"
-        )
-    model = trainer.run()
+    # The lock spans reading the checkpoint to writing the last one: a second run of the
+    # folder is refused instead of interleaving its checkpoints with this one's.
+    with training_lock(folder):
+        trainer = Trainer(config, tasks, backend, folder, on_iteration=on_iteration)
+        resumed_at = trainer.state.iteration if resume and trainer.resume() else None
+        if log is not None:
+            if resumed_at is not None:
+                log(f"{indent}resumed {folder} at iteration {resumed_at}")
+            log(
+                f"{indent}training on {len(tasks)} tasks, backend {backend.name}, "
+                f"{config.iterations} iterations x {config.measurements_per_iteration} "
+                "measurements"
+            )
+        model = trainer.run()
     trained = TrainedModel(model, folder, tuple(trainer.state.history), resumed_at)
     if log is not None:
         log(
@@ -134,6 +147,7 @@ class PlacedTask:
         place_time_ms: Wall time the placer took.
         backend: Name of the backend that measured it.
         cost: The measured cost.
+        conditions: How quiet the machine was (measuring backends only).
     """
 
     task: Task
@@ -142,6 +156,7 @@ class PlacedTask:
     place_time_ms: float
     backend: str
     cost: PlacementCost
+    conditions: MeasurementConditions | None = None
 
 
 def place_and_measure(
@@ -166,10 +181,12 @@ def place_and_measure(
     start = time.perf_counter()
     placement = chosen.place(task)
     place_ms = (time.perf_counter() - start) * 1e3
+    constraints_for(placer_options.constraints, task).check(placement, task)
     with (progress or _no_progress)(f"measuring on {backend}") as on_progress:
         cost_backend = make_backend(backend, backend_options, on_progress)
         (cost,) = cost_backend.measure(task, [placement])
-    return PlacedTask(task, chosen.name, placement, place_ms, cost_backend.name, cost)
+    conditions = cost_backend.conditions() if isinstance(cost_backend, ReportsConditions) else None
+    return PlacedTask(task, chosen.name, placement, place_ms, cost_backend.name, cost, conditions)
 
 
 @dataclass(frozen=True)
@@ -221,7 +238,13 @@ def compare_placers(
     description = f"evaluating {len(placer_objs)} placers on {backend}"
     with (progress or _no_progress)(description) as on_task_done:
         cost_backend: CostBackend = make_backend(backend, backend_options)
-        result = evaluate(tasks, placer_objs, cost_backend, on_task_done=on_task_done)
+        result = evaluate(
+            tasks,
+            placer_objs,
+            cost_backend,
+            on_task_done=on_task_done,
+            constraints=placer_options.constraints,
+        )
     estimates = None
     if "torchrec" in placers:
         from dreamshard.evaluation.torchrec_estimates import torchrec_estimates

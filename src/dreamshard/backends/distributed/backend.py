@@ -44,6 +44,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ from typing import TypeVar
 import numpy as np
 import torch.distributed as dist
 
+from dreamshard.backends.base import assess_conditions, load_average
 from dreamshard.backends.distributed.group import (
     RankGroup,
     SpawnedGroup,
@@ -79,7 +81,7 @@ from dreamshard.backends.distributed.worker import (
 from dreamshard.backends.kernels import FBGEMM_KERNEL, select_kernel
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEVICE_TYPES
 from dreamshard.errors import BackendError, InputError, ServedAsWorker
-from dreamshard.types import Placement, PlacementCost, StageCosts, Task
+from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts, Task
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,13 @@ class DistributedBackend:
             )
             results.extend(_placement_costs(command, gathered, self.name))
         return results
+
+    def conditions(self) -> MeasurementConditions:
+        """Signs of a loaded machine: the load average now, beyond the cores the ranks
+        themselves keep busy (this backend times no reference shard)."""
+        cpus = os.cpu_count() or 1
+        ranks = self.world_size or 1
+        return assess_conditions([], None, load_average(), cpus, measuring_cores=min(ranks, cpus))
 
     def measure_comm(
         self, points: Sequence[CommPoint], timing: TimingSettings | None = None

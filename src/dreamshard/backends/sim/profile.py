@@ -22,6 +22,7 @@ import numpy as np
 
 from dreamshard.backends.comm import VOLUME_MODES, AllToAllModel
 from dreamshard.errors import InputError
+from dreamshard.fileio import atomic_write_text, parse_json, read_text
 from dreamshard.types import FloatArray
 
 #: Version of the profile JSON format written by ``SimProfile.to_dict``. Version 2 has
@@ -193,10 +194,17 @@ class SimProfile:
         )
         if comm.get("volume", "max") not in VOLUME_MODES:
             raise InputError(f"{source}: comm.volume must be one of {', '.join(VOLUME_MODES)}")
-        for key in ("latency_ms", "bandwidth_gbps"):
+        for key, least, word in (("latency_ms", 0.0, ">= 0"), ("bandwidth_gbps", None, "> 0")):
             value = comm[key]
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise InputError(f"{source}: comm.{key} must be a non-negative number")
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or (value < least if least is not None else value <= 0)
+            ):
+                raise InputError(
+                    f"{source}: comm.{key} must be a finite number {word}, got {value!r}"
+                )
         if not isinstance(comm["source"], str):
             raise InputError(f"{source}: comm.source must be a string")
         try:
@@ -224,15 +232,11 @@ class SimProfile:
     @classmethod
     def from_json(cls, text: str, source: str = "profile") -> SimProfile:
         """Parse a profile from JSON text; ``source`` names it in error messages."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{source}: not valid JSON ({err})") from err
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_json(text, source), source)
 
     def save(self, path: str | Path) -> None:
-        """Write the profile as JSON to ``path``."""
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        """Write the profile as JSON to ``path``, atomically."""
+        atomic_write_text(path, self.to_json())
 
 
 def _check_keys(data: dict[str, Any], expected: set[str], source: str) -> None:
@@ -269,7 +273,7 @@ def load_profile(name_or_path: str | Path) -> SimProfile:
         path = Path(name_or_path)
         if not path.is_file():
             raise InputError(f"profile file {str(path)!r} does not exist")
-        return SimProfile.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        return SimProfile.from_json(read_text(path, encoding="utf-8"), source=str(path))
     names = available_profiles()
     if text_name not in names:
         raise InputError(

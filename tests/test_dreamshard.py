@@ -1,0 +1,52 @@
+"""The DreamShard placer (placers/dreamshard.py): user constraints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreamshard.data.constraints import (
+    ConstrainedInfeasibleError,
+    parse_constraints,
+    resolve_constraints,
+)
+from dreamshard.data.features import FeatureNormalizer
+from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.placers.dreamshard import DreamShardPlacer
+from dreamshard.types import Device, Task
+
+from .conftest import table
+
+TABLES = [
+    table("a", 1000, 16, 2.0),
+    table("b", 250, 32, 1.0),
+    table("c", 500, 8, 10.0),
+    table("d", 8000, 4, 1.0),
+]
+
+
+def task(memory: list[int]) -> Task:
+    return Task("t", tuple(TABLES), tuple(Device(f"dev{i}", m) for i, m in enumerate(memory)))
+
+
+@pytest.fixture
+def model() -> DreamShardModel:
+    torch.manual_seed(0)
+    return DreamShardModel(normalizer=FeatureNormalizer.fit(TABLES))
+
+
+def test_dreamshard_honours_constraints(model: DreamShardModel) -> None:
+    t = task([10**9] * 3)
+    raw = parse_constraints({"pin": {"d": 2}, "together": [["a", "c"]], "apart": [["a", "b", "d"]]})
+    rules = resolve_constraints(raw, t)
+    for samples in (0, 8):
+        placement = DreamShardPlacer(model, samples=samples, constraints=raw).place(t)
+        placement.validate(t)
+        rules.check(placement, t)
+
+
+def test_dreamshard_reports_unplaceable_constraints(model: DreamShardModel) -> None:
+    t = task([130_000, 100_000])
+    raw = parse_constraints({"apart": [["a", "d"]], "together": [["b", "c"]]})
+    with pytest.raises(ConstrainedInfeasibleError, match=r"cannot be placed"):
+        DreamShardPlacer(model, constraints=raw).place(t)
