@@ -264,6 +264,19 @@ def test_planner_puts_the_big_table_on_the_big_rank(model_dir: Path, single_thre
     assert ranks == {"a": [1], "b": [1], "c": [1], "d": [0]}
 
 
+def test_planner_honours_constraints(model_dir: Path, single_thread: None) -> None:
+    topology = PlannerTopology.uniform(world_size=3, memory_bytes=10**9)
+    rules = {"pin": {"d": 2}, "together": [["a", "b"]], "apart": [["a", "c"]]}
+    planner = DreamShardPlanner(topology, model_dir, FULL_STATS, constraints=rules)
+    ranks = ranks_of_tables(planner.plan(make_ebc()))[""]
+    assert ranks["d"] == [2]
+    assert ranks["a"] == ranks["b"] != ranks["c"]
+    with pytest.raises(InputError, match="unknown table 'zz'"):
+        DreamShardPlanner(topology, model_dir, FULL_STATS, constraints={"pin": {"zz": 0}}).plan(
+            make_ebc()
+        )
+
+
 def test_torchrec_placer_puts_the_big_table_on_the_big_device() -> None:
     # huge (64 MB) fits only dev1 (80 MB); dev0 (20 MB) holds one of the 12 MB tables.
     tables = [table("huge", rows=1_000_000), table("m1", rows=187_500), table("m2", rows=187_500)]

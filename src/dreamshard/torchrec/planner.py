@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 
 from dreamshard.constants import DEFAULT_SEED, DEVICE_TYPES
+from dreamshard.data.constraints import ConstraintSpec, parse_constraints
 from dreamshard.data.tables import (
     DEFAULT_POOLING_FACTOR,
     DEFAULT_ZIPF_SKEW,
@@ -340,6 +341,10 @@ class DreamShardPlanner:
         samples: Extra placements sampled from the policy and rated by the cost network.
         seed: Seed of that sampling.
         allow_missing_stats: Accept ``table_stats`` that miss some tables.
+        constraints: Tables to pin to ranks, keep together or apart: a
+            :class:`~dreamshard.data.constraints.ConstraintSpec`, or the same as a
+            constraints file's JSON (``{"pin": {"user_id": 0}, "together": [...],
+            "apart": [...]}``; devices by rank or by ``PlannerTopology`` name).
     """
 
     def __init__(
@@ -351,6 +356,7 @@ class DreamShardPlanner:
         samples: int = 0,
         seed: int = DEFAULT_SEED,
         allow_missing_stats: bool = False,
+        constraints: ConstraintSpec | Mapping[str, Any] | None = None,
     ) -> None:
         from dreamshard.method.checkpoint import DreamShardModel
         from dreamshard.placers.dreamshard import DreamShardPlacer
@@ -363,7 +369,12 @@ class DreamShardPlanner:
         loaded = model if isinstance(model, DreamShardModel) else DreamShardModel.load(model)
         if samples < 0:
             raise InputError(f"samples must be >= 0, got {samples}")
-        self._placer = DreamShardPlacer(loaded, samples=samples, seed=seed)
+        spec = (
+            constraints
+            if constraints is None or isinstance(constraints, ConstraintSpec)
+            else parse_constraints(constraints, "constraints")
+        )
+        self._placer = DreamShardPlacer(loaded, samples=samples, seed=seed, constraints=spec)
         self.table_stats = dict(table_stats) if table_stats is not None else None
         self.optimizer = optimizer
         self.allow_missing_stats = allow_missing_stats
