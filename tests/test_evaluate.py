@@ -90,3 +90,19 @@ def test_a_placement_that_breaks_the_constraints_counts_as_a_failure() -> None:
     assert broken.error.startswith("broke a constraint:") and "'a'" in broken.error
     kept = result.result("size", "t")
     assert kept.placement is not None and kept.placement.device_of[0] == 1
+
+
+def test_paired_statistics_against_the_best_baseline() -> None:
+    from dreamshard.evaluation.stats import paired_comparison
+
+    tasks = [task([table(f"{n}{k}") for k in range(4)], [10**9] * 4, name=n) for n in "abc"]
+    placers = [GreedyPlacer("size"), RandomPlacer(seed=1)]
+    result = evaluate(tasks, placers, TablesPerDevice())
+    best = result.best_baseline()
+    assert best is not None
+    (other,) = result.paired()
+    assert other.baseline == best and other.placer != best
+    common = result.common_tasks()
+    cost = {p: [result.result(p, t).cost.cost_ms for t in common] for p in result.placers}  # type: ignore[union-attr]
+    assert other == paired_comparison(other.placer, cost[other.placer], best, cost[best])
+    assert result.to_json()["paired_vs_best_baseline"][0]["geomean_ratio"] == other.geomean_ratio

@@ -108,8 +108,11 @@ def render_report(results: BenchmarkResults) -> str:
     add(
         "Mean and standard deviation of the measured cost over the test tasks every placer "
         "placed; `ratio` is the mean per-task cost relative to the strongest baseline "
-        "(± std over tasks); `place ms` is the mean time to produce one placement (for "
-        "`rnn` it includes its per-task training on the backend)."
+        "(± std over tasks); `geo-mean ratio` is the geometric mean of those ratios with "
+        "its bootstrap 95% CI over tasks (`*`: the interval excludes 1) and `wins/losses` "
+        "count the tasks cheaper/dearer than the strongest baseline; `place ms` is the mean "
+        "time to produce one placement (for `rnn` it includes its per-task training on the "
+        "backend)."
     )
     for name, s in suites.items():
         spec = s.spec
@@ -125,8 +128,11 @@ def render_report(results: BenchmarkResults) -> str:
             f"{s.memory_binds_tasks} of {s.tasks}."
         )
         add("")
-        add("| placer | mean cost ms | std ms | ratio to strongest | place ms | failures |")
-        add("|---|---:|---:|---:|---:|---:|")
+        add(
+            "| placer | mean cost ms | std ms | ratio to strongest | geo-mean ratio [95% CI] "
+            "| wins/losses | place ms | failures |"
+        )
+        add("|---|---:|---:|---:|---:|---:|---:|---:|")
         for p in s.main_placers:
             st = s.placers[p]
             ratio = (
@@ -136,8 +142,16 @@ def render_report(results: BenchmarkResults) -> str:
             )
             noise = st.mean_measurement_rel_spread
             mean = f"{st.mean_cost_ms:.3f}" + (f" (±{noise * 100:.1f}%)" if noise else "")
+            c = st.paired_to_strongest
+            geo = (
+                f"{c.geomean_ratio:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]"
+                + ("*" if c.significant else "")
+                if c is not None
+                else "-"
+            )
+            wins = f"{c.wins}/{c.losses}" if c is not None else "-"
             add(
-                f"| {p} | {mean} | {st.std_cost_ms:.3f} | {ratio} | "
+                f"| {p} | {mean} | {st.std_cost_ms:.3f} | {ratio} | {geo} | {wins} | "
                 f"{st.mean_place_time_ms:.1f} | {st.failures} |"
             )
         add("")

@@ -22,6 +22,7 @@ from typing import Any
 from dreamshard.bench.config import BenchmarkConfig, FamilySpec, SuiteSpec
 from dreamshard.errors import InputError
 from dreamshard.evaluation.evaluate import Evaluation, TaskResult
+from dreamshard.evaluation.stats import PairedComparison
 from dreamshard.fileio import read_json
 from dreamshard.method.train import IterationReport
 from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts
@@ -66,6 +67,10 @@ class PlacerStats:
             deterministic backend).
         mean_place_time_ms: Mean wall time to place one task (all tasks).
         failures: Tasks it found no placement within memory for.
+        paired_to_strongest: Geometric mean of the per-task cost ratios to the strongest
+            baseline, its bootstrap 95% CI and the tasks won/lost/tied
+            (:mod:`dreamshard.evaluation.stats`); None for the strongest itself, without
+            one, and in results written before it existed.
     """
 
     mean_cost_ms: float
@@ -75,13 +80,20 @@ class PlacerStats:
     mean_measurement_rel_spread: float | None
     mean_place_time_ms: float
     failures: int
+    paired_to_strongest: PairedComparison | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Any, where: str = "placer") -> PlacerStats:
-        return cls(**_fields(cls, data, where))
+        fields = _fields(cls, data, where)
+        paired = fields.get("paired_to_strongest")
+        if paired is not None:
+            fields["paired_to_strongest"] = PairedComparison(
+                **_fields(PairedComparison, paired, f"{where}.paired_to_strongest")
+            )
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

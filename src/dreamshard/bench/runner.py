@@ -171,6 +171,7 @@ def summarize_suite(
     strongest = min(baselines, key=lambda p: means[p]) if baselines and common else None
     free = [p for p in baselines if not spends_measurements(p)]
     strongest_free = min(free, key=lambda p: means[p]) if free and common else None
+    paired = {c.placer: c for c in evaluation.paired(strongest)} if strongest else {}
     per_placer: dict[str, PlacerStats] = {}
     for p in evaluation.placers:
         mine = [r for r in evaluation.results if r.placer == p]
@@ -184,6 +185,7 @@ def summarize_suite(
             mean_measurement_rel_spread=float(np.mean(spreads)) if spreads else None,
             mean_place_time_ms=float(np.mean([r.place_time_ms for r in mine])),
             failures=sum(r.cost is None for r in mine),
+            paired_to_strongest=paired.get(p),
         )
     standing = None
     if LEARNED_PLACER in costs and strongest is not None and len(common):

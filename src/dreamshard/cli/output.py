@@ -199,6 +199,25 @@ def print_evaluation(result: Evaluation) -> None:
             str(s.failures),
         )
     out_console.print(summary)
+    paired = result.paired()
+    if paired:
+        table = Table(
+            title=f"per-task cost ratio to {paired[0].baseline} (geometric mean, bootstrap "
+            f"{paired[0].confidence:.0%} CI over {paired[0].tasks} tasks; < 1 is cheaper)"
+        )
+        for column in ("placer", "ratio", "95% CI", "wins", "losses", "ties"):
+            table.add_column(column, justify="left" if column == "placer" else "right")
+        for c in paired:
+            table.add_row(
+                c.placer,
+                f"{c.geomean_ratio:.3f}" + ("*" if c.significant else ""),
+                f"[{c.ci_low:.3f}, {c.ci_high:.3f}]",
+                str(c.wins),
+                str(c.losses),
+                str(c.ties),
+            )
+        out_console.print(table)
+        out_console.print("* the interval excludes 1", highlight=False)
 
 
 def print_torchrec_estimates(result: Evaluation, estimates: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.errors import InfeasiblePlacementError, InvalidPlacementError
+from dreamshard.evaluation.stats import PairedComparison, paired_comparison
 from dreamshard.placers.registry import is_baseline
 from dreamshard.types import (
     CostBackend,
@@ -90,6 +91,20 @@ class Evaluation:
             return None
         return min(baselines, key=lambda p: means[p])
 
+    def paired(self, baseline: str | None = None) -> list[PairedComparison]:
+        """Every other placer against ``baseline`` (default: the best baseline), task by
+        task over the tasks every placer placed (:mod:`dreamshard.evaluation.stats`)."""
+        against = baseline if baseline is not None else self.best_baseline()
+        common = self.common_tasks()
+        if against is None or not common:
+            return []
+        theirs = [self._cost(against, t) for t in common]
+        return [
+            paired_comparison(p, [self._cost(p, t) for t in common], against, theirs)
+            for p in self.placers
+            if p != against
+        ]
+
     def _means(self) -> dict[str, float]:
         common = self.common_tasks()
         if not common:
@@ -136,6 +151,9 @@ class Evaluation:
             "common_tasks": self.common_tasks(),
             "best_baseline": self.best_baseline(),
             "summary": [vars(s) for s in self.summary()],
+            "paired_vs_best_baseline": [
+                {**asdict(c), "significant": c.significant} for c in self.paired()
+            ],
             "results": [_result_json(r) for r in self.results],
             **(
                 {
