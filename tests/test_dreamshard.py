@@ -11,6 +11,7 @@ from dreamshard.data.constraints import (
     resolve_constraints,
 )
 from dreamshard.data.features import FeatureNormalizer
+from dreamshard.errors import InfeasiblePlacementError
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.placers.dreamshard import DreamShardPlacer
 from dreamshard.types import Device, Task
@@ -50,3 +51,30 @@ def test_dreamshard_reports_unplaceable_constraints(model: DreamShardModel) -> N
     raw = parse_constraints({"apart": [["a", "d"]], "together": [["b", "c"]]})
     with pytest.raises(ConstrainedInfeasibleError, match=r"cannot be placed"):
         DreamShardPlacer(model, constraints=raw).place(t)
+
+
+def test_dead_ended_policy_falls_back_to_a_memory_packing(
+    model: DreamShardModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    import dreamshard.placers.dreamshard as placer_module
+    from dreamshard.data.tasks import first_fit_decreasing
+    from dreamshard.method.mdp import rollout
+
+    def dead_ends(*args: object, **kwargs: object) -> object:
+        result = rollout(*args, **kwargs)  # type: ignore[arg-type]
+        last = args[2].order[-1]  # type: ignore[attr-defined]  # stuck on the last table
+        return replace(
+            result,
+            feasible=torch.zeros_like(result.feasible),
+            stuck_table=torch.full_like(result.stuck_table, last),
+        )
+
+    monkeypatch.setattr(placer_module, "rollout", dead_ends)
+    t = task([10**9, 10**9])
+    assert DreamShardPlacer(model).place(t) == first_fit_decreasing(t)
+    # With constraints the packing (which ignores them) is no way out: still an error.
+    pinned = parse_constraints({"pin": {"a": 1}})
+    with pytest.raises(InfeasiblePlacementError):
+        DreamShardPlacer(model, constraints=pinned).place(t)

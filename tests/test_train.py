@@ -492,3 +492,36 @@ def test_a_folder_that_cannot_be_locked_is_refused(
         training_lock(tmp_path),
     ):
         pass
+
+
+def test_a_policy_that_dead_ends_falls_back_to_a_memory_packing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dreamshard.method.train as train_module
+    from dreamshard.data.tasks import first_fit_decreasing
+
+    def dead_ends(*args: Any, **kwargs: Any) -> Any:
+        result = rollout(*args, **kwargs)
+        return replace(result, feasible=torch.zeros_like(result.feasible))
+
+    monkeypatch.setattr(train_module, "rollout", dead_ends)
+    tasks = training_tasks()
+    trainer = Trainer(CONFIG, tasks, SimBackend(), tmp_path)
+    with caplog.at_level("WARNING", logger="dreamshard.method.train"):
+        new = trainer.collect()
+    assert trainer.fallback_placements == CONFIG.measurements_per_iteration
+    assert all(m.placement == first_fit_decreasing(m.task) for m in new)
+    (record,) = [r for r in caplog.records if "first-fit-decreasing" in r.getMessage()]
+    assert "for 4 of 4 sampled tasks" in record.getMessage()
+
+
+def test_a_task_nothing_can_pack_is_one_clear_error(tmp_path: Path) -> None:
+    pool = generate_table_pool(num_tables=40, seed=0, max_rows=10000)
+    tables = pool[:4]
+    largest = max(t.size_bytes for t in tables)
+    # Every table fits a device alone, but not all of them on 2 such devices.
+    packed = Task("tight", tuple(tables), make_devices(2, largest))
+    assert sum(t.size_bytes for t in tables) > 2 * largest  # so no packing exists
+    trainer = Trainer(CONFIG, [packed], SimBackend(), tmp_path)
+    with pytest.raises(InputError, match="nor did first-fit decreasing"):
+        trainer.sample_placement(packed)

@@ -18,7 +18,7 @@ from dreamshard.constants import MAX_DEVICES
 from dreamshard.data.tables import table_to_record, tables_from_json
 from dreamshard.errors import InputError
 from dreamshard.fileio import read_json, write_json
-from dreamshard.types import Device, TableSpec, Task
+from dreamshard.types import Device, Placement, TableSpec, Task
 
 SUITE_FORMAT = "dreamshard-task-suite"
 SUITE_VERSION = 1
@@ -79,25 +79,33 @@ def _first_repeat(names: Iterable[str]) -> str | None:
     return None
 
 
-def fits_memory(task: Task) -> bool:
-    """Whether the tables of ``task`` fit its devices' memory by first-fit decreasing:
-    largest table first, each onto the device with the least memory in use among those
-    with room (ties: the lower index).
+def first_fit_decreasing(task: Task) -> Placement | None:
+    """A placement of ``task`` that fits memory by first-fit decreasing, or None: largest
+    table first, each onto the device with the least memory in use among those with room
+    (ties: the lower index).
 
-    This is the memory check of suite generation, not a search: a task it rejects may
-    still have a placement. On tasks with SGD it decides exactly as the ``size`` expert
-    rule does (whose proxy is then the memory itself).
+    A memory packing, not a cost-aware placer: suite generation uses it to check a draw
+    (:func:`fits_memory`) and training falls back to it where a policy dead-ends. On
+    tasks with SGD it places exactly as the ``size`` expert rule does (whose proxy is then
+    the memory itself). A task it cannot pack may still have a placement.
     """
     need = [task.table_memory_bytes(t) for t in task.tables]
     used = [0] * task.num_devices
+    device_of = [0] * task.num_tables
     for i in sorted(range(task.num_tables), key=lambda i: -need[i]):
         room = [
             d for d in range(task.num_devices) if used[d] + need[i] <= task.devices[d].memory_bytes
         ]
         if not room:
-            return False
-        used[min(room, key=lambda d: (used[d], d))] += need[i]
-    return True
+            return None
+        device_of[i] = min(room, key=lambda d: (used[d], d))
+        used[device_of[i]] += need[i]
+    return Placement(tuple(device_of))
+
+
+def fits_memory(task: Task) -> bool:
+    """Whether :func:`first_fit_decreasing` packs the tables of ``task`` into its devices."""
+    return first_fit_decreasing(task) is not None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -37,6 +38,7 @@ import torch
 from dreamshard import __version__
 from dreamshard.data.features import FeatureNormalizer, log_transform, network_features
 from dreamshard.data.tables import table_to_record
+from dreamshard.data.tasks import first_fit_decreasing
 from dreamshard.errors import InputError
 from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import (
@@ -53,6 +55,8 @@ from dreamshard.method.mdp import TaskTensors, rollout, task_tensors
 from dreamshard.method.policy import NonFiniteError
 from dreamshard.runtime import one_thread
 from dreamshard.types import CostBackend, Placement, PlacementCost, StageCosts, Task
+
+log = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -185,6 +189,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self._make_optimizers()
         self.state = _State()
+        #: Training measurements that were first-fit-decreasing packings because the
+        #: policy dead-ended on their task (in total, this process).
+        self.fallback_placements = 0
         self._features: dict[str, np.ndarray] = {}
 
     def _make_optimizers(self) -> None:
@@ -251,9 +258,18 @@ class Trainer:
     def collect(self) -> list[Measurement]:
         """Sample placements of random training tasks and measure them on the backend."""
         picks: dict[int, list[Placement]] = {}
+        fallbacks_before = self.fallback_placements
         for _ in range(self.config.measurements_per_iteration):
             k = int(self.rng.integers(len(self.tasks)))
             picks.setdefault(k, []).append(self.sample_placement(self.tasks[k]))
+        if self.fallback_placements > fallbacks_before:
+            log.warning(
+                "iteration %d: the policy found no placement within memory for %d of %d "
+                "sampled tasks; measured their first-fit-decreasing packings instead",
+                self.state.iteration + 1,
+                self.fallback_placements - fallbacks_before,
+                self.config.measurements_per_iteration,
+            )
         out: list[Measurement] = []
         # All placements of one task are measured in one call, so hardware backends
         # interleave their repetitions.
@@ -269,7 +285,9 @@ class Trainer:
 
         Tries ``attempts`` episodes, then four times as many up to 16 rounds' worth: on
         tight memory a policy mid-training can dead-end often (the first round alone keeps
-        the random stream of runs that never needed more).
+        the random stream of runs that never needed more). If all dead-end, the task's
+        first-fit-decreasing packing is measured instead (counted in
+        ``fallback_placements`` and logged once per iteration).
         """
         tt = self.task_tensors(task)
         tried = 0
@@ -284,10 +302,16 @@ class Trainer:
             if len(feasible):
                 return Placement(tuple(int(d) for d in result.device_of[int(feasible[0])]))
             batch = min(4 * batch, 16 * attempts - tried) or 1
-        raise InputError(
-            f"task {task.name!r}: the policy found no placement that fits memory in "
-            f"{tried} tries (is the task feasible?)"
-        )
+        # A policy mid-training can dead-end on a task with a table that nearly fills a
+        # device; measure a memory packing of it instead rather than stop training.
+        fallback = first_fit_decreasing(task)
+        if fallback is None:
+            raise InputError(
+                f"task {task.name!r}: no placement fits memory: the policy found none in "
+                f"{tried} tries, nor did first-fit decreasing (is the task feasible?)"
+            )
+        self.fallback_placements += 1
+        return fallback
 
     # -- 2. fit: train the cost network on all measurements so far -------------------------
 

@@ -7,16 +7,21 @@ policy and keeps the one the cost network rates best (the greedy one included).
 Memory: the MDP only offers devices with room for the current table, but a greedy
 episode can still paint itself into a corner (every device too full for a later large
 table). Then, beyond the paper, the placer draws up to :data:`FALLBACK_SAMPLES` sampled
-episodes and keeps the best that fits (the cost network rates them); only if none fits
-is the task reported infeasible.
+episodes and keeps the best that fits (the cost network rates them). If none fits and
+the task has no user constraints, it returns the task's first-fit-decreasing memory
+packing (``data.tasks.first_fit_decreasing``, logged as a warning) rather than fail a
+task a memory packing can place; only if that fails too is the task reported infeasible.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
+from dreamshard.data.tasks import first_fit_decreasing
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.mdp import rollout, task_tensors
 from dreamshard.runtime import one_thread
@@ -24,6 +29,8 @@ from dreamshard.types import Placement, Task
 
 #: Sampled episodes tried, in rounds, when the greedy episode does not fit in memory.
 FALLBACK_SAMPLES: tuple[int, ...] = (16, 64, 256)
+
+log = logging.getLogger(__name__)
 
 
 class DreamShardPlacer:
@@ -73,6 +80,15 @@ class DreamShardPlacer:
                 device_of = torch.cat([device_of, sampled.device_of])
                 cost = torch.cat([cost, sampled.predicted_cost])
                 feasible = torch.cat([feasible, sampled.feasible])
+        if not bool(feasible.any()) and constraints.is_empty:
+            packed = first_fit_decreasing(task)
+            if packed is not None:
+                log.warning(
+                    "task %r: no episode of the policy fits memory; placed by first-fit "
+                    "decreasing instead",
+                    task.name,
+                )
+                return packed
         if not bool(feasible.any()):
             # Replay the greedy episode up to the table that found no legal device.
             stuck = int(greedy.stuck_table[0])
