@@ -150,27 +150,10 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
 
 
 def _test_tasks(config: Any, suite: str) -> list[Any]:
-    from dreamshard.bench.runner import _suite_tasks
-    from dreamshard.data.synthetic import generate_table_pool
-    from dreamshard.units import parse_memory
+    from dreamshard.bench.runner import suite_test_tasks, table_pool
 
     spec = next(s for s in config.suites if s.name == suite)
-    pool = generate_table_pool(
-        num_tables=config.pool_tables,
-        seed=config.seed,
-        dim=config.dim,
-        max_rows=config.max_rows,
-        batch_size=config.backend_options.batch_size,
-    )
-    return _suite_tasks(
-        pool,
-        config,
-        "test",
-        min_tables=spec.tables,
-        max_tables=spec.tables,
-        num_devices=spec.devices,
-        memory_bytes=parse_memory(spec.memory, "memory"),
-    )
+    return suite_test_tasks(table_pool(config), config, spec)
 
 
 def test_results_from_json_rejects_other_files() -> None:

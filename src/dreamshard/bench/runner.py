@@ -141,6 +141,32 @@ def _suite_tasks(
     return list(suite.split(split))
 
 
+def table_pool(config: BenchmarkConfig) -> list[TableSpec]:
+    """The benchmark's synthetic DLRM-like pool (both halves)."""
+    return generate_table_pool(
+        num_tables=config.pool_tables,
+        seed=config.seed,
+        dim=config.dim,
+        max_rows=config.max_rows,
+        batch_size=config.backend_options.batch_size,
+    )
+
+
+def suite_test_tasks(
+    pool: Sequence[TableSpec], config: BenchmarkConfig, spec: SuiteSpec
+) -> list[Task]:
+    """The test tasks of one suite (tables from the pool's test half)."""
+    return _suite_tasks(
+        pool,
+        config,
+        "test",
+        min_tables=spec.tables,
+        max_tables=spec.tables,
+        num_devices=spec.devices,
+        memory_bytes=parse_memory(spec.memory, f"suite {spec.name} memory"),
+    )
+
+
 def _ds_name(family: str, own: str) -> str:
     return LEARNED_PLACER if family == own else f"{LEARNED_PLACER}@{family}"
 
@@ -268,13 +294,7 @@ def run_benchmark(
     backend = make_backend(config.backend, config.backend_options)
     placers = list(config.placers)
 
-    pool = generate_table_pool(
-        num_tables=config.pool_tables,
-        seed=config.seed,
-        dim=config.dim,
-        max_rows=config.max_rows,
-        batch_size=config.backend_options.batch_size,
-    )
+    pool = table_pool(config)
     log(
         f"pool: {len(pool)} DLRM-like tables (dim {config.dim}); backend {config.backend}; "
         f"{config.num_train_tasks} training tasks per family, {config.num_test_tasks} test "
@@ -304,15 +324,7 @@ def run_benchmark(
     evaluations: dict[str, Evaluation] = {}
     rnn_config = config.rnn
     for spec in config.suites:
-        tasks = _suite_tasks(
-            pool,
-            config,
-            "test",
-            min_tables=spec.tables,
-            max_tables=spec.tables,
-            num_devices=spec.devices,
-            memory_bytes=parse_memory(spec.memory, f"suite {spec.name} memory"),
-        )
+        tasks = suite_test_tasks(pool, config, spec)
         objs: list[Placer] = []
         rnn: RnnPlacer | None = None
         for name in placers:
