@@ -9,15 +9,20 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from dreamshard.cli.options import BatchOpt, SeedOpt, check_out, parse_count_range
+from dreamshard.cli.options import (
+    BatchOpt,
+    SeedOpt,
+    TopologyOpt,
+    check_out,
+    parse_count_range,
+    task_devices,
+)
 from dreamshard.cli.output import out_console, progress
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
 from dreamshard.data.tables import load_tables, save_tables
 from dreamshard.data.tasks import SuiteConfig, generate_suite, save_suite
-from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
-from dreamshard.types import Device
-from dreamshard.units import format_bytes, parse_memory
+from dreamshard.units import format_bytes
 
 #: Most tables ``gen-tables`` makes. Generating a pool holds about 110 KB per table at
 #: once (the analytic access histograms), so 10,000 tables (12x the public DLRM dataset's
@@ -146,14 +151,7 @@ def gen_tasks(
     memory: Annotated[
         str | None, typer.Option("--memory", help="Memory per device, e.g. 5GB [default: 5GB].")
     ] = None,
-    topology: Annotated[
-        Path | None,
-        typer.Option(
-            "--topology",
-            help="Topology file (.csv or .json): a name and a memory (e.g. 16GB) per device; "
-            "replaces --devices and --memory.",
-        ),
-    ] = None,
+    topology: TopologyOpt = None,
     seed: SeedOpt = DEFAULT_SEED,
 ) -> None:
     """Draw train and test tasks from disjoint halves of a table pool."""
@@ -161,23 +159,10 @@ def gen_tasks(
     low, high = parse_count_range(tables_per_task, "--tables-per-task")
     if num_train + num_test < 1:
         raise InputError("--num-train and --num-test: ask for at least one task")
-    task_devices: tuple[Device, ...] | None = None
-    if topology is not None:
-        if devices is not None or memory is not None:
-            raise InputError(
-                "--topology gives the devices and their memory: drop --devices and --memory"
-            )
-        task_devices = load_topology(topology)
-        num_devices = len(task_devices)
-        memory_bytes = max(d.memory_bytes for d in task_devices)
-        shape = f"devices of {escape(str(topology))}"
-    else:
-        num_devices = 4 if devices is None else devices
-        if num_devices < 1:
-            raise InputError(f"--devices must be at least 1, got {num_devices}")
-        memory = "5GB" if memory is None else memory
-        memory_bytes = parse_memory(memory, "--memory")
-        shape = f"devices of {memory}"
+    devices_of_tasks = task_devices(devices, memory, topology, 4, "5GB")
+    num_devices = len(devices_of_tasks)
+    memory_bytes = max(d.memory_bytes for d in devices_of_tasks)
+    shape = f"devices of {escape(str(topology)) if topology is not None else memory or '5GB'}"
     pool = load_tables(tables)
     config = SuiteConfig(
         num_train=num_train,
@@ -188,7 +173,7 @@ def gen_tasks(
         memory_bytes=memory_bytes,
         seed=seed,
     )
-    suite = generate_suite(pool, config, task_devices)
+    suite = generate_suite(pool, config, devices_of_tasks)
     save_suite(out, suite)
     out_console.print(
         f"wrote {len(suite.train)} train and {len(suite.test)} test tasks "

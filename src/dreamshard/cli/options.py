@@ -250,17 +250,26 @@ ConstraintsOpt = Annotated[
 
 
 def task_devices(
-    devices: int | None, memory: str | None, topology: Path | None
+    devices: int | None,
+    memory: str | None,
+    topology: Path | None,
+    default_devices: int | None = None,
+    default_memory: str | None = None,
 ) -> tuple[Device, ...]:
-    """The devices of ``--topology FILE``, or ``--devices N`` of ``--memory SIZE`` each."""
+    """The devices of ``--topology FILE``, or ``--devices N`` of ``--memory SIZE`` each
+    (the defaults stand in for an option not given; without one it is required)."""
     if topology is not None:
         if devices is not None or memory is not None:
             raise InputError(
                 "--topology gives the devices and their memory: drop --devices and --memory"
             )
         return load_topology(topology)
+    devices = default_devices if devices is None else devices
+    memory = default_memory if memory is None else memory
     if devices is None or memory is None:
         raise InputError("give --devices N and --memory SIZE, or --topology FILE")
+    if devices < 1:
+        raise InputError(f"--devices must be at least 1, got {devices}")
     return make_devices(devices, parse_memory(memory, "--memory"))
 
 

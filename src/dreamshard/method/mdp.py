@@ -42,16 +42,12 @@ class TaskTensors:
     Attributes:
         task: The task.
         features: [T, F] normalised table features.
-        memory_bytes: [T] memory each table needs.
-        capacity_bytes: [D] memory of each device, at most that of all the tables.
         order: Table indices by predicted single-table cost, largest first.
         constraints: User constraints the episodes honour (legal devices).
     """
 
     task: Task
     features: torch.Tensor
-    memory_bytes: torch.Tensor
-    capacity_bytes: torch.Tensor
     order: tuple[int, ...]
     constraints: Constraints = NO_CONSTRAINTS
 
@@ -64,16 +60,14 @@ def task_tensors(
 ) -> TaskTensors:
     """Tensors of a task and its table order (METHOD.md section 4).
 
-    Device memory is clamped to the memory of all the task's tables: a device that can
-    hold every table behaves the same however much more it has, and the clamp keeps
-    memory counts in int64 whatever size a task file gives.
+    Memory is counted by the episodes' :class:`~dreamshard.data.constraints.ConstraintTracker`
+    (which also clamps device memory to what the tables need, so counts stay in int64).
 
     Raises:
         InputError: The task's tables together need more bytes than int64 can count, or
             a table's normalised features are not finite.
     """
-    table_bytes = [task.table_memory_bytes(t) for t in task.tables]
-    total = sum(table_bytes)
+    total = sum(task.table_memory_bytes(t) for t in task.tables)
     if total > _INT64_MAX:
         raise InputError(
             f"task {task.name!r}: its tables need {total:,} bytes in all, more than {_INT64_MAX:,}"
@@ -95,10 +89,6 @@ def task_tensors(
     return TaskTensors(
         task=task,
         features=features,
-        memory_bytes=torch.tensor(table_bytes, dtype=torch.int64),
-        capacity_bytes=torch.tensor(
-            [min(d.memory_bytes, total) for d in task.devices], dtype=torch.int64
-        ),
         order=tuple(order),
         constraints=constraints,
     )
@@ -114,7 +104,6 @@ class EpisodeBatch:
             self.table_enc = costnet.encoder(tt.features)  # [T, E]
         num_devices = tt.task.num_devices
         self.device_sums = torch.zeros(num_episodes, num_devices, self.table_enc.shape[1])
-        self.used_bytes = torch.zeros(num_episodes, num_devices, dtype=torch.int64)
         self.table_counts = torch.zeros(num_episodes, num_devices, dtype=torch.int64)
         self.device_of = torch.full((num_episodes, tt.task.num_tables), -1, dtype=torch.int64)
         self.infeasible = torch.zeros(num_episodes, dtype=torch.bool)
@@ -157,7 +146,6 @@ class EpisodeBatch:
         i = self.table
         rows = torch.arange(actions.shape[0])
         self.device_sums[rows, actions] += self.table_enc[i]
-        self.used_bytes[rows, actions] += self.tt.memory_bytes[i]
         self.table_counts[rows, actions] += 1
         self.device_of[:, i] = actions
         self.tracker.place(i, actions.numpy())
@@ -166,7 +154,7 @@ class EpisodeBatch:
     def predicted_cost(self) -> torch.Tensor:
         """[B] the cost network's placement cost, in scaled units (penalised if infeasible)."""
         with torch.no_grad():
-            real = torch.ones(self.used_bytes.shape, dtype=torch.bool)
+            real = torch.ones(self.table_counts.shape, dtype=torch.bool)
             _, cost = self.costnet.predict(self.device_sums, real, self.occupied())
         return cost * (1.0 + INFEASIBLE_PENALTY * self.infeasible.float())
 
