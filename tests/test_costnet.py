@@ -120,11 +120,15 @@ def test_structured_overall_is_sum_of_per_stage_maxima_over_real_devices() -> No
     with torch.no_grad():
         for p, (f, place, num_devices) in enumerate(zip(feats, device_of, [3, 4], strict=True)):
             enc = model.encoder(torch.from_numpy(f))
+            # The task context: mean device representation and log of the device count.
+            context = torch.cat(
+                [enc.sum(dim=0) / num_devices, torch.log(torch.tensor([num_devices]))]
+            )
             expected = []
             for d in range(num_devices):
                 tables = [i for i, x in enumerate(place) if x == d]
                 rep = enc[tables].sum(dim=0) if tables else torch.zeros(enc.shape[1])
-                costs = torch.cat([head(rep) for head in model.device_heads])
+                costs = torch.cat([head(torch.cat([rep, context])) for head in model.device_heads])
                 if not tables:
                     costs[:2] = 0.0  # an empty device computes nothing
                 expected.append(costs)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from dreamshard.data.constraints import (
-    ConstrainedInfeasibleError,
     parse_constraints,
     resolve_constraints,
 )
@@ -49,7 +48,8 @@ def test_dreamshard_honours_constraints(model: DreamShardModel) -> None:
 def test_dreamshard_reports_unplaceable_constraints(model: DreamShardModel) -> None:
     t = task([130_000, 100_000])
     raw = parse_constraints({"apart": [["a", "d"]], "together": [["b", "c"]]})
-    with pytest.raises(ConstrainedInfeasibleError, match=r"cannot be placed"):
+    # Which table the error names depends on the order the model places them in.
+    with pytest.raises(InfeasiblePlacementError, match=r"table '[a-d]'"):
         DreamShardPlacer(model, constraints=raw).place(t)
 
 

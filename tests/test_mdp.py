@@ -59,13 +59,18 @@ def test_tables_are_ordered_by_predicted_single_table_cost_largest_first(
     net = costnet(seed)
     normalizer = FeatureNormalizer.fit(four_tables)
     tt = task_tensors(t, normalizer, net)
-    # Each table alone on a one-device task, through the full forward pass.
-    features = normalizer.transform(four_tables)
-    batch = PlacementBatch.build(
-        [features[i : i + 1] for i in range(4)], [Placement((0,))] * 4, [1] * 4
-    )
+    # Each table alone on a device of this task (the task's context: all 4 tables, 2
+    # devices): fwd + bwd + comm of its device.
+    features = torch.from_numpy(normalizer.transform(four_tables))
     with torch.no_grad():
-        _, alone = net(batch)
+        enc = net.encoder(features)
+        context = torch.cat([enc.sum(dim=0) / 2, torch.log(torch.tensor([2.0]))])
+        alone = torch.stack(
+            [
+                torch.cat([h(torch.cat([enc[i], context])) for h in net.device_heads]).sum()
+                for i in range(4)
+            ]
+        )
     assert len(set(alone.tolist())) == 4
     assert list(tt.order) == sorted(range(4), key=lambda i: -float(alone[i]))
 

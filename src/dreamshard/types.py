@@ -306,3 +306,25 @@ class Placer(Protocol):
     def place(self, task: Task) -> Placement:
         """A valid placement of ``task``; raises InfeasiblePlacementError if none is found."""
         ...
+
+
+@runtime_checkable
+class StageCostModel(Protocol):
+    """A task's placement cost as a sum over stages of the slowest device's stage cost,
+    each device's stage costs a function of the SUM of its tables' vectors.
+
+    Both DreamShard's cost network (table encodings summed per device, heads per stage)
+    and the simulator (per-table work terms summed per shard) have this form, so one
+    search (``method.search``) serves the learned model and the simulator alike, and it
+    can score a move by recomputing only the two devices it touches.
+    """
+
+    @property
+    def table_vectors(self) -> FloatArray:
+        """``[T, R]`` one vector per table of the task."""
+        ...
+
+    def stage_costs(self, sums: FloatArray, counts: FloatArray) -> FloatArray:
+        """``[..., S]`` stage costs (ms) of devices holding tables whose vectors sum to
+        ``sums`` ``[..., R]``, ``counts`` ``[...]`` tables each (0: an empty device)."""
+        ...

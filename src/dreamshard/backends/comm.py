@@ -28,7 +28,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from dreamshard.errors import InputError
+from dreamshard.types import FloatArray
 
 #: Bytes per value of the pooled embeddings exchanged (FP32 outputs).
 OUTPUT_BYTES_PER_VALUE = 4
@@ -81,16 +85,35 @@ class AllToAllModel:
         num_devices = len(widths)
         if num_devices <= 1:
             return 0.0
-        total_width = sum(widths)
-        bytes_per_ms = self.bandwidth_gbps * 1e6
-        slowest = 0.0
-        for width in widths:
-            sent = batch_size * width * (num_devices - 1) / num_devices
-            received = batch_size / num_devices * (total_width - width)
-            values = sent + received if self.volume == "sum" else max(sent, received)
-            volume_bytes = values * OUTPUT_BYTES_PER_VALUE
-            slowest = max(slowest, self.latency_ms + volume_bytes / bytes_per_ms)
-        return slowest
+        times = self.device_time_ms(
+            np.asarray(widths, np.float64), sum(widths), num_devices, batch_size
+        )
+        return float(times.max())
+
+    def device_time_ms(
+        self, width: npt.ArrayLike, total_width: float, num_devices: int, batch_size: int
+    ) -> FloatArray:
+        """Each device's transfer time (ms) in one all-to-all, vectorised over ``width``.
+
+        The collective lasts as long as the slowest device's transfer (:meth:`time_ms`
+        is the max of these over the devices); with one device nothing moves (0).
+
+        Args:
+            width: Output width (sum of dims) of each device, any shape.
+            total_width: Sum of the widths of all devices.
+            num_devices: Devices taking part.
+            batch_size: Global batch size.
+        """
+        w = np.asarray(width, dtype=np.float64)
+        if num_devices <= 1:
+            return np.zeros_like(w)
+        sent = batch_size * w * (num_devices - 1) / num_devices
+        received = batch_size / num_devices * (total_width - w)
+        values = sent + received if self.volume == "sum" else np.maximum(sent, received)
+        times: FloatArray = self.latency_ms + values * OUTPUT_BYTES_PER_VALUE / (
+            self.bandwidth_gbps * 1e6
+        )
+        return times
 
 
 #: Gloo all-to-all between processes on one CPU host (loopback).

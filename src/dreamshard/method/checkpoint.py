@@ -70,6 +70,7 @@ class DreamShardModel:
             "normalizer": self.normalizer.to_dict(),
             "costnet": self.costnet.state_dict(),
             "costnet_structured_overall": self.costnet.structured_overall,
+            "costnet_task_context": self.costnet.task_context,
             "policy": self.policy.state_dict(),
             "config": self.config,
             "info": self.info,
@@ -171,7 +172,11 @@ class DreamShardModel:
                 raise CheckpointError(f"{where}: damaged {name} (not a mapping)")
         model = cls(
             normalizer=normalizer,
-            costnet=CostNet(structured_overall=bool(state.get("costnet_structured_overall", True))),
+            costnet=CostNet(
+                structured_overall=bool(state.get("costnet_structured_overall", True)),
+                # Models saved before the task context had none.
+                task_context=bool(state.get("costnet_task_context", False)),
+            ),
             config=dict(state.get("config", {})),
             info=dict(state.get("info", {})),
         )

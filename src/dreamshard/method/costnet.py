@@ -4,7 +4,14 @@ A shared table encoder maps each table's normalised features to a 32-vector; a d
 the SUM of its tables' encodings (any number of tables); three heads predict the
 device's forward computation, backward computation and communication (both stages)
 costs; an overall head reads the MAX over the device representations (any number of
-devices) and predicts the placement's cost. All costs are in units of ``cost_scale_ms``
+devices) and predicts the placement's cost.
+
+Beyond the paper, the device heads also read a *task context*: the MEAN over devices of
+the device representations (the task's total encoding over its number of devices, the
+same for every placement of the task) and ``log`` of the number of devices. A device's
+all-to-all time depends on the other devices' widths and on how many there are, which a
+head seeing one device cannot know otherwise; with it, one network fits tasks of 2 to
+1,024 devices. All costs are in units of ``cost_scale_ms``
 so the losses are well conditioned whatever the hardware's speed.
 """
 
@@ -162,12 +169,15 @@ class CostNet(nn.Module):
         embed: int = 32,
         head_hidden: int = 64,
         structured_overall: bool = True,
+        task_context: bool = True,
     ) -> None:
         super().__init__()
         self.structured_overall = structured_overall
+        self.task_context = task_context
         self.encoder = TableEncoder(hidden, embed)
+        head_in = 2 * embed + 1 if task_context else embed
         self.device_heads = nn.ModuleList(
-            [mlp([embed, head_hidden, 1], final_relu=False) for _ in DEVICE_HEADS]
+            [mlp([head_in, head_hidden, 1], final_relu=False) for _ in DEVICE_HEADS]
         )
         self.overall_head = mlp([embed, head_hidden, 1], final_relu=False)
         self._cost_scale_ms: torch.Tensor
@@ -181,13 +191,32 @@ class CostNet(nn.Module):
     def cost_scale_ms(self, value: float) -> None:
         self._cost_scale_ms.fill_(value)
 
-    def heads(self, device_repr: torch.Tensor) -> torch.Tensor:
+    def context(
+        self, total_encoding: torch.Tensor, num_devices: torch.Tensor | int
+    ) -> torch.Tensor:
+        """[..., E + 1] task context from the sum of all table encodings of a task [..., E]
+        and its number of devices (a number or [...])."""
+        n = torch.as_tensor(num_devices, dtype=total_encoding.dtype)
+        n = n.expand(total_encoding.shape[:-1]).unsqueeze(-1)
+        return torch.cat([total_encoding / n, torch.log(n)], dim=-1)
+
+    def heads(self, device_repr: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """[..., E] device representations -> [..., 3] fwd_comp, bwd_comp, comm.
+
+        ``context`` (:meth:`context`) broadcasts against the leading axes of
+        ``device_repr``; it is required with ``task_context`` and ignored without.
 
         The three heads (Linear-ReLU-Linear each) run as one wide layer and one batched
         dot product: the same function as calling them in turn, with 2 kernel launches
         instead of 6 (the MDP calls this at every step of every episode).
         """
+        if self.task_context:
+            if context is None:
+                raise ValueError("this cost network's heads need the task context")
+            while context.dim() < device_repr.dim():
+                context = context.unsqueeze(-2)
+            context = context.expand(*device_repr.shape[:-1], context.shape[-1])
+            device_repr = torch.cat([device_repr, context], dim=-1)
         first: list[nn.Linear] = []
         second: list[nn.Linear] = []
         for head in self.device_heads:
@@ -229,7 +258,11 @@ class CostNet(nn.Module):
             ([P, D, 3] device costs, [P] placement cost), scaled units; a device without
             tables computes nothing, so its fwd/bwd are 0.
         """
-        device = self.heads(device_repr)
+        context = None
+        if self.task_context:
+            # Padding devices are zero: the sum over all devices is the task's total.
+            context = self.context(device_repr.sum(dim=1), device_mask.sum(dim=1))
+        device = self.heads(device_repr, context)
         compute = device[..., :2] * occupied.unsqueeze(-1)
         device = torch.cat([compute, device[..., 2:]], dim=-1)
         if not self.structured_overall:
@@ -264,3 +297,38 @@ class CostNet(nn.Module):
             paper = self.paper_overall(device_repr)
             loss = loss + ((paper - targets.overall) ** 2).mean()
         return loss
+
+
+class CostNetStageModel:
+    """The cost network's predicted cost of one task's placements as a
+    :class:`~dreamshard.types.StageCostModel` (searches score placements with it).
+
+    A table's vector is its encoding; a device's stage costs are the three heads on the
+    sum of its tables' encodings (with the task context), forward and backward zero on
+    an empty device, in ms. ``sum over stages of max over devices`` is the structured
+    overall cost :meth:`CostNet.predict` gives.
+
+    Args:
+        costnet: The cost network (read only).
+        features: [T, F] the task's normalised table features.
+        num_devices: The task's devices.
+    """
+
+    def __init__(self, costnet: CostNet, features: torch.Tensor, num_devices: int) -> None:
+        self._costnet = costnet
+        with torch.no_grad():
+            encodings = costnet.encoder(features)
+            self._context = costnet.context(encodings.sum(dim=0), num_devices)
+        self._vectors = encodings.double().numpy()
+        self._scale = costnet.cost_scale_ms
+
+    @property
+    def table_vectors(self) -> np.ndarray:
+        return self._vectors
+
+    def stage_costs(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self._costnet.heads(torch.from_numpy(np.asarray(sums, np.float32)), self._context)
+        costs: np.ndarray = out.double().numpy() * self._scale
+        costs[..., :2] *= np.asarray(counts)[..., None] > 0
+        return costs

@@ -83,7 +83,9 @@ def task_tensors(
         )
     features = torch.from_numpy(normalised)
     with torch.no_grad():
-        alone = costnet.heads(costnet.encoder(features)).sum(dim=-1)  # [T] table alone
+        encodings = costnet.encoder(features)
+        context = costnet.context(encodings.sum(dim=0), task.num_devices)
+        alone = costnet.heads(encodings, context).sum(dim=-1)  # [T] table alone
     # Stable sort on the negated cost: ties keep table order, so episodes are reproducible.
     order = sorted(range(task.num_tables), key=lambda i: -float(alone[i]))
     return TaskTensors(
@@ -102,6 +104,7 @@ class EpisodeBatch:
         self.costnet = costnet
         with torch.no_grad():
             self.table_enc = costnet.encoder(tt.features)  # [T, E]
+            self.context = costnet.context(self.table_enc.sum(dim=0), tt.task.num_devices)
         num_devices = tt.task.num_devices
         self.device_sums = torch.zeros(num_episodes, num_devices, self.table_enc.shape[1])
         self.table_counts = torch.zeros(num_episodes, num_devices, dtype=torch.int64)
@@ -134,7 +137,8 @@ class EpisodeBatch:
         with torch.no_grad():
             # Costs now and if the table joined, in one pass: [2, B, D, 3].
             now, joined = self.costnet.heads(
-                torch.stack([self.device_sums, self.device_sums + self.table_enc[self.table]])
+                torch.stack([self.device_sums, self.device_sums + self.table_enc[self.table]]),
+                self.context,
             )
             # A device without tables computes nothing yet: zero its fwd/bwd.
             now[..., :2] *= self.occupied().unsqueeze(-1)

@@ -440,6 +440,11 @@ class SimBackend:
             )
         return dev
 
+    def stage_model(self, task: Task) -> SimStageModel:
+        """The simulator's cost of ``task`` in the additive form searches use
+        (:class:`~dreamshard.types.StageCostModel`): the same numbers as :meth:`cost_ms`."""
+        return SimStageModel(self, task)
+
     def measure(self, task: Task, placements: Sequence[Placement]) -> list[PlacementCost]:
         """Simulated per-device stage costs of each placement, in the order given.
 
@@ -512,3 +517,49 @@ class SimBackend:
             a2a,
             a2a,
         )
+
+
+class SimStageModel:
+    """The simulator's placement cost of one task as a :class:`~dreamshard.types.StageCostModel`.
+
+    A shard's cost depends on its tables only through sums of per-table terms (the
+    ``TableTerms`` fields: work, work per unit of miss share, footprint, width), so a
+    table's vector holds its terms and a device's stage costs (forward, backward, both
+    all-to-alls) follow from their sums. ``sum over stages of max over devices`` of
+    :meth:`stage_costs` is :meth:`SimBackend.cost_ms`; memory is not checked here.
+    """
+
+    #: Vector components, in order.
+    COMPONENTS: tuple[str, ...] = (
+        "fwd_ns",
+        "fwd_miss_ns",
+        "bwd_ns",
+        "bwd_miss_ns",
+        "footprint_bytes",
+        "dims",
+    )
+
+    def __init__(self, backend: SimBackend, task: Task) -> None:
+        terms = backend._terms(task).table
+        self._kernel = backend.profile.kernel
+        self._comm = backend.profile.comm
+        self._batch_size = backend.batch_size
+        self._num_devices = task.num_devices
+        self._vectors = np.stack([getattr(terms, name) for name in self.COMPONENTS], axis=1)
+        self._total_width = float(terms.dims.sum())
+
+    @property
+    def table_vectors(self) -> FloatArray:
+        return self._vectors
+
+    def stage_costs(self, sums: FloatArray, counts: FloatArray) -> FloatArray:
+        fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns, footprint, width = np.moveaxis(sums, -1, 0)
+        fwd, bwd = _shard_ms(
+            self._kernel, counts, footprint, fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns
+        )
+        # Output widths are sums of integer dims (exact after rounding), as in cost_ms.
+        a2a = self._comm.device_time_ms(
+            np.rint(width), self._total_width, self._num_devices, self._batch_size
+        )
+        out: FloatArray = np.stack([fwd, bwd, 2.0 * a2a], axis=-1)
+        return out

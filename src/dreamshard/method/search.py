@@ -1,0 +1,436 @@
+"""Placement search on a stage cost model: greedy, local search, simulated annealing.
+
+Beyond the paper (the DreamShard policy proposes, a search improves; NeuroShard showed
+search pays off once the cost model ranks placements right). Every search here works on
+any :class:`~dreamshard.types.StageCostModel`: a placement costs
+``sum over stages of max over devices`` of the devices' stage costs, and a device's
+stage costs depend on the SUM of its tables' vectors. So a candidate move is scored by
+recomputing the two devices it touches, and the maximum over the other devices comes
+from the top three devices of each stage. DreamShard's cost network (predicted costs)
+and the simulator (its own costs: the benchmark's ORACLE) both have this form.
+
+Ties and plateaus: the cost is a maximum, so most moves leave it unchanged. Between
+candidates of equal cost, and to accept a move that keeps the cost, every search prefers
+the one with the smaller sum of squared device stage costs: the more balanced placement,
+whose slowest devices have the most room to improve later.
+
+Memory and user constraints hold throughout: a move or swap never overfills a device,
+tables of a together group move as one unit, pinned units never move, and no unit moves
+onto a device holding one of its apart-mates.
+
+Everything is deterministic for a given seed, except where a time budget cuts a search
+short (then how far it got depends on the machine's speed; :class:`SearchReport` says so).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dreamshard.data.constraints import NO_CONSTRAINTS, Constraints, ConstraintTracker
+from dreamshard.types import FloatArray, IntArray, Placement, StageCostModel, Task
+
+#: A move must lower the cost by more than this share of it to count as better (float
+#: noise must not make a search cycle).
+REL_TOLERANCE = 1e-9
+
+
+def placement_cost(model: StageCostModel, task: Task, device_of: Sequence[int]) -> float:
+    """``sum_s max_d`` of the devices' stage costs of one placement."""
+    sums, counts = _device_sums(model, task, np.asarray(device_of, dtype=np.int64))
+    return float(model.stage_costs(sums, counts).max(axis=0).sum())
+
+
+def _device_sums(model: StageCostModel, task: Task, dev: IntArray) -> tuple[FloatArray, FloatArray]:
+    vectors = model.table_vectors
+    sums = np.zeros((task.num_devices, vectors.shape[1]))
+    np.add.at(sums, dev, vectors)
+    counts = np.bincount(dev, minlength=task.num_devices).astype(np.float64)
+    return sums, counts
+
+
+def _top3(costs: FloatArray) -> tuple[FloatArray, IntArray]:
+    """Per stage, the three largest device costs and their devices: ``[3, S]`` each
+    (padded with -inf and device -1 when there are fewer devices)."""
+    num_devices, num_stages = costs.shape
+    k = min(3, num_devices)
+    idx = np.argsort(-costs, axis=0, kind="stable")[:k]
+    vals = np.take_along_axis(costs, idx, axis=0)
+    if k < 3:
+        vals = np.vstack([vals, np.full((3 - k, num_stages), -np.inf)])
+        idx = np.vstack([idx, np.full((3 - k, num_stages), -1, dtype=np.int64)])
+    return vals, idx.astype(np.int64)
+
+
+def _others_max(top: tuple[FloatArray, IntArray], a: IntArray, b: IntArray) -> FloatArray:
+    """``[K, S]`` per stage the largest cost among devices other than ``a[k]`` and ``b[k]``."""
+    vals, idx = top
+    keep = (idx[None] != a[:, None, None]) & (idx[None] != b[:, None, None])  # [K, 3, S]
+    out: FloatArray = np.where(keep, vals[None], -np.inf).max(axis=1)
+    return out
+
+
+@dataclass
+class _Units:
+    """The movable pieces of a task: together groups (single tables otherwise)."""
+
+    members: list[tuple[int, ...]]
+    unit_of: IntArray  # [T]
+    pinned: list[bool]
+    memory: IntArray  # [U] bytes
+    apart: list[tuple[int, ...]]  # unit -> units it may not share a device with
+
+    @classmethod
+    def of(cls, task: Task, constraints: Constraints) -> _Units:
+        groups: list[tuple[int, ...]] = []
+        unit_of = np.full(task.num_tables, -1, dtype=np.int64)
+        for i in range(task.num_tables):
+            if unit_of[i] < 0:
+                group = constraints.group_of(i)
+                unit_of[list(group)] = len(groups)
+                groups.append(group)
+        apart: list[set[int]] = [set() for _ in groups]
+        for group in constraints.apart:
+            units = {int(unit_of[i]) for i in group}
+            for u in units:
+                apart[u].update(units - {u})
+        memory = np.array(
+            [sum(task.table_memory_bytes(task.tables[i]) for i in g) for g in groups],
+            dtype=np.int64,
+        )
+        return cls(
+            members=groups,
+            unit_of=unit_of,
+            pinned=[constraints.pinned_device(g[0]) is not None for g in groups],
+            memory=memory,
+            apart=[tuple(sorted(s)) for s in apart],
+        )
+
+
+class _SearchState:
+    """One placement being improved, with its per-device sums, costs and memory."""
+
+    def __init__(
+        self,
+        model: StageCostModel,
+        task: Task,
+        units: _Units,
+        device_of: Sequence[int],
+    ) -> None:
+        self.model = model
+        self.units = units
+        dev = np.asarray(device_of, dtype=np.int64)
+        self.unit_device = np.array([int(dev[g[0]]) for g in units.members], dtype=np.int64)
+        vectors = model.table_vectors
+        self.unit_vectors = np.stack([vectors[list(g)].sum(axis=0) for g in units.members])
+        self.unit_counts = np.array([len(g) for g in units.members], dtype=np.float64)
+        self.sums, self.counts = _device_sums(model, task, dev)
+        self.capacity = np.array([d.memory_bytes for d in task.devices], dtype=np.float64)
+        self.used = np.bincount(
+            self.unit_device, weights=units.memory.astype(np.float64), minlength=task.num_devices
+        )
+        self.costs = model.stage_costs(self.sums, self.counts)
+        self.top = _top3(self.costs)
+        self.cost = float(self.costs.max(axis=0).sum())
+        self.balance = float((self.costs**2).sum())
+
+    def device_of(self) -> Placement:
+        out = np.empty(len(self.units.unit_of), dtype=np.int64)
+        for u, group in enumerate(self.units.members):
+            out[list(group)] = self.unit_device[u]
+        return Placement(tuple(int(d) for d in out))
+
+    def _apart_ok(self, u: int, targets: IntArray, ignore: IntArray | None = None) -> FloatArray:
+        """[K] True where moving unit u onto ``targets[k]`` keeps it apart from its mates
+        (a mate ``ignore[k]`` leaves that device in the same swap)."""
+        ok = np.ones(len(targets), dtype=np.bool_)
+        for mate in self.units.apart[u]:
+            on = self.unit_device[mate] == targets
+            if ignore is not None:
+                on &= ignore != mate
+            ok &= ~on
+        return ok  # type: ignore[return-value]
+
+    def score(
+        self, a: IntArray, new_a: FloatArray, b: IntArray, new_b: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """([K] cost, [K] balance) after devices a[k], b[k] take costs new_a[k], new_b[k]."""
+        others = _others_max(self.top, a, b)
+        cost = np.maximum(others, np.maximum(new_a, new_b)).sum(axis=-1)
+        old = (self.costs[a] ** 2).sum(-1) + (self.costs[b] ** 2).sum(-1)
+        balance = self.balance - old + (new_a**2).sum(-1) + (new_b**2).sum(-1)
+        return cost, balance
+
+    def better(self, cost: float, balance: float) -> bool:
+        tol = REL_TOLERANCE * max(abs(self.cost), 1e-12)
+        if cost < self.cost - tol:
+            return True
+        return cost <= self.cost + tol and balance < self.balance - tol * abs(self.balance)
+
+    def apply(self, u: int, b: int, w: int | None = None) -> None:
+        """Move unit u to device b (and, for a swap, unit w to u's device)."""
+        a = int(self.unit_device[u])
+        self._shift(u, a, b)
+        if w is not None:
+            self._shift(w, b, a)
+        changed = np.array([a, b])
+        self.costs[changed] = self.model.stage_costs(self.sums[changed], self.counts[changed])
+        self.top = _top3(self.costs)
+        self.cost = float(self.costs.max(axis=0).sum())
+        self.balance = float((self.costs**2).sum())
+
+    def _shift(self, u: int, src: int, dst: int) -> None:
+        self.sums[src] -= self.unit_vectors[u]
+        self.sums[dst] += self.unit_vectors[u]
+        self.counts[src] -= self.unit_counts[u]
+        self.counts[dst] += self.unit_counts[u]
+        self.used[src] -= self.units.memory[u]
+        self.used[dst] += self.units.memory[u]
+        self.unit_device[u] = dst
+
+
+def greedy_placement(
+    task: Task,
+    model: StageCostModel,
+    order: Sequence[int] | None = None,
+    constraints: Constraints = NO_CONSTRAINTS,
+) -> Placement | None:
+    """Each table, in ``order``, onto the legal device that minimises the cost of the
+    partial placement (ties: the most balanced); None if a table finds no legal device.
+
+    Args:
+        task: The task.
+        model: What scores the partial placements.
+        order: Table indices to place in turn; default by each table's cost alone on an
+            empty device (sum of its stage costs), largest first.
+        constraints: User constraints; memory always holds.
+    """
+    vectors = model.table_vectors
+    num_devices = task.num_devices
+    if order is None:
+        alone = model.stage_costs(vectors, np.ones(task.num_tables)).sum(axis=-1)
+        order = sorted(range(task.num_tables), key=lambda i: -float(alone[i]))
+    tracker = ConstraintTracker(task, constraints)
+    sums = np.zeros((num_devices, vectors.shape[1]))
+    counts = np.zeros(num_devices)
+    costs = model.stage_costs(sums, counts)
+    for i in order:
+        legal = np.flatnonzero(tracker.legal(i)[0])
+        if len(legal) == 0:
+            return None
+        new = model.stage_costs(sums[legal] + vectors[i], counts[legal] + 1)
+        others = _others_max(_top3(costs), legal, legal)
+        partial = np.maximum(others, new).sum(axis=-1)
+        growth = (new**2).sum(-1) - (costs[legal] ** 2).sum(-1)
+        tol = REL_TOLERANCE * max(float(partial.min()), 1e-12)
+        near = np.flatnonzero(partial <= partial.min() + tol)
+        d = int(legal[near[np.argmin(growth[near])]])
+        sums[d] += vectors[i]
+        counts[d] += 1
+        costs[d] = new[np.flatnonzero(legal == d)[0]]
+        tracker.place(i, [d])
+    return Placement(tuple(int(d) for d in tracker.device_of[0]))
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """What a local search did.
+
+    Attributes:
+        start_cost: Cost of the starting placement (model units: ms).
+        cost: Cost of the result.
+        passes: Full passes over the units made.
+        moves: Moves and swaps applied.
+        converged: True if the last pass found nothing to improve (a local optimum of
+            moves and the swaps tried); False if the pass or time budget ran out first.
+        timed_out: True if the time budget stopped it (the result then depends on the
+            machine's speed).
+    """
+
+    start_cost: float
+    cost: float
+    passes: int
+    moves: int
+    converged: bool
+    timed_out: bool
+
+
+def local_search(
+    task: Task,
+    model: StageCostModel,
+    start: Placement,
+    constraints: Constraints = NO_CONSTRAINTS,
+    max_passes: int = 20,
+    deadline: float | None = None,
+    swap_partners: int = 64,
+    seed: int = 0,
+) -> tuple[Placement, SearchReport]:
+    """Hill-climb from ``start`` with single-unit moves and pairwise swaps.
+
+    Each pass visits every movable unit once and applies its best move or swap (to any
+    legal device; swaps with up to ``swap_partners`` units on other devices, drawn with
+    ``seed``) if it lowers the cost (or keeps it and balances the devices better).
+
+    Args:
+        task: The task.
+        model: What scores placements.
+        start: A valid placement (memory and constraints).
+        constraints: User constraints to keep.
+        max_passes: Most passes.
+        deadline: ``time.perf_counter()`` value after which to stop (None: no limit).
+        swap_partners: Swap candidates per unit and pass.
+        seed: Seed of the swap-partner draws.
+    """
+    units = _Units.of(task, constraints)
+    state = _SearchState(model, task, units, start.device_of)
+    rng = np.random.default_rng(seed)
+    start_cost = state.cost
+    movable = [u for u in range(len(units.members)) if not units.pinned[u]]
+    num_devices = task.num_devices
+    moves = passes = 0
+    converged = timed_out = False
+    while passes < max_passes and not timed_out:
+        passes += 1
+        improved = False
+        for u in movable:
+            if deadline is not None and time.perf_counter() > deadline:
+                timed_out = True
+                break
+            if _improve_unit(state, u, movable, num_devices, swap_partners, rng):
+                moves += 1
+                improved = True
+        if not improved and not timed_out:
+            converged = True
+            break
+    report = SearchReport(start_cost, state.cost, passes, moves, converged, timed_out)
+    return state.device_of(), report
+
+
+def _improve_unit(
+    state: _SearchState,
+    u: int,
+    movable: Sequence[int],
+    num_devices: int,
+    swap_partners: int,
+    rng: np.random.Generator,
+) -> bool:
+    """Apply unit u's best move or swap if it is better; whether one was applied."""
+    a = int(state.unit_device[u])
+    vec, cnt, mem = state.unit_vectors[u], state.unit_counts[u], state.units.memory[u]
+    best: tuple[float, float, int, int | None] | None = None
+    # Moves: u from a to every other device with room.
+    targets = np.flatnonzero(state.used + mem <= state.capacity)
+    targets = targets[targets != a]
+    if len(targets):
+        targets = targets[state._apart_ok(u, targets)]
+    if len(targets):
+        new_a = state.model.stage_costs(state.sums[a] - vec, np.array(state.counts[a] - cnt))
+        new_b = state.model.stage_costs(state.sums[targets] + vec, state.counts[targets] + cnt)
+        src = np.full(len(targets), a)
+        cost, balance = state.score(src, np.broadcast_to(new_a, new_b.shape), targets, new_b)
+        k = _pick(cost, balance)
+        best = (float(cost[k]), float(balance[k]), int(targets[k]), None)
+    # Swaps: u with a unit w on another device, both fitting after the exchange.
+    partners = np.array([w for w in movable if state.unit_device[w] != a], dtype=np.int64)
+    if len(partners) > swap_partners:
+        partners = np.sort(rng.choice(partners, swap_partners, replace=False))
+    if len(partners):
+        b = state.unit_device[partners]
+        mem_w = state.units.memory[partners]
+        fits = (state.used[a] - mem + mem_w <= state.capacity[a]) & (
+            state.used[b] - mem_w + mem <= state.capacity[b]
+        )
+        fits &= state._apart_ok(u, b, ignore=partners)
+        for k, w in enumerate(partners):
+            if fits[k] and state.units.apart[int(w)]:
+                fits[k] = bool(state._apart_ok(int(w), np.array([a]), np.array([u]))[0])
+        partners, b = partners[fits], b[fits]
+    if len(partners):
+        vec_w, cnt_w = state.unit_vectors[partners], state.unit_counts[partners]
+        new_a = state.model.stage_costs(state.sums[a] - vec + vec_w, state.counts[a] - cnt + cnt_w)
+        new_b = state.model.stage_costs(state.sums[b] - vec_w + vec, state.counts[b] - cnt_w + cnt)
+        cost, balance = state.score(np.full(len(b), a), new_a, b, new_b)
+        k = _pick(cost, balance)
+        if best is None or (cost[k], balance[k]) < (best[0], best[1]):
+            best = (float(cost[k]), float(balance[k]), int(b[k]), int(partners[k]))
+    if best is None or not state.better(best[0], best[1]):
+        return False
+    state.apply(u, best[2], best[3])
+    return True
+
+
+def _pick(cost: FloatArray, balance: FloatArray) -> int:
+    """Index of the lowest cost, the most balanced among those within float noise of it."""
+    tol = REL_TOLERANCE * max(float(cost.min()), 1e-12)
+    near = np.flatnonzero(cost <= cost.min() + tol)
+    return int(near[np.argmin(balance[near])])
+
+
+def anneal(
+    task: Task,
+    model: StageCostModel,
+    start: Placement,
+    evaluations: int,
+    seed: int,
+    constraints: Constraints = NO_CONSTRAINTS,
+    start_temperature: float = 0.02,
+    end_temperature: float = 1e-4,
+) -> tuple[Placement, float]:
+    """Simulated annealing from ``start``: random single-unit moves and pairwise swaps,
+    Metropolis acceptance at a temperature falling geometrically from
+    ``start_temperature`` to ``end_temperature`` (shares of the starting cost) over
+    ``evaluations`` proposals. Returns the best placement seen and its cost.
+    """
+    units = _Units.of(task, constraints)
+    state = _SearchState(model, task, units, start.device_of)
+    rng = np.random.default_rng(seed)
+    movable = np.array([u for u in range(len(units.members)) if not units.pinned[u]])
+    best_placement, best_cost = state.device_of(), state.cost
+    if len(movable) == 0 or task.num_devices < 2 or evaluations < 1:
+        return best_placement, best_cost
+    scale = state.cost
+    ratio = (end_temperature / start_temperature) ** (1.0 / max(1, evaluations - 1))
+    temperature = start_temperature * scale
+    for _ in range(evaluations):
+        u = int(rng.choice(movable))
+        a = int(state.unit_device[u])
+        vec, cnt, mem = state.unit_vectors[u], state.unit_counts[u], units.memory[u]
+        if rng.random() < 0.5:
+            b = int(rng.integers(task.num_devices - 1))
+            b += b >= a
+            w = None
+            ok = state.used[b] + mem <= state.capacity[b]
+            ok = ok and bool(state._apart_ok(u, np.array([b]))[0])
+            if ok:
+                new_a = model.stage_costs(state.sums[a] - vec, np.array(state.counts[a] - cnt))
+                new_b = model.stage_costs(state.sums[b] + vec, np.array(state.counts[b] + cnt))
+        else:
+            w = int(rng.choice(movable))
+            b = int(state.unit_device[w])
+            mem_w = units.memory[w]
+            ok = b != a
+            ok = ok and state.used[a] - mem + mem_w <= state.capacity[a]
+            ok = ok and state.used[b] - mem_w + mem <= state.capacity[b]
+            ok = ok and bool(state._apart_ok(u, np.array([b]), np.array([w]))[0])
+            ok = ok and bool(state._apart_ok(w, np.array([a]), np.array([u]))[0])
+            if ok:
+                vec_w, cnt_w = state.unit_vectors[w], state.unit_counts[w]
+                new_a = model.stage_costs(
+                    state.sums[a] - vec + vec_w, np.array(state.counts[a] - cnt + cnt_w)
+                )
+                new_b = model.stage_costs(
+                    state.sums[b] - vec_w + vec, np.array(state.counts[b] - cnt_w + cnt)
+                )
+        if ok:
+            cost, _ = state.score(np.array([a]), new_a[None], np.array([b]), new_b[None])
+            delta = float(cost[0]) - state.cost
+            if delta <= 0 or rng.random() < math.exp(-delta / temperature):
+                state.apply(u, b, w)
+                if state.cost < best_cost:
+                    best_placement, best_cost = state.device_of(), state.cost
+        temperature *= ratio
+    return best_placement, best_cost
