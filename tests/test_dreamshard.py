@@ -58,7 +58,7 @@ def test_dead_ended_policy_falls_back_to_a_memory_packing(
 ) -> None:
     from dataclasses import replace
 
-    import dreamshard.placers.dreamshard as placer_module
+    import dreamshard.method.propose as propose_module
     from dreamshard.data.tasks import first_fit_decreasing
     from dreamshard.method.mdp import rollout
 
@@ -71,10 +71,17 @@ def test_dead_ended_policy_falls_back_to_a_memory_packing(
             stuck_table=torch.full_like(result.stuck_table, last),
         )
 
-    monkeypatch.setattr(placer_module, "rollout", dead_ends)
+    monkeypatch.setattr(propose_module, "rollout", dead_ends)
     t = task([10**9, 10**9])
-    assert DreamShardPlacer(model).place(t) == first_fit_decreasing(t)
+    placer = DreamShardPlacer(model, search="none")
+    assert placer.place(t) == first_fit_decreasing(t)
+    assert placer.last_report is not None and placer.last_report.chosen == "memory-packing"
+    # The search starts from the packing (or its own greedy) and keeps memory.
+    searched = DreamShardPlacer(model).place(t)
+    searched.validate(t)
     # With constraints the packing (which ignores them) is no way out: still an error.
     pinned = parse_constraints({"pin": {"a": 1}})
     with pytest.raises(InfeasiblePlacementError):
-        DreamShardPlacer(model, constraints=pinned).place(t)
+        DreamShardPlacer(model, constraints=pinned, search="none").place(t)
+    # The cost-guided greedy honours the pin.
+    assert DreamShardPlacer(model, constraints=pinned).place(t).device_of[0] == 1

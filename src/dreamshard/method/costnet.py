@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,31 +211,55 @@ class CostNet(nn.Module):
         dot product: the same function as calling them in turn, with 2 kernel launches
         instead of 6 (the MDP calls this at every step of every episode).
         """
+        w1, b1, w2, b2 = self._fused_heads()
+        embed = device_repr.shape[-1]
         if self.task_context:
             if context is None:
                 raise ValueError("this cost network's heads need the task context")
-            while context.dim() < device_repr.dim():
-                context = context.unsqueeze(-2)
-            context = context.expand(*device_repr.shape[:-1], context.shape[-1])
-            device_repr = torch.cat([device_repr, context], dim=-1)
-        first: list[nn.Linear] = []
-        second: list[nn.Linear] = []
-        for head in self.device_heads:
-            in_layer, out_layer = (m for m in head.modules() if isinstance(m, nn.Linear))
-            first.append(in_layer)
-            second.append(out_layer)
-        hidden = torch.relu(
-            nn.functional.linear(
-                device_repr,
-                torch.cat([layer.weight for layer in first]),
-                torch.cat([layer.bias for layer in first]),
-            )
-        )  # [..., 3 * H]
-        hidden = hidden.reshape(*hidden.shape[:-1], len(first), -1)  # [..., 3, H]
-        out_weight = torch.cat([layer.weight for layer in second])  # [3, H]
-        out_bias = torch.cat([layer.bias for layer in second])  # [3]
-        out: torch.Tensor = (hidden * out_weight).sum(dim=-1) + out_bias
+            # The context's part of the first layer is one bias per task, computed once
+            # instead of concatenating the context to every device.
+            bias = nn.functional.linear(context, w1[:, embed:], b1)
+            while bias.dim() < device_repr.dim():
+                bias = bias.unsqueeze(-2)
+            pre = nn.functional.linear(device_repr, w1[:, :embed]) + bias
+        else:
+            pre = nn.functional.linear(device_repr, w1, b1)
+        hidden = torch.relu(pre)  # [..., 3 * H]
+        hidden = hidden.reshape(*hidden.shape[:-1], len(DEVICE_HEADS), -1)  # [..., 3, H]
+        out: torch.Tensor = (hidden * w2).sum(dim=-1) + b2
         return out
+
+    def _fused_heads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three heads' layers stacked: ([3H, in], [3H], [3, H], [3]).
+
+        Cached in eval mode without gradients (inference calls this at every step);
+        switching modes or loading weights drops the cache, so weights changed by
+        training (in train mode) are always seen.
+        """
+        cached: tuple[torch.Tensor, ...] | None = self.__dict__.get("_fused_cache")
+        use_cache = not self.training and not torch.is_grad_enabled()
+        if use_cache and cached is not None:
+            return cached  # type: ignore[return-value]
+        layers = [
+            [m for m in head.modules() if isinstance(m, nn.Linear)] for head in self.device_heads
+        ]
+        fused = (
+            torch.cat([first.weight for first, _ in layers]),
+            torch.cat([first.bias for first, _ in layers]),
+            torch.cat([second.weight for _, second in layers]),
+            torch.cat([second.bias for _, second in layers]),
+        )
+        if use_cache:
+            self.__dict__["_fused_cache"] = fused
+        return fused
+
+    def train(self, mode: bool = True) -> CostNet:
+        self.__dict__.pop("_fused_cache", None)
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__.pop("_fused_cache", None)
+        return super().load_state_dict(*args, **kwargs)
 
     def paper_overall(self, device_repr: torch.Tensor) -> torch.Tensor:
         """[P, D, E] -> [P]: the paper's overall head on the MAX over devices.
@@ -315,11 +340,21 @@ class CostNetStageModel:
     """
 
     def __init__(self, costnet: CostNet, features: torch.Tensor, num_devices: int) -> None:
-        self._costnet = costnet
         with torch.no_grad():
             encodings = costnet.encoder(features)
-            self._context = costnet.context(encodings.sum(dim=0), num_devices)
-        self._vectors = encodings.double().numpy()
+            context = costnet.context(encodings.sum(dim=0), num_devices)
+            w1, b1, w2, b2 = (t.double() for t in costnet._fused_heads())
+            embed = encodings.shape[1]
+            if costnet.task_context:
+                b1 = b1 + w1[:, embed:] @ context.double()
+                w1 = w1[:, :embed]
+        # The heads in float64 numpy: a search calls them thousands of times on a few
+        # rows, where numpy's per-call overhead is a fraction of torch's.
+        self._vectors: np.ndarray = encodings.double().numpy()
+        self._w1t = w1.numpy().T.copy()  # [E, 3H]
+        self._b1 = b1.numpy()
+        self._w2 = w2.numpy()  # [3, H]
+        self._b2 = b2.numpy()
         self._scale = costnet.cost_scale_ms
 
     @property
@@ -327,8 +362,8 @@ class CostNetStageModel:
         return self._vectors
 
     def stage_costs(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = self._costnet.heads(torch.from_numpy(np.asarray(sums, np.float32)), self._context)
-        costs: np.ndarray = out.double().numpy() * self._scale
+        hidden = np.maximum(np.asarray(sums) @ self._w1t + self._b1, 0.0)
+        hidden = hidden.reshape(*hidden.shape[:-1], *self._w2.shape)  # [..., 3, H]
+        costs: np.ndarray = ((hidden * self._w2).sum(axis=-1) + self._b2) * self._scale
         costs[..., :2] *= np.asarray(counts)[..., None] > 0
         return costs

@@ -245,6 +245,7 @@ class SearchReport:
         cost: Cost of the result.
         passes: Full passes over the units made.
         moves: Moves and swaps applied.
+        evaluations: Candidate placements scored.
         converged: True if the last pass found nothing to improve (a local optimum of
             moves and the swaps tried); False if the pass or time budget ran out first.
         timed_out: True if the time budget stopped it (the result then depends on the
@@ -255,6 +256,7 @@ class SearchReport:
     cost: float
     passes: int
     moves: int
+    evaluations: int
     converged: bool
     timed_out: bool
 
@@ -265,6 +267,7 @@ def local_search(
     start: Placement,
     constraints: Constraints = NO_CONSTRAINTS,
     max_passes: int = 20,
+    max_evaluations: int | None = None,
     deadline: float | None = None,
     swap_partners: int = 64,
     seed: int = 0,
@@ -281,6 +284,8 @@ def local_search(
         start: A valid placement (memory and constraints).
         constraints: User constraints to keep.
         max_passes: Most passes.
+        max_evaluations: Most candidate placements scored (moves plus swaps), a budget
+            that stops the search at the same point on any machine (None: no limit).
         deadline: ``time.perf_counter()`` value after which to stop (None: no limit).
         swap_partners: Swap candidates per unit and pass.
         seed: Seed of the swap-partner draws.
@@ -291,22 +296,27 @@ def local_search(
     start_cost = state.cost
     movable = [u for u in range(len(units.members)) if not units.pinned[u]]
     num_devices = task.num_devices
-    moves = passes = 0
-    converged = timed_out = False
-    while passes < max_passes and not timed_out:
+    moves = passes = evaluations = 0
+    converged = timed_out = out_of_budget = False
+    while passes < max_passes and not (timed_out or out_of_budget):
         passes += 1
         improved = False
         for u in movable:
             if deadline is not None and time.perf_counter() > deadline:
                 timed_out = True
                 break
-            if _improve_unit(state, u, movable, num_devices, swap_partners, rng):
+            if max_evaluations is not None and evaluations >= max_evaluations:
+                out_of_budget = True
+                break
+            applied, scored = _improve_unit(state, u, movable, num_devices, swap_partners, rng)
+            evaluations += scored
+            if applied:
                 moves += 1
                 improved = True
-        if not improved and not timed_out:
+        if not improved and not (timed_out or out_of_budget):
             converged = True
             break
-    report = SearchReport(start_cost, state.cost, passes, moves, converged, timed_out)
+    report = SearchReport(start_cost, state.cost, passes, moves, evaluations, converged, timed_out)
     return state.device_of(), report
 
 
@@ -317,11 +327,13 @@ def _improve_unit(
     num_devices: int,
     swap_partners: int,
     rng: np.random.Generator,
-) -> bool:
-    """Apply unit u's best move or swap if it is better; whether one was applied."""
+) -> tuple[bool, int]:
+    """Apply unit u's best move or swap if it is better; (whether one was applied,
+    candidates scored)."""
     a = int(state.unit_device[u])
     vec, cnt, mem = state.unit_vectors[u], state.unit_counts[u], state.units.memory[u]
     best: tuple[float, float, int, int | None] | None = None
+    scored = 0
     # Moves: u from a to every other device with room.
     targets = np.flatnonzero(state.used + mem <= state.capacity)
     targets = targets[targets != a]
@@ -334,6 +346,7 @@ def _improve_unit(
         cost, balance = state.score(src, np.broadcast_to(new_a, new_b.shape), targets, new_b)
         k = _pick(cost, balance)
         best = (float(cost[k]), float(balance[k]), int(targets[k]), None)
+        scored += len(targets)
     # Swaps: u with a unit w on another device, both fitting after the exchange.
     partners = np.array([w for w in movable if state.unit_device[w] != a], dtype=np.int64)
     if len(partners) > swap_partners:
@@ -355,12 +368,13 @@ def _improve_unit(
         new_b = state.model.stage_costs(state.sums[b] - vec_w + vec, state.counts[b] - cnt_w + cnt)
         cost, balance = state.score(np.full(len(b), a), new_a, b, new_b)
         k = _pick(cost, balance)
+        scored += len(partners)
         if best is None or (cost[k], balance[k]) < (best[0], best[1]):
             best = (float(cost[k]), float(balance[k]), int(b[k]), int(partners[k]))
     if best is None or not state.better(best[0], best[1]):
-        return False
+        return False, scored
     state.apply(u, best[2], best[3])
-    return True
+    return True, scored
 
 
 def _pick(cost: FloatArray, balance: FloatArray) -> int:

@@ -1,46 +1,76 @@
-"""Placing tables with a trained model (METHOD.md section 4, inference).
+"""Placing tables with a trained model (METHOD.md section 4, inference), plus search.
 
-The greedy policy on the estimated MDP gives a placement in milliseconds without
-running anything. Beyond the paper, ``samples=K`` also draws K placements from the
-policy and keeps the one the cost network rates best (the greedy one included).
+The candidates come from ``method/propose.py``: the policy's greedy placement (the
+paper's placer), sampled ones, the cost-guided greedy and local search from the best
+(``search="none" | "greedy" | "local"``). The candidate with the lowest predicted cost
+wins; with ``refine=K`` and a backend, the K best distinct candidates are measured and
+the lowest MEASURED one wins (K measurements per task, for users who can spend them).
 
 Memory: the MDP only offers devices with room for the current table, but a greedy
 episode can still paint itself into a corner (every device too full for a later large
-table). Then, beyond the paper, the placer draws up to :data:`FALLBACK_SAMPLES` sampled
-episodes and keeps the best that fits (the cost network rates them). If none fits and
-the task has no user constraints, it returns the task's first-fit-decreasing memory
-packing (``data.tasks.first_fit_decreasing``, logged as a warning) rather than fail a
-task a memory packing can place; only if that fails too is the task reported infeasible.
+table). Then sampled episodes are drawn (``propose.FALLBACK_SAMPLES``). If none fits and
+the task has no user constraints, the task's first-fit-decreasing memory packing
+(``data.tasks.first_fit_decreasing``, logged as a warning) becomes a candidate and the
+search starts from it, rather than fail a task a memory packing can place; only if that
+fails too is the task reported infeasible.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, replace
 
-import torch
+import numpy as np
 
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
 from dreamshard.data.tasks import first_fit_decreasing
+from dreamshard.errors import InputError
 from dreamshard.method.checkpoint import DreamShardModel
-from dreamshard.method.mdp import rollout, task_tensors
-from dreamshard.runtime import one_thread
-from dreamshard.types import Placement, Task
-
-#: Sampled episodes tried, in rounds, when the greedy episode does not fit in memory.
-FALLBACK_SAMPLES: tuple[int, ...] = (16, 64, 256)
+from dreamshard.method.propose import Proposals, SearchSettings, propose
+from dreamshard.types import CostBackend, Placement, Task
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PlacementReport:
+    """How the last placement was chosen.
+
+    Attributes:
+        candidates: Distinct candidate placements considered.
+        chosen: Where the winner came from (``Proposals.origin``).
+        predicted_cost_ms: The cost network's estimate of the winner.
+        measured_cost_ms: Its measured cost with ``refine`` (else None).
+        search_converged: Whether every local search reached a local optimum (None: no
+            local search ran).
+        timed_out: Whether the time budget cut a search short.
+        wall_ms: Time the placement took.
+    """
+
+    candidates: int
+    chosen: str
+    predicted_cost_ms: float
+    measured_cost_ms: float | None
+    search_converged: bool | None
+    timed_out: bool
+    wall_ms: float
+
+
 class DreamShardPlacer:
-    """A trained DreamShard model as a placer.
+    """A trained DreamShard model as a placer, with search on top.
 
     Args:
         model: The trained model.
         samples: Extra sampled placements to consider (0: greedy policy only).
-        seed: Seed of the sampling.
+        seed: Seed of the sampling and the search.
         constraints: User constraints, resolved against each task placed.
+        search: ``"none"`` (the paper's placer), ``"greedy"`` or ``"local"``.
+        time_budget_ms: Cap on one placement's search time (None: effort bounded by
+            passes and evaluations only, so results do not depend on machine speed).
+        refine: Candidates to measure on ``backend`` (0: the cost network decides).
+        backend: Where ``refine`` measures.
     """
 
     name = "dreamshard"
@@ -51,51 +81,75 @@ class DreamShardPlacer:
         samples: int = 0,
         seed: int = DEFAULT_SEED,
         constraints: ConstraintSpec | None = None,
+        search: str = "local",
+        time_budget_ms: float | None = None,
+        refine: int = 0,
+        backend: CostBackend | None = None,
     ) -> None:
-        if samples < 0:
-            raise ValueError(f"samples must be >= 0, got {samples}")
+        self.settings = SearchSettings(
+            search=search, samples=samples, seed=seed, time_budget_ms=time_budget_ms
+        )
+        if refine < 0:
+            raise InputError(f"refine must be >= 0, got {refine}")
+        if refine and backend is None:
+            raise InputError("refine measures candidates: it needs a cost backend")
         self.model = model
-        self.samples = samples
-        self.seed = seed
         self.constraints = constraints
+        self.refine = refine
+        self.backend = backend
+        self.last_report: PlacementReport | None = None
 
     def place(self, task: Task) -> Placement:
-        model = self.model
+        start = time.perf_counter()
         constraints = constraints_for(self.constraints, task)
-        with torch.no_grad(), one_thread():
-            tt = task_tensors(task, model.normalizer, model.costnet, constraints)
-            greedy = rollout(model.policy, model.costnet, tt, 1, greedy=True)
-            device_of, cost, feasible = greedy.device_of, greedy.predicted_cost, greedy.feasible
-            if self.samples:
-                generator = torch.Generator().manual_seed(self.seed)
-                sampled = rollout(model.policy, model.costnet, tt, self.samples, False, generator)
-                device_of = torch.cat([device_of, sampled.device_of])
-                cost = torch.cat([cost, sampled.predicted_cost])
-                feasible = torch.cat([feasible, sampled.feasible])
-            for round_, episodes in enumerate(FALLBACK_SAMPLES):
-                if bool(feasible.any()):
-                    break
-                generator = torch.Generator().manual_seed(self.seed + 1 + round_)
-                sampled = rollout(model.policy, model.costnet, tt, episodes, False, generator)
-                device_of = torch.cat([device_of, sampled.device_of])
-                cost = torch.cat([cost, sampled.predicted_cost])
-                feasible = torch.cat([feasible, sampled.feasible])
-        if not bool(feasible.any()) and constraints.is_empty:
+        proposals = propose(self.model, task, self.settings, constraints)
+        if not proposals.scored and constraints.is_empty:
             packed = first_fit_decreasing(task)
             if packed is not None:
                 log.warning(
-                    "task %r: no episode of the policy fits memory; placed by first-fit "
-                    "decreasing instead",
+                    "task %r: no episode of the policy fits memory; searching from its "
+                    "first-fit-decreasing packing instead",
                     task.name,
                 )
-                return packed
-        if not bool(feasible.any()):
-            # Replay the greedy episode up to the table that found no legal device.
-            stuck = int(greedy.stuck_table[0])
-            tracker = ConstraintTracker(task, constraints)
-            for i in tt.order[: tt.order.index(stuck)]:
-                tracker.place(i, [int(greedy.device_of[0, i])])
-            raise tracker.infeasible(stuck)
-        cost = torch.where(feasible, cost, torch.full_like(cost, float("inf")))
-        best = int(torch.argmin(cost))
-        return Placement(tuple(int(d) for d in device_of[best]))
+                settings = replace(self.settings, time_budget_ms=self._time_left(start))
+                proposals = propose(
+                    self.model, task, settings, constraints, {packed: "memory-packing"}
+                )
+        if not proposals.scored:
+            raise _infeasible(task, proposals)
+        best_cost, best = proposals.scored[0]
+        measured = None
+        if self.refine:
+            assert self.backend is not None
+            shortlist = [p for _, p in proposals.scored[: self.refine]]
+            costs = [c.cost_ms for c in self.backend.measure(task, shortlist)]
+            k = int(np.argmin(costs))
+            best, measured = shortlist[k], float(costs[k])
+            best_cost = proposals.scored[k][0]
+        self.last_report = PlacementReport(
+            candidates=len(proposals.origin),
+            chosen=proposals.origin[best],
+            predicted_cost_ms=float(best_cost),
+            measured_cost_ms=measured,
+            search_converged=proposals.converged,
+            timed_out=proposals.timed_out,
+            wall_ms=(time.perf_counter() - start) * 1e3,
+        )
+        return best
+
+    def _time_left(self, start: float) -> float | None:
+        budget = self.settings.time_budget_ms
+        if budget is None:
+            return None
+        return max(1.0, budget - (time.perf_counter() - start) * 1e3)
+
+
+def _infeasible(task: Task, proposals: Proposals) -> Exception:
+    """The error for a task no candidate fits: the greedy episode replayed up to the
+    table that found no legal device."""
+    tt, greedy = proposals.tensors, proposals.greedy_episode
+    stuck = int(greedy.stuck_table[0])
+    tracker = ConstraintTracker(task, tt.constraints)
+    for i in tt.order[: tt.order.index(stuck)]:
+        tracker.place(i, [int(greedy.device_of[0, i])])
+    return tracker.infeasible(stuck)
