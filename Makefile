@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench benchmark calibrate clean bench-distributed calibrate-comm
+.PHONY: setup demo test lint bench benchmark calibrate clean bench-distributed calibrate-comm pretrain bench-quality
 
 setup: $(STAMP)
 
@@ -35,6 +35,14 @@ benchmark: setup
 
 calibrate: setup
 	$(VENV)/bin/dreamshard calibrate --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-calibration.json
+
+# The packaged pretrained model of the CPU profile (about 25 minutes on 2 cores).
+pretrain: setup
+	$(VENV)/bin/dreamshard pretrain --profile cpu-zen4 --out src/dreamshard/models/cpu-zen4
+
+# Every placer against the ORACLE on the simulator, cost-model ranking, planning times.
+bench-quality: setup
+	$(PYTHON) benchmarks/bench_quality.py --out benchmarks/results/quality.json
 
 bench-distributed: setup
 	$(PYTHON) benchmarks/bench_distributed.py

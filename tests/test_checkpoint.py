@@ -153,9 +153,19 @@ def test_dreamshard_placer_with_samples_respects_memory(saved: Path) -> None:
     placement.validate(t)
 
 
-def test_dreamshard_placer_without_model_dir_raises() -> None:
-    with pytest.raises(InputError, match="needs a trained model"):
-        make_placer("dreamshard", PlacerOptions())
+def test_dreamshard_placer_without_model_dir_takes_the_packaged_model() -> None:
+    from dreamshard.backends import BackendOptions
+    from dreamshard.method.checkpoint import packaged_model_dir
+
+    placer = make_placer("dreamshard", PlacerOptions())
+    packaged = DreamShardModel.load(packaged_model_dir("cpu-zen4"))
+    assert placer.model.normalizer.to_dict() == packaged.normalizer.to_dict()  # type: ignore[attr-defined]
+    # A profile without a packaged model: one line naming the ones there are.
+    other = PlacerOptions(backend_options=BackendOptions(profile="h100-public"))
+    with pytest.raises(
+        InputError, match=r"no packaged model for profile 'h100-public' \(packaged: cpu-zen4\)"
+    ):
+        make_placer("dreamshard", other)
 
 
 def test_dreamshard_placer_falls_back_to_samples_when_greedy_does_not_fit() -> None:

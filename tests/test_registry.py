@@ -27,6 +27,7 @@ def test_kinds_of_the_registered_placers() -> None:
         "dreamshard": PlacerKind.LEARNED,
         "torchrec": PlacerKind.EXTERNAL,
         "rnn": PlacerKind.MEASURED_SEARCH,
+        "oracle": PlacerKind.REFERENCE,
     }
 
 
@@ -45,6 +46,7 @@ def test_default_lists_come_from_the_kinds() -> None:
         ("dreamshard", False, False),
         ("dreamshard@2dev", False, False),
         ("dreamshard-k32", False, False),  # a benchmark's own variant: unknown, no baseline
+        ("oracle", False, False),  # a yardstick, not a baseline
     ],
 )
 def test_baselines_and_measuring_placers(name: str, baseline: bool, measures: bool) -> None:
@@ -63,7 +65,9 @@ def test_every_rule_builds_without_options() -> None:
 
 
 def test_placers_that_need_more_say_what() -> None:
-    with pytest.raises(InputError, match="needs a trained model"):
-        make_placer("dreamshard", PlacerOptions())
+    with pytest.raises(InputError, match=r"no model\.pt"):
+        make_placer("dreamshard", PlacerOptions(model_dir="/nonexistent"))
+    with pytest.raises(InputError, match="needs a backend"):
+        make_placer("oracle", PlacerOptions())
     with pytest.raises(InputError, match="needs a cost backend"):
         make_placer("rnn", PlacerOptions())

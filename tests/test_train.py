@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.features import FeatureNormalizer
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices, make_task
 from dreamshard.errors import InputError
@@ -506,7 +507,8 @@ def test_a_policy_that_dead_ends_falls_back_to_a_memory_packing(
 
     monkeypatch.setattr(train_module, "rollout", dead_ends)
     tasks = training_tasks()
-    trainer = Trainer(CONFIG, tasks, SimBackend(), tmp_path)
+    paper = replace(CONFIG, mix_policy=1.0, mix_search=0.0, mix_perturbed=0.0, mix_reference=0.0)
+    trainer = Trainer(paper, tasks, SimBackend(), tmp_path)
     with caplog.at_level("WARNING", logger="dreamshard.method.train"):
         new = trainer.collect()
     assert trainer.fallback_placements == CONFIG.measurements_per_iteration
@@ -525,3 +527,79 @@ def test_a_task_nothing_can_pack_is_one_clear_error(tmp_path: Path) -> None:
     trainer = Trainer(CONFIG, [packed], SimBackend(), tmp_path)
     with pytest.raises(InputError, match="nor did first-fit decreasing"):
         trainer.sample_placement(packed)
+
+
+def test_the_mix_splits_measurements_by_largest_remainder() -> None:
+    from dreamshard.method.train import _split
+
+    assert _split(10, TrainConfig().mix) == {
+        "policy": 4,
+        "search": 3,
+        "perturbed": 2,
+        "reference": 1,
+    }
+    assert _split(4, TrainConfig().mix) == {
+        "policy": 2,
+        "search": 1,
+        "perturbed": 1,
+        "reference": 0,
+    }
+    paper = TrainConfig(mix_policy=1, mix_search=0, mix_perturbed=0, mix_reference=0)
+    assert _split(7, paper.mix) == {"policy": 7, "search": 0, "perturbed": 0, "reference": 0}
+
+
+def test_bad_mix_is_refused() -> None:
+    with pytest.raises(InputError, match="mix shares"):
+        TrainConfig(mix_policy=0, mix_search=0, mix_perturbed=0, mix_reference=0)
+    with pytest.raises(InputError, match="mix shares"):
+        TrainConfig(mix_policy=-1)
+
+
+def test_reference_share_measures_each_reference_placement_once(tmp_path: Path) -> None:
+    from dreamshard.placers.rules import GreedyPlacer
+
+    config = replace(
+        CONFIG, iterations=2, mix_policy=0, mix_search=0, mix_perturbed=0, mix_reference=1
+    )
+    references = [GreedyPlacer(p) for p in ("size", "dim", "lookup", "size-lookup")]
+    trainer = train(tmp_path, config, reference_placers=references)
+    expected = {
+        (t.name, references[i].place(t)) for t in trainer.tasks for i in range(len(references))
+    }
+    measured = [(m.task.name, m.placement) for m in trainer.state.buffer]
+    reference_measured = [m for m in measured if m in expected]
+    # Each reference placement at most once; the rest (when a task's references are all
+    # measured) come from the search.
+    assert len(reference_measured) == len(set(reference_measured)) > 0
+
+
+def test_fine_tuning_starts_from_the_given_model(run: Run, tmp_path: Path) -> None:
+    init = run.trainer.model
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), tmp_path, init=init, init_source="x")
+    assert same_weights(trainer.model, init)
+    assert trainer.model.normalizer.to_dict() == init.normalizer.to_dict()
+    trainer.run()
+    assert trainer.model.costnet.cost_scale_ms == init.costnet.cost_scale_ms
+    assert not same_weights(trainer.model, init)
+    assert trainer.model.info["init"] == "x"
+    # The given model is not changed by fine-tuning.
+    assert same_weights(init, run.trainer.model)
+
+
+def test_pairwise_loss_compares_placements_of_one_task_only() -> None:
+    from dreamshard.method.costnet import CostNet, CostTargets, PlacementBatch
+    from dreamshard.types import PlacementCost, StageCosts
+
+    torch.manual_seed(0)
+    net = CostNet()
+    t = training_tasks()[0]
+    features = FeatureNormalizer.fit(list(t.tables)).transform(t.tables)
+    placements = [Placement((0, 0, 0, 1, 1, 1)), Placement((0, 1, 0, 1, 0, 1))]
+    batch = PlacementBatch.build([features] * 2, placements, [2, 2])
+    costs = [PlacementCost((StageCosts(c, 0.0, 0.0, c),) * 2, "sim", None) for c in (1.0, 3.0)]
+    targets = CostTargets.build(costs, 2, 1.0)
+    base = net.loss(batch, targets)
+    same = net.loss(batch, targets, torch.tensor([0, 0]), 1.0)
+    apart = net.loss(batch, targets, torch.tensor([0, 1]), 1.0)
+    assert torch.equal(apart, base)  # no pair of one task
+    assert same > base

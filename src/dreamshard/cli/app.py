@@ -248,6 +248,7 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("calibrate", calibrate_commands.calibrate),
     ("calibrate-comm", calibrate_commands.calibrate_comm),
     ("train", train_commands.train),
+    ("pretrain", train_commands.pretrain),
     ("benchmark", bench_commands.benchmark),
 )
 

@@ -67,7 +67,36 @@ KernelOpt = Annotated[
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")]
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", help="Trained DreamShard model folder (placer dreamshard)."),
+    typer.Option(
+        "--model",
+        help="DreamShard model folder (placer dreamshard); default: the pretrained model "
+        "packaged for --profile.",
+    ),
+]
+SearchOpt = Annotated[
+    str,
+    typer.Option(
+        "--search",
+        help="dreamshard: none (the paper's greedy policy), greedy (+ cost-guided greedy) "
+        "or local (+ local search on the cost network).",
+    ),
+]
+TimeBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--time-budget-ms",
+        help="dreamshard: cap on the search time per task (default: bounded by effort "
+        "only, so results do not depend on the machine's speed).",
+    ),
+]
+RefineOpt = Annotated[
+    int,
+    typer.Option(
+        "--refine",
+        min=0,
+        help="dreamshard: measure the K best candidates on --backend, keep the best "
+        "measured (K measurements per task).",
+    ),
 ]
 SamplesOpt = Annotated[
     int,
@@ -219,13 +248,19 @@ def placer_options(
     samples: int,
     backend: BackendChoice | None = None,
     constraints: ConstraintSpec | None = None,
+    search: str = "local",
+    time_budget_ms: float | None = None,
+    refine: int = 0,
 ) -> PlacerOptions:
     """Options of the placers a command builds; the backend is for placers that search
-    on measured costs (rnn)."""
+    on measured costs (rnn, dreamshard's --refine)."""
     return PlacerOptions(
         seed=seed,
         model_dir=str(model) if model else None,
         samples=samples,
+        search=search,
+        time_budget_ms=time_budget_ms,
+        refine=refine,
         backend=backend.name if backend is not None else None,
         backend_options=backend.options if backend is not None else None,
         constraints=constraints,

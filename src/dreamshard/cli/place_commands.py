@@ -13,7 +13,10 @@ from dreamshard.cli.options import (
     ConstraintsOpt,
     ModelOpt,
     OutOpt,
+    RefineOpt,
     SamplesOpt,
+    SearchOpt,
+    TimeBudgetOpt,
     TopologyOpt,
     backend_options,
     check_out,
@@ -51,6 +54,9 @@ def place(
     out: OutOpt = None,
     model: ModelOpt = None,
     samples: SamplesOpt = 0,
+    search: SearchOpt = "local",
+    time_budget_ms: TimeBudgetOpt = None,
+    refine: RefineOpt = 0,
     show_all: Annotated[
         bool,
         typer.Option(
@@ -70,7 +76,7 @@ def place(
     placed = place_and_measure(
         task,
         placer,
-        placer_options(backend.seed, model, samples, backend, spec),
+        placer_options(backend.seed, model, samples, backend, spec, search, time_budget_ms, refine),
         backend.name,
         backend.options,
         progress,
@@ -113,6 +119,9 @@ def evaluate(
     ] = None,
     model: ModelOpt = None,
     samples: SamplesOpt = 0,
+    search: SearchOpt = "local",
+    time_budget_ms: TimeBudgetOpt = None,
+    refine: RefineOpt = 0,
     topology: Annotated[
         Path | None,
         typer.Option(
@@ -151,7 +160,7 @@ def evaluate(
     comparison = compare_placers(
         chosen_tasks,
         names,
-        placer_options(backend.seed, model, samples, backend, spec),
+        placer_options(backend.seed, model, samples, backend, spec, search, time_budget_ms, refine),
         backend.name,
         backend.options,
         progress,

@@ -38,6 +38,14 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Continue from a checkpoint in --out.")
     ] = True,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Fine-tune this model instead of training fresh networks: 'packaged' (the "
+            "pretrained model of --profile) or a model folder.",
+        ),
+    ] = None,
 ) -> None:
     """Train DreamShard on a suite's training tasks (METHOD.md section 4)."""
     from dreamshard.backends import make_backend
@@ -61,7 +69,43 @@ def train(
         seed=backend.seed,
     )
     cost_backend = make_backend(backend.name, backend.options)
-    train_model(config, suite.train, cost_backend, out, resume=resume, log=print_line)
+    train_model(
+        config,
+        suite.train,
+        cost_backend,
+        out,
+        resume=resume,
+        log=print_line,
+        init=init,
+        profile=backend.options.profile,
+    )
+
+
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", help="Model folder (checkpoints land here).")],
+    profile: Annotated[
+        str, typer.Option("--profile", help="Hardware profile of the simulator.")
+    ] = "cpu-zen4",
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Training iterations (default 30).")
+    ] = None,
+) -> None:
+    """Pretrain a model on augmented simulated tasks (how the packaged models are made;
+    about 25 minutes on 2 cores)."""
+    from dataclasses import replace
+
+    from dreamshard.workflows.pretrain import PretrainConfig
+    from dreamshard.workflows.pretrain import pretrain as run_pretrain
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    config = PretrainConfig(profile=profile)
+    if iterations is not None:
+        if iterations < 1:
+            raise InputError(f"--iterations must be at least 1, got {iterations}")
+        config = replace(config, train=replace(config.train, iterations=iterations))
+    run_pretrain(config, out, log=print_line)
+    out_console.print(f"wrote {escape(str(out))} (how it was made: provenance.json)")
 
 
 def _print_step(title: str, detail: str) -> None:

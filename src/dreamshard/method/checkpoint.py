@@ -12,6 +12,7 @@ replaces it (:func:`save_torch_atomic`), so a reader never sees half a file.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 import pickle
@@ -230,6 +231,36 @@ class DreamShardModel:
             detail = " ".join(str(err).split())
             raise CheckpointError(f"{path}: cannot read checkpoint ({detail})") from None
         return cls.from_state(state, str(path))
+
+
+#: What ``--model`` / ``--init`` accept for the model shipped with the package.
+PACKAGED = "packaged"
+
+
+def packaged_model_dir(profile: str) -> Path:
+    """Folder of the pretrained model shipped for hardware profile ``profile``
+    (``dreamshard/models/<profile>/``; how it was made is in its ``provenance.json``).
+
+    Raises:
+        CheckpointError: No model ships for that profile (naming those that do).
+    """
+    root = Path(str(importlib.resources.files("dreamshard"))) / "models"
+    folder = root / Path(profile).stem
+    if not (folder / MODEL_FILE).is_file():
+        shipped = sorted(p.parent.name for p in root.glob(f"*/{MODEL_FILE}"))
+        raise CheckpointError(
+            f"no packaged model for profile {profile!r} (packaged: "
+            f"{', '.join(shipped) or 'none'}): pass --model DIR of a trained model"
+        )
+    return folder
+
+
+def resolve_model_dir(model: str | Path | None, profile: str) -> Path:
+    """The model folder ``model`` names: ``None`` or ``"packaged"`` is the packaged
+    model of ``profile``; anything else is a folder path."""
+    if model is None or str(model) == PACKAGED:
+        return packaged_model_dir(profile)
+    return Path(model)
 
 
 def _check_normalizer(normalizer: FeatureNormalizer) -> None:

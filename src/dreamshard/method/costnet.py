@@ -310,9 +310,20 @@ class CostNet(nn.Module):
         device_repr, occupied = self.represent(batch)
         return self.predict(device_repr, batch.device_mask, occupied)
 
-    def loss(self, batch: PlacementBatch, targets: CostTargets) -> torch.Tensor:
+    def loss(
+        self,
+        batch: PlacementBatch,
+        targets: CostTargets,
+        groups: torch.Tensor | None = None,
+        pairwise_weight: float = 0.0,
+    ) -> torch.Tensor:
         """Sum of the mean squared errors of the device heads and the overall cost
         (METHOD.md section 3), real devices only; the paper's overall head is trained too.
+
+        Beyond the paper, with ``groups`` ([P] task of each placement) and a positive
+        ``pairwise_weight``: plus that weight times the mean squared error of the
+        DIFFERENCES of predicted overall costs over pairs of placements of the same
+        task, which is what ranking them needs.
         """
         device_repr, occupied = self.represent(batch)
         device_pred, overall_pred = self.predict(device_repr, batch.device_mask, occupied)
@@ -321,6 +332,12 @@ class CostNet(nn.Module):
         if self.structured_overall:
             paper = self.paper_overall(device_repr)
             loss = loss + ((paper - targets.overall) ** 2).mean()
+        if groups is not None and pairwise_weight > 0:
+            pairs = torch.triu(groups[:, None] == groups[None, :], diagonal=1)
+            if bool(pairs.any()):
+                predicted = overall_pred[:, None] - overall_pred[None, :]
+                measured = targets.overall[:, None] - targets.overall[None, :]
+                loss = loss + pairwise_weight * ((predicted - measured)[pairs] ** 2).mean()
         return loss
 
 

@@ -448,3 +448,26 @@ def anneal(
                     best_placement, best_cost = state.device_of(), state.cost
         temperature *= ratio
     return best_placement, best_cost
+
+
+def perturb(task: Task, placement: Placement, moves: int, rng: np.random.Generator) -> Placement:
+    """``placement`` after ``moves`` random single-table moves to devices with room
+    (memory kept; user constraints are not looked at)."""
+    dev = list(placement.device_of)
+    capacity = [d.memory_bytes for d in task.devices]
+    memory = [task.table_memory_bytes(t) for t in task.tables]
+    used = [0] * task.num_devices
+    for i, d in enumerate(dev):
+        used[d] += memory[i]
+    for _ in range(moves):
+        i = int(rng.integers(task.num_tables))
+        room = [
+            d for d in range(task.num_devices) if d != dev[i] and used[d] + memory[i] <= capacity[d]
+        ]
+        if not room:
+            continue
+        d = int(room[int(rng.integers(len(room)))])
+        used[dev[i]] -= memory[i]
+        used[d] += memory[i]
+        dev[i] = d
+    return Placement(tuple(dev))

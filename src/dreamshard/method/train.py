@@ -2,10 +2,28 @@
 
 Each iteration:
 
-1. collect  - sample placements of random training tasks with the current policy and
-              measure them on the cost backend (the only hardware use);
+1. collect  - choose placements of random training tasks and measure them on the cost
+              backend (the only hardware use);
 2. fit      - train the cost network on every measurement so far;
 3. improve  - train the policy with REINFORCE on the estimated MDP (no hardware).
+
+Beyond the paper (which measures only the current policy's samples, so its cost network
+is accurate only on placements like them and cannot rank the balanced placements that
+matter), each iteration measures a MIX (``TrainConfig.mix_*``, shares of
+``measurements_per_iteration``):
+
+- ``policy``: samples of the current policy (the paper's data);
+- ``search``: what the current placer would output (``method.propose`` with search),
+  so the network is corrected exactly where the placer relies on it (active learning);
+- ``perturbed``: those with 1-3 random moves or swaps, the neighbourhood a search walks;
+- ``reference``: the placements of reference placers (the expert rules; each measured
+  once per task), the alternatives the placer must beat. Without reference placers
+  their share goes to ``perturbed``.
+
+The cost network's loss adds, beside the paper's MSE, a pairwise term on the
+differences of the predicted costs of placements of the SAME task (batches hold a few
+placements of each of several tasks): ranking placements of one task is what a search
+asks of it. A run may start from a trained model (``init``: fine-tuning a pretrained one).
 
 After every iteration the model and the full training state are checkpointed, so an
 interrupted run resumes where it stopped.
@@ -28,7 +46,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +57,7 @@ from dreamshard import __version__
 from dreamshard.data.features import FeatureNormalizer, log_transform, network_features
 from dreamshard.data.tables import table_to_record
 from dreamshard.data.tasks import first_fit_decreasing
-from dreamshard.errors import InputError
+from dreamshard.errors import InfeasiblePlacementError, InputError
 from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import (
     CONFIG_FILE,
@@ -53,8 +71,10 @@ from dreamshard.method.checkpoint import (
 from dreamshard.method.costnet import CostTargets, PlacementBatch
 from dreamshard.method.mdp import TaskTensors, rollout, task_tensors
 from dreamshard.method.policy import NonFiniteError
+from dreamshard.method.propose import SearchSettings, propose
+from dreamshard.method.search import perturb
 from dreamshard.runtime import one_thread
-from dreamshard.types import CostBackend, Placement, PlacementCost, StageCosts, Task
+from dreamshard.types import CostBackend, Placement, PlacementCost, Placer, StageCosts, Task
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +84,14 @@ HISTORY_FILE = "history.json"
 LOCK_FILE = ".train.lock"
 TRAIN_STATE_FORMAT = "dreamshard-train-state"
 #: Version of the training-state layout; bump when an older state would resume wrongly.
-TRAIN_STATE_VERSION = 2
+TRAIN_STATE_VERSION = 3
+
+#: Kinds of training measurements, in the order each iteration draws them.
+MIX_KINDS: tuple[str, ...] = ("policy", "search", "perturbed", "reference")
+
+#: The search whose outputs training measures: cheaper than the placer's default, as
+#: it runs for many tasks per iteration.
+TRAINING_SEARCH = SearchSettings(search="local", max_passes=2, max_evaluations=50_000)
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,14 @@ class TrainConfig:
         learning_rate: Adam learning rate of both networks, decayed linearly to 0.
         entropy_weight: Weight of the entropy bonus in the policy loss.
         seed: Seed of everything random in training.
+        mix_policy: Share of each iteration's measurements that are policy samples.
+        mix_search: Share that are the search's outputs.
+        mix_perturbed: Share that are perturbed search outputs.
+        mix_reference: Share that are reference placers' placements.
+        pairwise_weight: Weight of the pairwise (same-task difference) cost loss.
+        placements_per_task: Placements of one task per cost-network batch group.
+
+    ``mix_policy=1`` (others 0) and ``pairwise_weight=0`` is the paper's training.
     """
 
     iterations: int = 10
@@ -92,8 +127,26 @@ class TrainConfig:
     learning_rate: float = 5e-4
     entropy_weight: float = 1e-3
     seed: int = 0
+    mix_policy: float = 0.4
+    mix_search: float = 0.3
+    mix_perturbed: float = 0.2
+    mix_reference: float = 0.1
+    pairwise_weight: float = 1.0
+    placements_per_task: int = 4
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """The measurement mix by kind (see the module docstring)."""
+        return {kind: getattr(self, f"mix_{kind}") for kind in MIX_KINDS}
 
     def __post_init__(self) -> None:
+        shares = [getattr(self, f"mix_{kind}") for kind in MIX_KINDS]
+        if not all(math.isfinite(x) and x >= 0 for x in shares) or not sum(shares) > 0:
+            raise InputError("training config: the mix shares must be >= 0, not all 0")
+        if not (math.isfinite(self.pairwise_weight) and self.pairwise_weight >= 0):
+            raise InputError("training config: pairwise_weight must be >= 0")
+        if self.placements_per_task < 1:
+            raise InputError("training config: placements_per_task must be at least 1")
         for name in ("learning_rate", "entropy_weight"):
             value = getattr(self, name)
             if not math.isfinite(value):
@@ -159,7 +212,19 @@ class _State:
 
 
 class Trainer:
-    """Trains a DreamShard model on training tasks with one cost backend."""
+    """Trains a DreamShard model on training tasks with one cost backend.
+
+    Args:
+        config: Training settings.
+        tasks: Training tasks.
+        backend: Where measurements come from.
+        out_dir: Model folder (checkpoints).
+        on_iteration: Called with each iteration's report.
+        reference_placers: Placers whose placements the ``reference`` share measures.
+        init: A trained model to start from (its normaliser, weights and cost scale;
+            fine-tuning), instead of fresh networks.
+        init_source: What ``init`` is, recorded in the model's info.
+    """
 
     def __init__(
         self,
@@ -168,6 +233,9 @@ class Trainer:
         backend: CostBackend,
         out_dir: str | Path,
         on_iteration: Callable[[IterationReport], None] | None = None,
+        reference_placers: Sequence[Placer] = (),
+        init: DreamShardModel | None = None,
+        init_source: str | None = None,
     ) -> None:
         if not tasks:
             raise InputError("training needs at least one training task")
@@ -176,15 +244,20 @@ class Trainer:
         self.backend = backend
         self.out_dir = Path(out_dir)
         self.on_iteration = on_iteration
+        self.reference_placers = list(reference_placers)
         torch.manual_seed(config.seed)
-        normalizer = FeatureNormalizer.fit([t for task in self.tasks for t in task.tables])
-        if not np.isfinite([*normalizer.mean, *normalizer.std]).all():
-            raise _table_beyond_features(self.tasks)
-        self.model = DreamShardModel(
-            normalizer=normalizer,
-            config=asdict(config),
-            info={"backend": backend.name, "train_tasks": len(self.tasks)},
-        )
+        info: dict[str, Any] = {"backend": backend.name, "train_tasks": len(self.tasks)}
+        if init is not None:
+            self.model = DreamShardModel.from_state(init.state(), init_source or "initial model")
+            self.model.config = asdict(config)
+            self.model.info = {**info, "init": init_source, "init_info": dict(init.info)}
+            self.model.costnet.train()
+        else:
+            normalizer = FeatureNormalizer.fit([t for task in self.tasks for t in task.tables])
+            if not np.isfinite([*normalizer.mean, *normalizer.std]).all():
+                raise _table_beyond_features(self.tasks)
+            self.model = DreamShardModel(normalizer=normalizer, config=asdict(config), info=info)
+        self.initialised = init is not None
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self._make_optimizers()
@@ -193,6 +266,8 @@ class Trainer:
         #: policy dead-ended on their task (in total, this process).
         self.fallback_placements = 0
         self._features: dict[str, np.ndarray] = {}
+        #: Reference placements of each task (computed once).
+        self._references: dict[int, list[Placement]] = {}
 
     def _make_optimizers(self) -> None:
         """Adam for both networks, learning rates decayed linearly to 0 over the whole run
@@ -256,19 +331,36 @@ class Trainer:
     # -- 1. collect: measure placements sampled from the current policy -------------------
 
     def collect(self) -> list[Measurement]:
-        """Sample placements of random training tasks and measure them on the backend."""
+        """Choose this iteration's mix of placements of random training tasks and
+        measure them on the backend (module docstring)."""
+        cfg = self.config
+        counts = _split(cfg.measurements_per_iteration, cfg.mix)
+        if not self.reference_placers:
+            counts["perturbed"] += counts.pop("reference")
         picks: dict[int, list[Placement]] = {}
         fallbacks_before = self.fallback_placements
-        for _ in range(self.config.measurements_per_iteration):
-            k = int(self.rng.integers(len(self.tasks)))
-            picks.setdefault(k, []).append(self.sample_placement(self.tasks[k]))
+        searched: dict[int, Placement] = {}  # the search's output per task, this iteration
+        for kind, count in counts.items():
+            for _ in range(count):
+                k = int(self.rng.integers(len(self.tasks)))
+                task = self.tasks[k]
+                if kind == "policy":
+                    placement = self.sample_placement(task)
+                elif kind == "reference":
+                    placement = self._next_reference(k, picks) or self._search(k, searched)
+                else:
+                    placement = self._search(k, searched)
+                    if kind == "perturbed":
+                        moves = int(self.rng.integers(1, 4))
+                        placement = perturb(task, placement, moves, self.rng)
+                picks.setdefault(k, []).append(placement)
         if self.fallback_placements > fallbacks_before:
             log.warning(
                 "iteration %d: the policy found no placement within memory for %d of %d "
                 "sampled tasks; measured their first-fit-decreasing packings instead",
                 self.state.iteration + 1,
                 self.fallback_placements - fallbacks_before,
-                self.config.measurements_per_iteration,
+                counts["policy"],
             )
         out: list[Measurement] = []
         # All placements of one task are measured in one call, so hardware backends
@@ -279,6 +371,36 @@ class Trainer:
                 Measurement(self.tasks[k], p, c) for p, c in zip(placements, costs, strict=True)
             )
         return out
+
+    def _search(self, k: int, searched: dict[int, Placement]) -> Placement:
+        """What the current placer (with search) outputs for task k (once per iteration);
+        a memory packing where it finds nothing."""
+        if k not in searched:
+            task = self.tasks[k]
+            settings = replace(TRAINING_SEARCH, seed=self.config.seed + self.state.iteration)
+            with torch.no_grad():
+                proposals = propose(self.model, task, settings)
+            if proposals.scored:
+                searched[k] = proposals.scored[0][1]
+            else:
+                searched[k] = self.sample_placement(task)
+        return searched[k]
+
+    def _next_reference(self, k: int, picks: dict[int, list[Placement]]) -> Placement | None:
+        """A reference placement of task k not measured yet (None when all were)."""
+        if k not in self._references:
+            found: list[Placement] = []
+            for placer in self.reference_placers:
+                try:
+                    placement = placer.place(self.tasks[k])
+                except (InputError, InfeasiblePlacementError):
+                    continue  # a rule that cannot place this task: nothing to learn from
+                if placement not in found:
+                    found.append(placement)
+            self._references[k] = found
+        measured = {m.placement for m in self.state.buffer if m.task is self.tasks[k]}
+        measured.update(picks.get(k, []))
+        return next((p for p in self._references[k] if p not in measured), None)
 
     def sample_placement(self, task: Task, attempts: int = 8) -> Placement:
         """One feasible placement sampled from the current policy.
@@ -318,15 +440,27 @@ class Trainer:
     def fit_cost_model(self) -> float:
         """``cost_steps`` steps of MSE on random batches of the buffer; mean loss."""
         costnet = self.model.costnet
-        if self.state.iteration == 0:
+        if self.state.iteration == 0 and not self.initialised:
             # Costs enter the networks in units of the first measurements' mean.
             costnet.cost_scale_ms = float(np.mean([m.cost.cost_ms for m in self.state.buffer]))
         costnet.train()
         losses = []
+        by_task: dict[str, list[int]] = {}
+        for i, m in enumerate(self.state.buffer):
+            by_task.setdefault(m.task.name, []).append(i)
+        names = sorted(by_task)
+        per_task = self.config.placements_per_task
+        groups_per_batch = max(1, self.config.cost_batch_size // per_task)
         for _ in range(self.config.cost_steps):
-            idx = self.rng.integers(len(self.state.buffer), size=self.config.cost_batch_size)
+            # A few placements of each of several tasks: the pairwise term compares
+            # placements of one task.
+            chosen = self.rng.integers(len(names), size=groups_per_batch)
+            idx = [
+                int(i) for g in chosen for i in self.rng.choice(by_task[names[g]], size=per_task)
+            ]
+            group = torch.tensor([g for g in chosen for _ in range(per_task)])
             batch, targets = self.cost_batch([self.state.buffer[i] for i in idx])
-            loss = costnet.loss(batch, targets)
+            loss = costnet.loss(batch, targets, group, self.config.pairwise_weight)
             if not math.isfinite(loss.item()):
                 raise self._diverged("the cost network's loss is not finite")
             self.cost_opt.zero_grad()
@@ -648,3 +782,14 @@ def _measurement_from_record(record: dict[str, Any], tasks: dict[str, Task]) -> 
             rel_spread=record["rel_spread"],
         ),
     )
+
+
+def _split(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """``total`` split by ``shares`` (largest remainder; ties in the given order)."""
+    weight = sum(shares.values())
+    exact = {k: total * v / weight for k, v in shares.items()}
+    counts = {k: math.floor(x) for k, x in exact.items()}
+    left = total - sum(counts.values())
+    for k in sorted(exact, key=lambda k: -(exact[k] - counts[k]))[:left]:
+        counts[k] += 1
+    return counts

@@ -31,6 +31,8 @@ class PlacerKind(StrEnum):
     MEASURED_SEARCH = "measured-search"
     #: Another system's planner (TorchRec's), no measurements.
     EXTERNAL = "external"
+    #: A yardstick, not a competitor: a long search on the backend's own cost model.
+    REFERENCE = "reference"
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,18 @@ class PlacerOptions:
 
     Attributes:
         seed: Seed of any randomness.
-        model_dir: Folder of a trained DreamShard model (``dreamshard`` only).
+        model_dir: Folder of a trained DreamShard model, or None (or ``"packaged"``) for
+            the packaged pretrained model of the backend options' profile
+            (``dreamshard`` only).
         samples: Extra sampled placements rated by the cost network (``dreamshard`` only).
+        search: ``none``, ``greedy`` or ``local`` (``dreamshard`` only).
+        time_budget_ms: Cap on the search time per task (``dreamshard`` only).
+        refine: Best candidates measured on the backend, the best measured kept
+            (``dreamshard`` only; it then spends that many measurements per task).
         backend: Cost backend name that placers searching on measurements use (``rnn``).
         backend_options: Options of that backend (``rnn``; defaults when None).
         budget: Backend measurements per task (``rnn``).
+        oracle_evaluations: Annealing proposals per restart (``oracle``).
         constraints: User constraints (pins, together and apart groups), by name;
             every placer resolves them against each task and honours them, or refuses
             them when built (``torchrec``, ``dreamshard``).
@@ -52,9 +61,13 @@ class PlacerOptions:
     seed: int = DEFAULT_SEED
     model_dir: str | None = None
     samples: int = 0
+    search: str = "local"
+    time_budget_ms: float | None = None
+    refine: int = 0
     backend: str | None = None
     backend_options: BackendOptions | None = None
     budget: int = 500
+    oracle_evaluations: int = 20_000
     constraints: ConstraintSpec | None = None
 
 
@@ -82,16 +95,28 @@ def _random(options: PlacerOptions) -> Placer:
 
 
 def _dreamshard(options: PlacerOptions) -> Placer:
-    from dreamshard.method.checkpoint import DreamShardModel
+    from dreamshard.backends import make_backend
+    from dreamshard.method.checkpoint import DreamShardModel, resolve_model_dir
     from dreamshard.placers.dreamshard import DreamShardPlacer
 
-    if options.model_dir is None:
-        raise InputError("placer 'dreamshard' needs a trained model: pass --model DIR")
     if options.samples < 0:
         raise InputError(f"--samples must be >= 0, got {options.samples}")
-    model = DreamShardModel.load(options.model_dir)
+    backend_options = options.backend_options or BackendOptions()
+    model = DreamShardModel.load(resolve_model_dir(options.model_dir, backend_options.profile))
+    backend = None
+    if options.refine:
+        if options.backend is None:
+            raise InputError("--refine measures candidates: it needs a cost backend")
+        backend = make_backend(options.backend, backend_options)
     return DreamShardPlacer(
-        model, samples=options.samples, seed=options.seed, constraints=options.constraints
+        model,
+        samples=options.samples,
+        seed=options.seed,
+        constraints=options.constraints,
+        search=options.search,
+        time_budget_ms=options.time_budget_ms,
+        refine=options.refine,
+        backend=backend,
     )
 
 
@@ -116,6 +141,21 @@ def _rnn(options: PlacerOptions) -> Placer:
     )
 
 
+def _oracle(options: PlacerOptions) -> Placer:
+    from dreamshard.backends import make_backend
+    from dreamshard.placers.oracle import OraclePlacer
+
+    if options.backend is None:
+        raise InputError("placer 'oracle' searches the backend's own costs: it needs a backend")
+    backend = make_backend(options.backend, options.backend_options)
+    return OraclePlacer(
+        backend,
+        evaluations=options.oracle_evaluations,
+        seed=options.seed,
+        constraints=options.constraints,
+    )
+
+
 #: Every placer by name, in display order.
 PLACERS: dict[str, PlacerEntry] = {
     "random": PlacerEntry(PlacerKind.RULE, _random, "uniform device with room"),
@@ -123,10 +163,17 @@ PLACERS: dict[str, PlacerEntry] = {
         proxy: PlacerEntry(PlacerKind.RULE, _greedy(proxy), f"expert rule on {proxy} cost")
         for proxy in PROXIES
     },
-    "dreamshard": PlacerEntry(PlacerKind.LEARNED, _dreamshard, "trained DreamShard model"),
+    "dreamshard": PlacerEntry(
+        PlacerKind.LEARNED, _dreamshard, "DreamShard model (default: the packaged one) + search"
+    ),
     "torchrec": PlacerEntry(PlacerKind.EXTERNAL, _torchrec, "TorchRec's planner, table-wise"),
     "rnn": PlacerEntry(
         PlacerKind.MEASURED_SEARCH, _rnn, "RNN policy trained per task on measured costs"
+    ),
+    "oracle": PlacerEntry(
+        PlacerKind.REFERENCE,
+        _oracle,
+        "reference: long search on the simulator's own costs (~60k evaluations per task)",
     ),
 }
 
@@ -156,9 +203,14 @@ def kind_of(name: str) -> PlacerKind | None:
 
 def is_baseline(name: str) -> bool:
     """Whether a placer is a baseline DreamShard is compared against (any known
-    placer that is not learned)."""
+    placer that is neither learned nor a reference)."""
     kind = kind_of(name)
-    return kind is not None and kind is not PlacerKind.LEARNED
+    return kind is not None and kind not in (PlacerKind.LEARNED, PlacerKind.REFERENCE)
+
+
+def is_reference(name: str) -> bool:
+    """Whether a placer is a yardstick (the ORACLE) rather than a competitor."""
+    return kind_of(name) is PlacerKind.REFERENCE
 
 
 def spends_measurements(name: str) -> bool:

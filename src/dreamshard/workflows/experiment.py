@@ -89,8 +89,13 @@ def train_model(
     resume: bool = True,
     log: Log | None = None,
     indent: str = "",
+    init: str | Path | None = None,
+    profile: str = "cpu-zen4",
 ) -> TrainedModel:
     """Train DreamShard on ``tasks`` measured on ``backend``; checkpoints go to ``out_dir``.
+
+    The measurement mix's reference placements are the expert rules'
+    (``placers.rules``).
 
     Args:
         config: Training settings.
@@ -101,8 +106,13 @@ def train_model(
         log: Receives a line when training starts, resumes, after every iteration and at
             the end.
         indent: Prefix of every logged line.
+        init: Start from this model (``"packaged"``: the packaged model of ``profile``;
+            else a model folder) and fine-tune it, instead of fresh networks.
+        profile: Hardware profile whose packaged model ``init="packaged"`` means.
     """
+    from dreamshard.method.checkpoint import DreamShardModel, resolve_model_dir
     from dreamshard.method.train import Trainer, training_lock
+    from dreamshard.placers.rules import PROXIES, GreedyPlacer
 
     folder = Path(out_dir)
 
@@ -112,16 +122,31 @@ def train_model(
 
     # The lock spans reading the checkpoint to writing the last one: a second run of the
     # folder is refused instead of interleaving its checkpoints with this one's.
+    initial = None
+    if init is not None:
+        init_dir = resolve_model_dir(init, profile)
+        initial = DreamShardModel.load(init_dir)
+    references = [GreedyPlacer(proxy) for proxy in PROXIES]
     with training_lock(folder):
-        trainer = Trainer(config, tasks, backend, folder, on_iteration=on_iteration)
+        trainer = Trainer(
+            config,
+            tasks,
+            backend,
+            folder,
+            on_iteration=on_iteration,
+            reference_placers=references,
+            init=initial,
+            init_source=None if init is None else str(init),
+        )
         resumed_at = trainer.state.iteration if resume and trainer.resume() else None
         if log is not None:
             if resumed_at is not None:
                 log(f"{indent}resumed {folder} at iteration {resumed_at}")
+            start = "fresh networks" if init is None else f"the model {init}"
             log(
                 f"{indent}training on {len(tasks)} tasks, backend {backend.name}, "
                 f"{config.iterations} iterations x {config.measurements_per_iteration} "
-                "measurements"
+                f"measurements, from {start}"
             )
         model = trainer.run()
     trained = TrainedModel(model, folder, tuple(trainer.state.history), resumed_at)

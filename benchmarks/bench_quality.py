@@ -1,0 +1,236 @@
+"""How close to the best placement each placer gets, on the simulator (issue 11).
+
+Every suite's test tasks are drawn from a DLRM-like pool with a seed unlike the
+project's own (so neither the packaged model nor anything tuned saw them). Each placer
+places every task; every placement is costed by the simulator (labelled: simulated,
+not measured). The yardstick is ORACLE (``placers/oracle.py``): a long search on the
+simulator's own cost (greedy on the true cost, local search, 3 annealing restarts of
+20,000 proposals each). Printed per suite: every placer's mean % above ORACLE and its
+geometric-mean ratio to ORACLE; the packaged cost network's ranking quality over all
+placers' placements of each task (Spearman, pairwise ordering accuracy, MAPE); and the
+planning time of one placement call (DreamShard's default search and TorchRec's
+table-wise planner, same run).
+
+    .venv/bin/python benchmarks/bench_quality.py --out benchmarks/results/quality.json
+    .venv/bin/python benchmarks/bench_quality.py --quick   # 4 tasks per suite, no rnn
+
+Targets (issue 11): DreamShard (packaged model, default search) <= 2% above ORACLE on
+every suite and better than size-lookup, torchrec and rnn; Spearman >= 0.9, pairwise
+accuracy >= 90%, MAPE <= 5%; planning 100 x 8 <= 50 ms, 1,000 x 128 <= 0.5 s,
+5,000 x 1,024 <= 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import SuiteConfig, generate_suite, make_devices, make_task
+from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
+from dreamshard.placers.dreamshard import DreamShardPlacer
+from dreamshard.placers.oracle import OraclePlacer
+from dreamshard.placers.rnn import RnnConfig, RnnPlacer
+from dreamshard.placers.rules import GreedyPlacer
+from dreamshard.placers.torchrec import TorchRecPlacer
+from dreamshard.types import Placer, Task
+from dreamshard.units import parse_memory
+
+#: The test pool's seed: unlike the project's (0) and the pretraining's (2026-2027).
+POOL_SEED = 4242
+SUITE_SEED = 99
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    tables: int
+    devices: int
+    memory: str
+    dims: tuple[int, ...]
+    max_rows: int | None
+    rnn: bool
+
+
+SUITES = (
+    Suite("paper-40x4", 40, 4, "5GB", (16,), None, True),
+    Suite("mixed-40x4-binding", 40, 4, "1.75GB", (16, 32, 64, 128), None, True),
+    Suite("mixed-80x8", 80, 8, "5GB", (16, 32, 64, 128), 5_000_000, True),
+    Suite("mixed-200x32", 200, 32, "5GB", (16, 32, 64, 128), 5_000_000, False),
+    Suite("mixed-1000x128", 1000, 128, "5GB", (16, 32, 64, 128), 5_000_000, False),
+)
+
+#: Planning-time tasks: (tables, devices, target seconds).
+TIMING = ((100, 8, 0.05), (1000, 128, 0.5), (5000, 1024, 10.0))
+
+
+def suite_tasks(suite: Suite, count: int) -> list[Task]:
+    pool = generate_table_pool(
+        max(856, 2 * suite.tables + 200), seed=POOL_SEED, dims=suite.dims, max_rows=suite.max_rows
+    )
+    config = SuiteConfig(
+        num_train=0,
+        num_test=count,
+        min_tables=suite.tables,
+        max_tables=suite.tables,
+        num_devices=suite.devices,
+        memory_bytes=parse_memory(suite.memory, "memory"),
+        seed=SUITE_SEED,
+    )
+    return list(generate_suite(pool, config).test)
+
+
+def ranking(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """(Spearman, share of pairs with different true costs ordered right)."""
+    rho = float(spearmanr(predicted, true)[0]) if len(set(true.tolist())) > 1 else float("nan")
+    right = total = 0
+    for i, j in itertools.combinations(range(len(true)), 2):
+        if abs(true[i] - true[j]) <= 1e-9 * max(true[i], true[j]):
+            continue
+        total += 1
+        right += (predicted[i] - predicted[j]) * (true[i] - true[j]) > 0
+    return rho, (right / total if total else float("nan"))
+
+
+def run_suite(
+    suite: Suite, count: int, model: DreamShardModel, backend: SimBackend, quick: bool
+) -> dict[str, object]:
+    tasks = suite_tasks(suite, count)
+    placers: list[Placer] = [
+        GreedyPlacer("size-lookup"),
+        TorchRecPlacer(),
+        DreamShardPlacer(model, search="none"),
+        DreamShardPlacer(model, search="greedy"),
+        DreamShardPlacer(model),  # the default: local search
+        OraclePlacer(backend),
+    ]
+    names = ["size-lookup", "torchrec", "dreamshard-none", "dreamshard-greedy", "dreamshard"]
+    names.append("oracle")
+    if suite.rnn and not quick:
+        placers.insert(2, RnnPlacer(backend, RnnConfig(budget=500)))
+        names.insert(2, "rnn")
+    costs: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rho, pairs, mape = [], [], []
+    for k, task in enumerate(tasks):
+        placements = []
+        for name, placer in zip(names, placers, strict=True):
+            t0 = time.perf_counter()
+            placement = placer.place(task)
+            times[name].append(time.perf_counter() - t0)
+            placements.append(placement)
+            costs[name].append(backend.cost_ms(task, placement))
+        true = np.array([backend.cost_ms(task, p) for p in placements])
+        predicted = model.predict_cost_ms([task] * len(placements), placements)
+        r, a = ranking(predicted, true)
+        rho.append(r)
+        pairs.append(a)
+        mape.append(float(np.mean(np.abs(predicted - true) / true) * 100))
+        print(f"  {suite.name} task {k + 1}/{len(tasks)} done", file=sys.stderr, flush=True)
+    oracle = np.array(costs["oracle"])
+    placer_rows = {}
+    for name in names:
+        ratio = np.array(costs[name]) / oracle
+        placer_rows[name] = {
+            "mean_cost_ms": float(np.mean(costs[name])),
+            "pct_above_oracle": float((ratio.mean() - 1) * 100),
+            "geomean_ratio_to_oracle": float(np.exp(np.log(ratio).mean())),
+            "worst_pct_above_oracle": float((ratio.max() - 1) * 100),
+            "mean_place_s": float(np.mean(times[name])),
+        }
+    return {
+        "suite": suite.__dict__,
+        "tasks": len(tasks),
+        "placers": placer_rows,
+        "cost_model": {
+            "spearman_mean": float(np.nanmean(rho)),
+            "pairwise_accuracy_mean": float(np.nanmean(pairs)),
+            "mape_mean": float(np.mean(mape)),
+            "placements_per_task": len(names),
+        },
+    }
+
+
+def planning_times(model: DreamShardModel, repeats: int) -> list[dict[str, object]]:
+    rows = []
+    for tables, devices, target in TIMING:
+        pool = generate_table_pool(tables, seed=POOL_SEED + tables, dims=(16, 32, 64, 128))
+        memory = 2 * max(t.size_bytes for t in pool) + sum(t.size_bytes for t in pool) // devices
+        task = make_task(f"time-{tables}x{devices}", pool, make_devices(devices, memory))
+        row: dict[str, object] = {"tables": tables, "devices": devices, "target_s": target}
+        for name, placer in (("dreamshard", DreamShardPlacer(model)), ("torchrec", TorchRecPlacer())):
+            walls = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                placer.place(task)
+                walls.append(time.perf_counter() - t0)
+            row[f"{name}_median_s"] = statistics.median(walls)
+        rows.append(row)
+        print(
+            f"planning {tables} x {devices}: dreamshard {row['dreamshard_median_s']:.3f} s, "
+            f"torchrec {row['torchrec_median_s']:.3f} s (target {target} s)",
+            flush=True,
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="Write the results here (JSON).")
+    parser.add_argument("--quick", action="store_true", help="4 tasks per suite, no rnn.")
+    parser.add_argument("--tasks", type=int, default=20, help="Test tasks per suite.")
+    parser.add_argument("--suites", default=",".join(s.name for s in SUITES))
+    parser.add_argument("--no-timing", action="store_true", help="Skip the planning times.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    count = 4 if args.quick else args.tasks
+    model_dir = packaged_model_dir("cpu-zen4")
+    model = DreamShardModel.load(model_dir)
+    backend = SimBackend()
+    wanted = set(args.suites.split(","))
+    results: dict[str, object] = {
+        "backend": "sim (cpu-zen4), simulated, not measured",
+        "model": str(model_dir),
+        "command": " ".join(["benchmarks/bench_quality.py", *sys.argv[1:]]),
+        "suites": {},
+    }
+    t0 = time.perf_counter()
+    for suite in SUITES:
+        if suite.name not in wanted:
+            continue
+        row = run_suite(suite, count, model, backend, args.quick)
+        results["suites"][suite.name] = row  # type: ignore[index]
+        print(f"{suite.name} ({row['tasks']} unseen tasks), % above ORACLE (mean / worst):")
+        for name, stats in row["placers"].items():  # type: ignore[attr-defined]
+            print(
+                f"  {name:18s} {stats['pct_above_oracle']:+6.2f}% / {stats['worst_pct_above_oracle']:+6.2f}%"
+                f"  mean {stats['mean_cost_ms']:8.2f} ms  place {stats['mean_place_s'] * 1e3:9.1f} ms"
+            )
+        cm = row["cost_model"]
+        print(
+            f"  cost model: Spearman {cm['spearman_mean']:.3f}, pairwise accuracy "  # type: ignore[index]
+            f"{cm['pairwise_accuracy_mean'] * 100:.1f}%, MAPE {cm['mape_mean']:.1f}%",  # type: ignore[index]
+            flush=True,
+        )
+    if not args.no_timing:
+        results["planning"] = planning_times(model, 1 if args.quick else 3)
+    results["wall_s"] = time.perf_counter() - t0
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Augmented tables and tasks for pretraining: wider than any one dataset.
+
+A model shipped with the package must place tables it has never seen, on any number of
+devices, with memory from loose to binding. The pretraining data therefore spans more
+than the DLRM-like pool (``synthetic.generate_table_pool``): dims 4-256, rows 100 to
+5e7, pooling factors up to 500, Zipf skews up to 1.5; tasks of 2 to 256 devices with
+1.5 to 12 tables per device (at most 320 tables, so that pretraining stays within
+minutes; the sum and max reductions carry the networks to more devices); per-device
+memory from 1.15x the even share of the task's bytes (binding) to the whole task
+(loose), never below the largest table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dreamshard.constants import DEFAULT_BATCH_SIZE
+from dreamshard.data.synthetic import expected_access_histograms
+from dreamshard.data.tasks import fits_memory, make_devices
+from dreamshard.errors import InputError
+from dreamshard.types import TableSpec, Task
+
+#: Embedding dims drawn (multiples of 4), with their weights.
+DIMS: tuple[int, ...] = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+DIM_WEIGHTS: tuple[float, ...] = (1, 2, 1, 4, 2, 4, 2, 4, 2, 3, 1, 1)
+#: log10 of the rows, uniform.
+ROWS_LOG10_RANGE = (2.0, 7.7)
+#: Share of one-hot tables (pooling 0.6-1.5); the rest log-normal around 10, up to 500.
+ONE_HOT_SHARE = 0.25
+POOLING_MEDIAN = 10.0
+POOLING_LOG_SIGMA = 1.3
+POOLING_RANGE = (0.6, 500.0)
+SKEW_RANGE = (0.0, 1.5)
+#: Devices per task and their weights: mostly small, some up to 256.
+DEVICES: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
+DEVICE_WEIGHTS: tuple[float, ...] = (3, 5, 4, 3, 2, 1, 0.5, 0.25)
+TABLES_PER_DEVICE = (1.5, 12.0)
+#: Most tables in one task (keeps the episodes of pretraining affordable).
+MAX_TABLES_PER_TASK = 320
+#: Per-device memory: this many times the even share of the task's bytes, log-uniform
+#: (1.15 binds; the upper end is as good as unlimited).
+MEMORY_SLACK_RANGE = (1.15, 8.0)
+
+
+def augmented_table_pool(num_tables: int, seed: int, name_prefix: str = "a") -> list[TableSpec]:
+    """``num_tables`` tables drawn from the augmented distributions (module docstring)."""
+    if num_tables < 1:
+        raise InputError(f"num_tables must be >= 1, got {num_tables}")
+    rng = np.random.default_rng(seed)
+    rows = np.rint(10.0 ** rng.uniform(*ROWS_LOG10_RANGE, num_tables))
+    weights = np.asarray(DIM_WEIGHTS) / sum(DIM_WEIGHTS)
+    dims = rng.choice(np.asarray(DIMS), num_tables, p=weights)
+    one_hot = rng.random(num_tables) < ONE_HOT_SHARE
+    pooling = np.where(
+        one_hot,
+        rng.uniform(0.6, 1.5, num_tables),
+        rng.lognormal(np.log(POOLING_MEDIAN), POOLING_LOG_SIGMA, num_tables),
+    )
+    pooling = np.clip(pooling, *POOLING_RANGE)
+    skews = rng.uniform(*SKEW_RANGE, num_tables)
+    active = np.maximum(np.rint(rows * 10.0 ** rng.uniform(-0.65, 0.0, num_tables)), 1)
+    hists = expected_access_histograms(active, pooling, skews, DEFAULT_BATCH_SIZE)
+    return [
+        TableSpec(
+            name=f"{name_prefix}{i}",
+            rows=int(rows[i]),
+            dim=int(dims[i]),
+            pooling_factor=float(pooling[i]),
+            access_hist=tuple(float(x) for x in hists[i]),
+        )
+        for i in range(num_tables)
+    ]
+
+
+def augmented_tasks(
+    pool: list[TableSpec], num_tasks: int, seed: int, name_prefix: str = "pre"
+) -> list[Task]:
+    """``num_tasks`` tasks of tables drawn from ``pool`` (module docstring); each fits
+    its devices' memory (first-fit decreasing)."""
+    rng = np.random.default_rng(seed)
+    weights = np.asarray(DEVICE_WEIGHTS) / sum(DEVICE_WEIGHTS)
+    tasks: list[Task] = []
+    for k in range(num_tasks):
+        num_devices = int(rng.choice(np.asarray(DEVICES), p=weights))
+        per_device = rng.uniform(*TABLES_PER_DEVICE)
+        count = int(min(len(pool), MAX_TABLES_PER_TASK, max(2, round(num_devices * per_device))))
+        tables = tuple(pool[i] for i in sorted(rng.choice(len(pool), count, replace=False)))
+        total = sum(t.size_bytes for t in tables)
+        largest = max(t.size_bytes for t in tables)
+        for _ in range(20):
+            slack = float(np.exp(rng.uniform(*np.log(MEMORY_SLACK_RANGE))))
+            memory = int(max(largest, min(total, slack * total / num_devices)))
+            task = Task(f"{name_prefix}-{k}", tables, make_devices(num_devices, memory))
+            if fits_memory(task):
+                break
+        else:
+            task = Task(f"{name_prefix}-{k}", tables, make_devices(num_devices, total))
+        tasks.append(task)
+    return tasks
