@@ -169,7 +169,10 @@ def planning_times(model: DreamShardModel, repeats: int) -> list[dict[str, objec
         memory = 2 * max(t.size_bytes for t in pool) + sum(t.size_bytes for t in pool) // devices
         task = make_task(f"time-{tables}x{devices}", pool, make_devices(devices, memory))
         row: dict[str, object] = {"tables": tables, "devices": devices, "target_s": target}
-        for name, placer in (("dreamshard", DreamShardPlacer(model)), ("torchrec", TorchRecPlacer())):
+        for name, placer in (
+            ("dreamshard", DreamShardPlacer(model)),
+            ("torchrec", TorchRecPlacer()),
+        ):
             walls = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -212,10 +215,11 @@ def main() -> None:
         row = run_suite(suite, count, model, backend, args.quick)
         results["suites"][suite.name] = row  # type: ignore[index]
         print(f"{suite.name} ({row['tasks']} unseen tasks), % above ORACLE (mean / worst):")
-        for name, stats in row["placers"].items():  # type: ignore[attr-defined]
+        for name, st in row["placers"].items():  # type: ignore[attr-defined]
             print(
-                f"  {name:18s} {stats['pct_above_oracle']:+6.2f}% / {stats['worst_pct_above_oracle']:+6.2f}%"
-                f"  mean {stats['mean_cost_ms']:8.2f} ms  place {stats['mean_place_s'] * 1e3:9.1f} ms"
+                f"  {name:18s} {st['pct_above_oracle']:+6.2f}% / "
+                f"{st['worst_pct_above_oracle']:+6.2f}%  mean {st['mean_cost_ms']:8.2f} ms  "
+                f"place {st['mean_place_s'] * 1e3:9.1f} ms"
             )
         cm = row["cost_model"]
         print(

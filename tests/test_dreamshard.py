@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from dreamshard.data.constraints import (
 from dreamshard.data.features import FeatureNormalizer
 from dreamshard.errors import InfeasiblePlacementError
 from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.method.mdp import Rollout, TaskTensors
 from dreamshard.placers.dreamshard import DreamShardPlacer
 from dreamshard.types import Device, Task
 
@@ -60,18 +63,24 @@ def test_dead_ended_policy_falls_back_to_a_memory_packing(
 
     import dreamshard.method.propose as propose_module
     from dreamshard.data.tasks import first_fit_decreasing
-    from dreamshard.method.mdp import rollout
+    from dreamshard.method.mdp import greedy_rollout, rollout
 
-    def dead_ends(*args: object, **kwargs: object) -> object:
-        result = rollout(*args, **kwargs)  # type: ignore[arg-type]
-        last = args[2].order[-1]  # type: ignore[attr-defined]  # stuck on the last table
+    def dead_end(result: Rollout, tt: TaskTensors) -> Rollout:
+        last = tt.order[-1]  # stuck on the last table
         return replace(
             result,
             feasible=torch.zeros_like(result.feasible),
             stuck_table=torch.full_like(result.stuck_table, last),
         )
 
+    def dead_ends(policy: Any, costnet: Any, tt: TaskTensors, *args: Any) -> Rollout:
+        return dead_end(rollout(policy, costnet, tt, *args), tt)
+
+    def greedy_dead_ends(policy: Any, costnet: Any, tt: TaskTensors) -> Rollout:
+        return dead_end(greedy_rollout(policy, costnet, tt), tt)
+
     monkeypatch.setattr(propose_module, "rollout", dead_ends)
+    monkeypatch.setattr(propose_module, "greedy_rollout", greedy_dead_ends)
     t = task([10**9, 10**9])
     placer = DreamShardPlacer(model, search="none")
     assert placer.place(t) == first_fit_decreasing(t)

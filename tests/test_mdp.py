@@ -265,3 +265,29 @@ def test_a_table_whose_features_overflow_raises_input_error_naming_it() -> None:
         pytest.raises(InputError, match="task 't': table 'b': its features are not finite"),
     ):
         task_tensors(t, normalizer, costnet())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_numpy_greedy_rollout_places_like_the_torch_rollout(seed: int) -> None:
+    from dreamshard.data.synthetic import generate_table_pool
+    from dreamshard.data.tasks import make_devices, make_task
+    from dreamshard.method.mdp import greedy_rollout
+    from dreamshard.method.policy import PolicyNet
+
+    torch.manual_seed(seed)
+    pool = generate_table_pool(30, seed=seed, dims=[16, 32, 64], max_rows=10**6)
+    sizes = sorted(t.size_bytes for t in pool)
+    # Tight memory, so that legal masks and dead ends matter too.
+    memory = sum(sizes) // 4 + sizes[-1]
+    t = make_task("g", pool, make_devices(4, memory))
+    normalizer = FeatureNormalizer.fit(pool)
+    net, policy = costnet(seed), PolicyNet()
+    net.eval()
+    with torch.no_grad():
+        tt = task_tensors(t, normalizer, net)
+        expected = rollout(policy, net, tt, 1, greedy=True)
+        fast = greedy_rollout(policy, net, tt)
+    assert torch.equal(fast.device_of, expected.device_of)
+    assert torch.equal(fast.feasible, expected.feasible)
+    assert torch.equal(fast.stuck_table, expected.stuck_table)
+    torch.testing.assert_close(fast.predicted_cost, expected.predicted_cost)

@@ -11,9 +11,10 @@ policy's placements are candidates of a search scored by the cost network
 - ``search="local"``: then hill-climbs (moves and swaps) from the
   :data:`LOCAL_SEARCH_STARTS` best candidates.
 
-Effort is bounded by passes and scored candidates (:class:`SearchSettings`), which
-stop at the same point on any machine; a time budget may cap it too, and only a search
-that budget cut short depends on the machine's speed (``Proposals.timed_out``).
+Effort is bounded by passes and scored candidates (:class:`SearchSettings`; by default
+:func:`default_evaluations`, sized to the planning-time targets on a 2-core machine),
+which stop at the same point on any machine; a time budget may cap it too, and only a
+search that budget cut short depends on the machine's speed (``Proposals.timed_out``).
 
 The placer (``placers/dreamshard.py``) picks from these; the trainer measures them, so
 the cost network learns exactly where the placer relies on it.
@@ -31,7 +32,7 @@ from dreamshard.data.constraints import NO_CONSTRAINTS, Constraints
 from dreamshard.errors import InputError
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.costnet import CostNetStageModel
-from dreamshard.method.mdp import Rollout, TaskTensors, rollout, task_tensors
+from dreamshard.method.mdp import Rollout, TaskTensors, greedy_rollout, rollout, task_tensors
 from dreamshard.method.search import greedy_placement, local_search, placement_cost
 from dreamshard.runtime import one_thread
 from dreamshard.types import Placement, Task
@@ -55,7 +56,8 @@ class SearchSettings:
         samples: Sampled policy episodes added as candidates.
         seed: Seed of the sampling and of the swap draws.
         max_passes: Passes over the tables of each local search.
-        max_evaluations: Candidate placements each local search may score.
+        max_evaluations: Candidate placements the local searches of one task may score
+            in all (None: :func:`default_evaluations`).
         time_budget_ms: Cap on the whole proposal's time (None: none, so results do not
             depend on the machine's speed).
     """
@@ -64,7 +66,7 @@ class SearchSettings:
     samples: int = 0
     seed: int = DEFAULT_SEED
     max_passes: int = 4
-    max_evaluations: int = 400_000
+    max_evaluations: int | None = None
     time_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
@@ -72,10 +74,17 @@ class SearchSettings:
             raise InputError(f"unknown search {self.search!r} (use {', '.join(SEARCH_MODES)})")
         if self.samples < 0:
             raise InputError(f"samples must be >= 0, got {self.samples}")
-        if self.max_passes < 1 or self.max_evaluations < 1:
+        if self.max_passes < 1 or (self.max_evaluations is not None and self.max_evaluations < 1):
             raise InputError("search passes and evaluations must be at least 1")
         if self.time_budget_ms is not None and not self.time_budget_ms > 0:
             raise InputError(f"time budget must be positive, got {self.time_budget_ms} ms")
+
+
+def default_evaluations(task: Task) -> int:
+    """Default local-search effort: 2,000 + 20 per table scored candidates (a candidate
+    costs 5-8 us on the 2-core development machine: 30 ms on 100 tables, 0.1 s on
+    1,000), in all over the starts."""
+    return 2_000 + 20 * task.num_tables
 
 
 @dataclass
@@ -136,7 +145,9 @@ def propose(
         timed_out = False
         if settings.search == "local" and scored:
             converged = True
-            for k, (_, begin) in enumerate(scored[:LOCAL_SEARCH_STARTS]):
+            starts = scored[:LOCAL_SEARCH_STARTS]
+            budget = settings.max_evaluations or default_evaluations(task)
+            for k, (_, begin) in enumerate(starts):
                 share = None
                 if deadline is not None:  # each start gets an equal share of the time left
                     now = time.perf_counter()
@@ -147,7 +158,7 @@ def propose(
                     begin,
                     constraints,
                     max_passes=settings.max_passes,
-                    max_evaluations=settings.max_evaluations,
+                    max_evaluations=max(1, budget // len(starts)),
                     deadline=share,
                     seed=settings.seed + k,
                 )
@@ -165,7 +176,7 @@ def _policy_candidates(
 ) -> tuple[dict[Placement, str], Rollout]:
     """The policy's feasible placements (greedy, samples, then memory fallbacks while
     none fits), each with its origin, in the order found; and the greedy episode."""
-    greedy = rollout(model.policy, model.costnet, tt, 1, greedy=True)
+    greedy = greedy_rollout(model.policy, model.costnet, tt)
     found: dict[Placement, str] = {}
     if bool(greedy.feasible[0]):
         found[_placement(greedy.device_of[0])] = "policy"

@@ -325,40 +325,48 @@ class DreamShardPlanner:
 
     Use it where ``EmbeddingShardingPlanner`` would be used::
 
-        planner = DreamShardPlanner(topology, "runs/demo/model", table_stats=stats)
+        planner = DreamShardPlanner(topology, table_stats=stats)  # the packaged model
         plan = planner.collective_plan(model, sharders)   # or planner.plan(model)
         model = DistributedModelParallel(model, plan=plan, ...)
 
     Args:
         topology: A :class:`PlannerTopology` or a TorchRec ``Topology`` (world size and
             per-rank memory: HBM on ``cuda``, DDR on ``cpu``).
-        model: A trained model folder (``dreamshard train``) or a loaded model.
+        model: A trained model folder (``dreamshard train``), a loaded model, or
+            ``"packaged"`` (default): the pretrained model packaged for ``profile``.
         table_stats: Table name -> :class:`TableStats`. ``None``: every table gets the
             defaults (one warning). Given: every table of the model must appear, and no
             other name, unless ``allow_missing_stats`` (then missing ones get defaults).
         optimizer: ``"sgd"`` or ``"rowwise_adagrad"`` to force the optimizer counted in
             memory; ``None`` detects it (:func:`detect_fused_optimizer`).
         samples: Extra placements sampled from the policy and rated by the cost network.
-        seed: Seed of that sampling.
+        seed: Seed of that sampling and of the search.
         allow_missing_stats: Accept ``table_stats`` that miss some tables.
         constraints: Tables to pin to ranks, keep together or apart: a
             :class:`~dreamshard.data.constraints.ConstraintSpec`, or the same as a
             constraints file's JSON (``{"pin": {"user_id": 0}, "together": [...],
             "apart": [...]}``; devices by rank or by ``PlannerTopology`` name).
+        search: ``"none"`` (the paper's greedy policy), ``"greedy"`` or ``"local"``
+            (default; ``placers/dreamshard.py``).
+        time_budget_ms: Cap on the search time (None: bounded by effort only).
+        profile: Hardware profile whose packaged model ``model="packaged"`` means.
     """
 
     def __init__(
         self,
         topology: PlannerTopology | Any,
-        model: str | Path | DreamShardModel,
+        model: str | Path | DreamShardModel = "packaged",
         table_stats: Mapping[str, TableStats] | None = None,
         optimizer: str | None = None,
         samples: int = 0,
         seed: int = DEFAULT_SEED,
         allow_missing_stats: bool = False,
         constraints: ConstraintSpec | Mapping[str, Any] | None = None,
+        search: str = "local",
+        time_budget_ms: float | None = None,
+        profile: str = "cpu-zen4",
     ) -> None:
-        from dreamshard.method.checkpoint import DreamShardModel
+        from dreamshard.method.checkpoint import DreamShardModel, resolve_model_dir
         from dreamshard.placers.dreamshard import DreamShardPlacer
 
         self.topology = (
@@ -366,7 +374,11 @@ class DreamShardPlanner:
             if isinstance(topology, PlannerTopology)
             else PlannerTopology.from_torchrec(topology)
         )
-        loaded = model if isinstance(model, DreamShardModel) else DreamShardModel.load(model)
+        loaded = (
+            model
+            if isinstance(model, DreamShardModel)
+            else DreamShardModel.load(resolve_model_dir(model, profile))
+        )
         if samples < 0:
             raise InputError(f"samples must be >= 0, got {samples}")
         spec = (
@@ -374,7 +386,14 @@ class DreamShardPlanner:
             if constraints is None or isinstance(constraints, ConstraintSpec)
             else parse_constraints(constraints, "constraints")
         )
-        self._placer = DreamShardPlacer(loaded, samples=samples, seed=seed, constraints=spec)
+        self._placer = DreamShardPlacer(
+            loaded,
+            samples=samples,
+            seed=seed,
+            constraints=spec,
+            search=search,
+            time_budget_ms=time_budget_ms,
+        )
         self.table_stats = dict(table_stats) if table_stats is not None else None
         self.optimizer = optimizer
         self.allow_missing_stats = allow_missing_stats
