@@ -195,10 +195,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20, help="Test tasks per suite.")
     parser.add_argument("--suites", default=",".join(s.name for s in SUITES))
     parser.add_argument("--no-timing", action="store_true", help="Skip the planning times.")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="Model folder (default: packaged)."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     count = 4 if args.quick else args.tasks
-    model_dir = packaged_model_dir("cpu-zen4")
+    model_dir = args.model or packaged_model_dir("cpu-zen4")
     model = DreamShardModel.load(model_dir)
     backend = SimBackend()
     wanted = set(args.suites.split(","))

@@ -148,7 +148,7 @@ class BenchmarkConfig:
     def shrunk(self) -> BenchmarkConfig:
         """The ``--quick`` variant: fewer tasks, smaller training and rnn budgets."""
         q = self.quick_spec
-        train_changes = {
+        train_changes: dict[str, Any] = {
             "iterations": q.iterations,
             "measurements_per_iteration": q.measurements_per_iteration,
             "cost_steps": q.cost_steps,
@@ -226,6 +226,12 @@ class _Reader:
             return None
         return self.get_int(key, minimum=minimum)
 
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise InputError(f"{self._name(key)}: must be true or false, got {value!r}")
+        return value
+
     def get_float(self, key: str, default: float) -> float:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -282,7 +288,9 @@ def _train_config(reader: _Reader, seed: int) -> TrainConfig:
     values: dict[str, Any] = {}
     for name in _TRAIN_FIELDS:
         default = getattr(defaults, name)
-        if isinstance(default, float):
+        if isinstance(default, bool):
+            values[name] = reader.get_bool(name, default)
+        elif isinstance(default, float):
             values[name] = reader.get_float(name, default)
         else:
             values[name] = reader.get_int(name, default)

@@ -36,7 +36,7 @@ from dreamshard.data.tasks import load_suite, make_task
 from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
 from dreamshard.fileio import write_json
-from dreamshard.placers.registry import COMPARISON_PLACERS
+from dreamshard.placers.registry import COMPARISON_PLACERS, LEARNED_PLACER
 
 
 @backend_options(windows=8, calls=8)
@@ -111,7 +111,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="Which split: test or train.")] = "test",
     placers: Annotated[
         str, typer.Option("--placers", help="Comma-separated placer names.")
-    ] = ",".join(COMPARISON_PLACERS),
+    ] = ",".join((*COMPARISON_PLACERS, LEARNED_PLACER)),
     backend: BackendChoice,
     out: OutOpt = None,
     max_tasks: Annotated[

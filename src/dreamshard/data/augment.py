@@ -7,10 +7,13 @@ than the DLRM-like pool (``synthetic.generate_table_pool``): dims 4-256, rows 10
 1.5 to 12 tables per device (at most 320 tables, so that pretraining stays within
 minutes; the sum and max reductions carry the networks to more devices); per-device
 memory from 1.15x the even share of the task's bytes (binding) to the whole task
-(loose), never below the largest table.
+(loose), never below the largest table. A third of the tasks give all their tables one
+dim (as DLRM-style models often do), the rest keep the pool's mixed dims.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -40,6 +43,8 @@ MAX_TABLES_PER_TASK = 320
 #: Per-device memory: this many times the even share of the task's bytes, log-uniform
 #: (1.15 binds; the upper end is as good as unlimited).
 MEMORY_SLACK_RANGE = (1.15, 8.0)
+#: Share of tasks whose tables all get one dim (drawn like a table's).
+ONE_DIM_SHARE = 1 / 3
 
 
 def augmented_table_pool(num_tables: int, seed: int, name_prefix: str = "a") -> list[TableSpec]:
@@ -85,6 +90,9 @@ def augmented_tasks(
         per_device = rng.uniform(*TABLES_PER_DEVICE)
         count = int(min(len(pool), MAX_TABLES_PER_TASK, max(2, round(num_devices * per_device))))
         tables = tuple(pool[i] for i in sorted(rng.choice(len(pool), count, replace=False)))
+        if rng.random() < ONE_DIM_SHARE:
+            dim = int(rng.choice(np.asarray(DIMS), p=np.asarray(DIM_WEIGHTS) / sum(DIM_WEIGHTS)))
+            tables = tuple(replace(t, dim=dim) for t in tables)
         total = sum(t.size_bytes for t in tables)
         largest = max(t.size_bytes for t in tables)
         for _ in range(20):

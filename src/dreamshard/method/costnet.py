@@ -316,28 +316,37 @@ class CostNet(nn.Module):
         targets: CostTargets,
         groups: torch.Tensor | None = None,
         pairwise_weight: float = 0.0,
+        relative: bool = False,
     ) -> torch.Tensor:
         """Sum of the mean squared errors of the device heads and the overall cost
         (METHOD.md section 3), real devices only; the paper's overall head is trained too.
 
-        Beyond the paper, with ``groups`` ([P] task of each placement) and a positive
-        ``pairwise_weight``: plus that weight times the mean squared error of the
-        DIFFERENCES of predicted overall costs over pairs of placements of the same
-        task, which is what ranking them needs.
+        Beyond the paper:
+
+        - ``groups`` ([P] task of each placement) and a positive ``pairwise_weight``: plus
+          that weight times the mean squared error of the DIFFERENCES of predicted
+          overall costs over pairs of placements of the same task (what ranking needs);
+        - ``relative``: every error of a placement is divided by its measured overall
+          cost (a pair's by the mean of the two), so tasks of 2 and of 200 ms weigh the
+          same; in absolute units the largest tasks would decide the whole fit.
         """
         device_repr, occupied = self.represent(batch)
         device_pred, overall_pred = self.predict(device_repr, batch.device_mask, occupied)
-        device_loss = ((device_pred - targets.device) ** 2)[batch.device_mask].mean(dim=0)
-        loss = device_loss.sum() + ((overall_pred - targets.overall) ** 2).mean()
+        scale = targets.overall if relative else torch.ones_like(targets.overall)
+        device_err = (device_pred - targets.device) / scale[:, None, None]
+        device_loss = (device_err**2)[batch.device_mask].mean(dim=0)
+        loss = device_loss.sum() + (((overall_pred - targets.overall) / scale) ** 2).mean()
         if self.structured_overall:
             paper = self.paper_overall(device_repr)
-            loss = loss + ((paper - targets.overall) ** 2).mean()
+            loss = loss + (((paper - targets.overall) / scale) ** 2).mean()
         if groups is not None and pairwise_weight > 0:
             pairs = torch.triu(groups[:, None] == groups[None, :], diagonal=1)
             if bool(pairs.any()):
                 predicted = overall_pred[:, None] - overall_pred[None, :]
                 measured = targets.overall[:, None] - targets.overall[None, :]
-                loss = loss + pairwise_weight * ((predicted - measured)[pairs] ** 2).mean()
+                pair_scale = (scale[:, None] + scale[None, :]) / 2
+                err = (predicted - measured) / pair_scale
+                loss = loss + pairwise_weight * (err[pairs] ** 2).mean()
         return loss
 
 

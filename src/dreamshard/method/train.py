@@ -113,9 +113,12 @@ class TrainConfig:
         mix_perturbed: Share that are perturbed search outputs.
         mix_reference: Share that are reference placers' placements.
         pairwise_weight: Weight of the pairwise (same-task difference) cost loss.
+        relative_loss: Cost-network errors relative to each placement's measured cost
+            (tasks of every size weigh the same), instead of in absolute units.
         placements_per_task: Placements of one task per cost-network batch group.
 
-    ``mix_policy=1`` (others 0) and ``pairwise_weight=0`` is the paper's training.
+    ``mix_policy=1`` (others 0), ``pairwise_weight=0`` and ``relative_loss=False`` is
+    the paper's training.
     """
 
     iterations: int = 10
@@ -132,6 +135,7 @@ class TrainConfig:
     mix_perturbed: float = 0.2
     mix_reference: float = 0.1
     pairwise_weight: float = 1.0
+    relative_loss: bool = True
     placements_per_task: int = 4
 
     @property
@@ -460,7 +464,9 @@ class Trainer:
             ]
             group = torch.tensor([g for g in chosen for _ in range(per_task)])
             batch, targets = self.cost_batch([self.state.buffer[i] for i in idx])
-            loss = costnet.loss(batch, targets, group, self.config.pairwise_weight)
+            loss = costnet.loss(
+                batch, targets, group, self.config.pairwise_weight, self.config.relative_loss
+            )
             if not math.isfinite(loss.item()):
                 raise self._diverged("the cost network's loss is not finite")
             self.cost_opt.zero_grad()

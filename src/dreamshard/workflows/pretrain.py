@@ -35,7 +35,7 @@ def _default_train() -> TrainConfig:
     return TrainConfig(
         iterations=30,
         measurements_per_iteration=100,
-        cost_steps=300,
+        cost_steps=400,
         policy_batches=20,
         seed=2026,
     )
