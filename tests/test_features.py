@@ -125,3 +125,19 @@ def test_table_features_and_matrix() -> None:
     np.testing.assert_array_equal(matrix[0], feats)
     assert matrix[1, FEATURE_NAMES.index("size_bytes")] == 200 * 8 * 2
     assert features_matrix([]).shape == (0, len(FEATURE_NAMES))
+
+
+def test_fitted_normaliser_clips_tables_far_outside_the_training_range() -> None:
+    from dreamshard.data.features import FeatureNormalizer
+
+    from .conftest import table
+
+    train = [table(f"t{i}", rows=1000 + 10 * i, pooling=2.0 + 0.1 * i) for i in range(20)]
+    normalizer = FeatureNormalizer.fit(train)
+    far = table("far", rows=10**9, pooling=400.0)
+    assert float(np.abs(normalizer.transform([far])).max()) == normalizer.CLIP
+    # Saved and read back with its clip; normalisers saved before clipping do not clip.
+    again = FeatureNormalizer.from_dict(normalizer.to_dict())
+    assert again == normalizer
+    old = {k: v for k, v in normalizer.to_dict().items() if k != "clip"}
+    assert float(np.abs(FeatureNormalizer.from_dict(old).transform([far])).max()) > normalizer.CLIP

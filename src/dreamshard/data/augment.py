@@ -3,7 +3,8 @@
 A model shipped with the package must place tables it has never seen, on any number of
 devices, with memory from loose to binding. The pretraining data therefore spans more
 than the DLRM-like pool (``synthetic.generate_table_pool``): dims 4-256, rows 100 to
-5e7, pooling factors up to 500, Zipf skews up to 1.5; tasks of 2 to 256 devices with
+5e7, pooling factors 0.05 to 500 (some hot tables: few rows read hundreds of times per
+sample), Zipf skews up to 1.5; tasks of 2 to 256 devices with
 1.5 to 12 tables per device (at most 320 tables, so that pretraining stays within
 minutes; the sum and max reductions carry the networks to more devices); per-device
 memory from 1.15x the even share of the task's bytes (binding) to the whole task
@@ -28,11 +29,15 @@ DIMS: tuple[int, ...] = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 DIM_WEIGHTS: tuple[float, ...] = (1, 2, 1, 4, 2, 4, 2, 4, 2, 3, 1, 1)
 #: log10 of the rows, uniform.
 ROWS_LOG10_RANGE = (2.0, 7.7)
-#: Share of one-hot tables (pooling 0.6-1.5); the rest log-normal around 10, up to 500.
+#: Share of one-hot tables (pooling 0.05-1.5, some ids missing); the rest log-normal
+#: around 10, 0.05 to 500.
 ONE_HOT_SHARE = 0.25
 POOLING_MEDIAN = 10.0
-POOLING_LOG_SIGMA = 1.3
-POOLING_RANGE = (0.6, 500.0)
+POOLING_LOG_SIGMA = 1.6
+POOLING_RANGE = (0.05, 500.0)
+#: Share of "hot" tables: few rows (100-5,000) read many times per sample (pooling
+#: 20-500), whose every row is touched thousands of times per batch.
+HOT_SHARE = 0.06
 SKEW_RANGE = (0.0, 1.5)
 #: Devices per task and their weights: mostly small, some up to 256.
 DEVICES: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
@@ -53,14 +58,17 @@ def augmented_table_pool(num_tables: int, seed: int, name_prefix: str = "a") -> 
         raise InputError(f"num_tables must be >= 1, got {num_tables}")
     rng = np.random.default_rng(seed)
     rows = np.rint(10.0 ** rng.uniform(*ROWS_LOG10_RANGE, num_tables))
+    hot = rng.random(num_tables) < HOT_SHARE
+    rows = np.where(hot, np.rint(10.0 ** rng.uniform(2.0, np.log10(5000), num_tables)), rows)
     weights = np.asarray(DIM_WEIGHTS) / sum(DIM_WEIGHTS)
     dims = rng.choice(np.asarray(DIMS), num_tables, p=weights)
     one_hot = rng.random(num_tables) < ONE_HOT_SHARE
     pooling = np.where(
         one_hot,
-        rng.uniform(0.6, 1.5, num_tables),
+        np.exp(rng.uniform(np.log(0.05), np.log(1.5), num_tables)),
         rng.lognormal(np.log(POOLING_MEDIAN), POOLING_LOG_SIGMA, num_tables),
     )
+    pooling = np.where(hot, np.exp(rng.uniform(np.log(20), np.log(500), num_tables)), pooling)
     pooling = np.clip(pooling, *POOLING_RANGE)
     skews = rng.uniform(*SKEW_RANGE, num_tables)
     active = np.maximum(np.rint(rows * 10.0 ** rng.uniform(-0.65, 0.0, num_tables)), 1)

@@ -245,15 +245,24 @@ class FeatureNormalizer:
         std: Per-feature standard deviation (floored, so constant features stay finite).
         log_features: Features that were log-transformed (saved, so a model keeps the
             transform it was trained with).
+        clip: Normalised values are clipped to ``[-clip, clip]`` (None: not clipped, as
+            in normalisers saved before clipping). A table far outside the training
+            range (a 100-row table read 190 times per sample sat 20 standard deviations
+            out on one access bin) otherwise gets arbitrary predictions a search then
+            exploits; clipped, it looks like the most extreme table the networks know.
+            Non-finite values stay non-finite, so they are still refused.
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     log_features: tuple[str, ...] = tuple(sorted(LOG_FEATURES))
+    clip: float | None = None
 
     #: Smallest standard deviation used, so a feature constant in training (say, all
     #: dims 16) maps to 0 and unseen values stay finite.
     MIN_STD = 0.05
+    #: The clip of newly fitted normalisers, in standard deviations.
+    CLIP = 6.0
 
     @classmethod
     def fit(cls, tables: Sequence[TableSpec]) -> FeatureNormalizer:
@@ -262,19 +271,23 @@ class FeatureNormalizer:
             raise ValueError("cannot fit a feature normaliser on no tables")
         logged = log_transform(network_features(tables))
         std = np.maximum(logged.std(axis=0), cls.MIN_STD)
-        return cls(mean=tuple(logged.mean(axis=0).tolist()), std=tuple(std.tolist()))
+        return cls(mean=tuple(logged.mean(axis=0).tolist()), std=tuple(std.tolist()), clip=cls.CLIP)
 
     def transform(self, tables: Sequence[TableSpec]) -> npt.NDArray[np.float32]:
         """Normalised network inputs ``[len(tables), len(NETWORK_FEATURE_NAMES)]``, float32."""
         logged = log_transform(network_features(tables), self.log_features)
         normalised: FloatArray = (logged - np.array(self.mean)) / np.array(self.std)
+        if self.clip is not None:
+            finite = np.isfinite(normalised)
+            normalised = np.where(finite, np.clip(normalised, -self.clip, self.clip), normalised)
         return normalised.astype(np.float32)
 
-    def to_dict(self) -> dict[str, list[float] | list[str]]:
+    def to_dict(self) -> dict[str, list[float] | list[str] | float | None]:
         return {
             "mean": list(self.mean),
             "std": list(self.std),
             "log_features": list(self.log_features),
+            "clip": self.clip,
         }
 
     @classmethod
@@ -286,4 +299,12 @@ class FeatureNormalizer:
         unknown = set(data["log_features"]) - set(NETWORK_FEATURE_NAMES)
         if unknown:
             raise ValueError(f"normaliser names unknown features {sorted(unknown)}")
-        return cls(mean=mean, std=std, log_features=tuple(data["log_features"]))
+        clip = data.get("clip")
+        if clip is not None and not (isinstance(clip, int | float) and clip > 0):
+            raise ValueError(f"normaliser clip must be a positive number, got {clip!r}")
+        return cls(
+            mean=mean,
+            std=std,
+            log_features=tuple(data["log_features"]),
+            clip=None if clip is None else float(clip),
+        )
