@@ -27,6 +27,7 @@ from dreamshard.cli.output import (
     out_console,
     print_comparison,
     print_conditions,
+    print_line,
     print_placement,
     progress,
 )
@@ -90,6 +91,8 @@ def place(
         show_all=show_all,
     )
     print_conditions(placed.conditions)
+    if placed.how is not None:
+        print_line(placed.how)
     if out is not None:
         record = PlacementFile.of(
             task,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dreamshard.backends import BackendOptions, make_backend
 from dreamshard.data.constraints import constraints_for
 from dreamshard.evaluation.evaluate import Evaluation, evaluate
+from dreamshard.placers.dreamshard import DreamShardPlacer
 from dreamshard.placers.registry import PlacerOptions, make_placer
 from dreamshard.types import (
     CostBackend,
@@ -173,6 +174,7 @@ class PlacedTask:
         backend: Name of the backend that measured it.
         cost: The measured cost.
         conditions: How quiet the machine was (measuring backends only).
+        how: How a DreamShard placer chose it (None for other placers).
     """
 
     task: Task
@@ -182,6 +184,7 @@ class PlacedTask:
     backend: str
     cost: PlacementCost
     conditions: MeasurementConditions | None = None
+    how: str | None = None
 
 
 def place_and_measure(
@@ -211,7 +214,18 @@ def place_and_measure(
         cost_backend = make_backend(backend, backend_options, on_progress)
         (cost,) = cost_backend.measure(task, [placement])
     conditions = cost_backend.conditions() if isinstance(cost_backend, ReportsConditions) else None
-    return PlacedTask(task, chosen.name, placement, place_ms, cost_backend.name, cost, conditions)
+    how = None
+    if isinstance(chosen, DreamShardPlacer) and chosen.last_report is not None:
+        report = chosen.last_report
+        how = (
+            f"{placer}: search {chosen.settings.search}, {report.candidates} candidates, "
+            f"chose {report.chosen} (predicted {report.predicted_cost_ms:.3f} ms"
+            + (f", measured {report.measured_cost_ms:.3f} ms" if report.measured_cost_ms else "")
+            + ")"
+        )
+    return PlacedTask(
+        task, chosen.name, placement, place_ms, cost_backend.name, cost, conditions, how
+    )
 
 
 @dataclass(frozen=True)
