@@ -44,7 +44,7 @@ def test_run_demo_trains_compares_and_writes_its_files(tmp_path: Path) -> None:
         "config.json", "evaluation.json", "model", "tables.json", "tasks.json",
     ]  # fmt: skip
     assert [t for t, _ in steps] == [
-        "1. training DreamShard",
+        "1. fine-tuning the packaged DreamShard model",
         "2. evaluating every placer on the unseen test tasks",
     ]
     assert (

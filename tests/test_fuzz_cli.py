@@ -237,7 +237,9 @@ CASES: dict[str, Case] = {
     "place model is a file": Case(
         f"{PLACE} --placer dreamshard --model {{ws}}/file.txt", "file.txt"
     ),
-    "place dreamshard without model": Case(f"{PLACE} --placer dreamshard", "--model"),
+    "place dreamshard, no packaged model for the profile": Case(
+        f"{PLACE} --placer dreamshard --profile h100-public", "no packaged model"
+    ),
     "place missing option": Case("place --devices 2", "Missing option '--tables'"),
     # evaluate
     "evaluate out is tasks": Case(f"{EVALUATE} --out {{ws}}/suite.json", "is the input file"),

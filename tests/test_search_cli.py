@@ -43,7 +43,7 @@ def test_place_with_the_packaged_model_and_each_search(
 ) -> None:
     out = tmp_path / f"{search}.json"
     result = run(
-        "place", "--tables", tables, "--devices", 3, "--placer", "dreamshard",
+        "place", "--tables", tables, "--devices", 3, "--memory", "1GB", "--placer", "dreamshard",
         "--search", search, *SIM, "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -72,7 +72,7 @@ def test_local_search_is_no_worse_than_the_policy_on_the_predicted_cost(tables: 
 def test_refine_measures_the_best_candidates(tables: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.json"
     result = run(
-        "place", "--tables", tables, "--devices", 3, "--placer", "dreamshard",
+        "place", "--tables", tables, "--devices", 3, "--memory", "1GB", "--placer", "dreamshard",
         "--refine", 3, *SIM, "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -88,7 +88,10 @@ def test_refine_measures_the_best_candidates(tables: Path, tmp_path: Path) -> No
     ],
 )
 def test_bad_search_options_are_one_line(tables: Path, args: tuple[str, ...], part: str) -> None:
-    result = run("place", "--tables", tables, "--devices", 2, "--placer", "dreamshard", *SIM, *args)
+    result = run(
+        "place", "--tables", tables, "--devices", 2, "--memory", "1GB", "--placer", "dreamshard",
+        *SIM, *args,
+    )  # fmt: skip
     assert part in one_line_error(result)
 
 
