@@ -14,6 +14,9 @@ table-wise planner, same run).
     .venv/bin/python benchmarks/bench_quality.py --out benchmarks/results/quality.json
     .venv/bin/python benchmarks/bench_quality.py --quick   # 4 tasks per suite, no rnn
 
+20 test tasks per suite (10 on the 200- and 1,000-table suites, where the ORACLE alone
+takes 20-70 s per task); rnn (500 measurements per task) on the three smaller suites.
+
 Targets (issue 11): DreamShard (packaged model, default search) <= 2% above ORACLE on
 every suite and better than size-lookup, torchrec and rnn; Spearman >= 0.9, pairwise
 accuracy >= 90%, MAPE <= 5%; planning 100 x 8 <= 50 ms, 1,000 x 128 <= 0.5 s,
@@ -61,14 +64,16 @@ class Suite:
     dims: tuple[int, ...]
     max_rows: int | None
     rnn: bool
+    #: Most test tasks (the ORACLE takes 20-70 s per task on the large suites).
+    max_tasks: int | None = None
 
 
 SUITES = (
     Suite("paper-40x4", 40, 4, "5GB", (16,), None, True),
     Suite("mixed-40x4-binding", 40, 4, "1.75GB", (16, 32, 64, 128), None, True),
     Suite("mixed-80x8", 80, 8, "5GB", (16, 32, 64, 128), 5_000_000, True),
-    Suite("mixed-200x32", 200, 32, "5GB", (16, 32, 64, 128), 5_000_000, False),
-    Suite("mixed-1000x128", 1000, 128, "5GB", (16, 32, 64, 128), 5_000_000, False),
+    Suite("mixed-200x32", 200, 32, "5GB", (16, 32, 64, 128), 5_000_000, False, 10),
+    Suite("mixed-1000x128", 1000, 128, "5GB", (16, 32, 64, 128), 5_000_000, False, 10),
 )
 
 #: Planning-time tasks: (tables, devices, target seconds).
@@ -106,7 +111,7 @@ def ranking(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
 def run_suite(
     suite: Suite, count: int, model: DreamShardModel, backend: SimBackend, quick: bool
 ) -> dict[str, object]:
-    tasks = suite_tasks(suite, count)
+    tasks = suite_tasks(suite, min(count, suite.max_tasks or count))
     placers: list[Placer] = [
         GreedyPlacer("size-lookup"),
         TorchRecPlacer(),

@@ -169,3 +169,28 @@ def test_local_search_improves_a_bad_start() -> None:
     found, report = local_search(t, model, start)
     assert report.cost < 0.6 * report.start_cost
     assert backend.cost_ms(t, found) == pytest.approx(report.cost, rel=1e-9)
+
+
+def test_proposals_are_deterministic_and_sorted() -> None:
+    from dreamshard.method.propose import SearchSettings, propose
+
+    t = sim_task(20, 4)
+    torch.manual_seed(1)
+    model = DreamShardModel(normalizer=FeatureNormalizer.fit(list(t.tables)))
+    model.costnet.eval()
+    model.policy.eval()
+    settings = SearchSettings(samples=4, seed=3)
+    first, again = propose(model, t, settings), propose(model, t, settings)
+    assert first.scored == again.scored and first.origin == again.origin
+    costs = [c for c, _ in first.scored]
+    assert costs == sorted(costs)
+    assert set(first.origin.values()) <= {
+        "policy",
+        "policy-sample",
+        "cost-greedy",
+        "policy+local",
+        "policy-sample+local",
+        "cost-greedy+local",
+    }
+    for _, placement in first.scored:
+        placement.validate(t)
