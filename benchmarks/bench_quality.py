@@ -80,12 +80,14 @@ SUITES = (
 TIMING = ((100, 8, 0.05), (1000, 128, 0.5), (5000, 1024, 10.0))
 
 
-def suite_tasks(suite: Suite, count: int) -> list[Task]:
+def suite_tasks(suite: Suite, count: int, split: str = "test") -> list[Task]:
+    """The suite's tasks: ``split="test"`` the unseen ones; ``"train"`` tasks of the same
+    kind from the other half of the pool (what ``--finetune-sim`` trains on)."""
     pool = generate_table_pool(
         max(856, 2 * suite.tables + 200), seed=POOL_SEED, dims=suite.dims, max_rows=suite.max_rows
     )
     config = SuiteConfig(
-        num_train=0,
+        num_train=count if split == "train" else 0,
         num_test=count,
         min_tables=suite.tables,
         max_tables=suite.tables,
@@ -93,7 +95,22 @@ def suite_tasks(suite: Suite, count: int) -> list[Task]:
         memory_bytes=parse_memory(suite.memory, "memory"),
         seed=SUITE_SEED,
     )
-    return list(generate_suite(pool, config).test)
+    return list(generate_suite(pool, config).split(split))
+
+
+def finetuned(model_dir: Path, suite: Suite, measurements: int, out: Path) -> DreamShardModel:
+    """The model fine-tuned on the simulator on 20 training tasks of ``suite`` (10
+    iterations of ``measurements / 10``)."""
+    from dreamshard.method.train import TrainConfig
+    from dreamshard.workflows.experiment import train_model
+
+    config = TrainConfig(
+        iterations=10, measurements_per_iteration=max(1, measurements // 10), policy_batches=20
+    )
+    trained = train_model(
+        config, suite_tasks(suite, 20, "train"), SimBackend(), out, init=str(model_dir)
+    )
+    return trained.model
 
 
 def ranking(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
@@ -203,6 +220,13 @@ def main() -> None:
     parser.add_argument(
         "--model", type=Path, default=None, help="Model folder (default: packaged)."
     )
+    parser.add_argument(
+        "--finetune-sim",
+        type=int,
+        default=0,
+        help="First fine-tune the model on this many simulated measurements of 20 training "
+        "tasks of each suite (from the other half of its pool).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     count = 4 if args.quick else args.tasks
@@ -213,6 +237,7 @@ def main() -> None:
     results: dict[str, object] = {
         "backend": "sim (cpu-zen4), simulated, not measured",
         "model": str(model_dir),
+        "finetune_sim_measurements": args.finetune_sim,
         "command": " ".join(["benchmarks/bench_quality.py", *sys.argv[1:]]),
         "suites": {},
     }
@@ -220,7 +245,11 @@ def main() -> None:
     for suite in SUITES:
         if suite.name not in wanted:
             continue
-        row = run_suite(suite, count, model, backend, args.quick)
+        suite_model = model
+        if args.finetune_sim:
+            folder = Path(f"runs/quality-finetune/{suite.name}")
+            suite_model = finetuned(model_dir, suite, args.finetune_sim, folder)
+        row = run_suite(suite, count, suite_model, backend, args.quick)
         results["suites"][suite.name] = row  # type: ignore[index]
         print(f"{suite.name} ({row['tasks']} unseen tasks), % above ORACLE (mean / worst):")
         for name, st in row["placers"].items():  # type: ignore[attr-defined]
