@@ -36,7 +36,7 @@ benchmark: setup
 calibrate: setup
 	$(VENV)/bin/dreamshard calibrate --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-calibration.json
 
-# The packaged pretrained model of the CPU profile (about 25 minutes on 2 cores).
+# The packaged pretrained model of the CPU profile (about 30 minutes on 2 cores).
 pretrain: setup
 	$(VENV)/bin/dreamshard pretrain --profile cpu-zen4 --out src/dreamshard/models/cpu-zen4
 

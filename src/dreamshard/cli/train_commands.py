@@ -91,7 +91,7 @@ def pretrain(
     ] = None,
 ) -> None:
     """Pretrain a model on augmented simulated tasks (how the packaged models are made;
-    about 25 minutes on 2 cores)."""
+    about 30 minutes on 2 cores)."""
     from dataclasses import replace
 
     from dreamshard.workflows.pretrain import PretrainConfig
