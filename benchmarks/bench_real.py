@@ -152,7 +152,7 @@ def main() -> None:
             "tasks": len(common),
             "mean_cost_ms": means,
             "paired": paired,
-            "evaluation": evaluation.to_json() if hasattr(evaluation, "to_json") else None,
+            "evaluation": evaluation.to_json(),
         }
         args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {args.out}")

@@ -44,3 +44,14 @@ def test_oracle_needs_a_backend_with_a_stage_model() -> None:
 def test_oracle_from_the_registry_is_a_reference() -> None:
     placer = make_placer("oracle", PlacerOptions(backend="sim", oracle_evaluations=10))
     assert placer.name == "oracle" and is_reference("oracle")
+
+
+def test_oracle_on_a_task_nothing_fits_names_the_table() -> None:
+    from dreamshard.errors import InfeasiblePlacementError
+
+    from .conftest import table, task
+
+    # Three tables of 64,000 bytes, two devices of 64,000: no packing exists.
+    t = task([table("a"), table("b"), table("c")], [64_000, 64_000])
+    with pytest.raises(InfeasiblePlacementError, match=r"table '[abc]' needs 64,000 bytes"):
+        OraclePlacer(SimBackend(), evaluations=10).place(t)

@@ -211,7 +211,7 @@ class CostNet(nn.Module):
         dot product: the same function as calling them in turn, with 2 kernel launches
         instead of 6 (the MDP calls this at every step of every episode).
         """
-        w1, b1, w2, b2 = self._fused_heads()
+        w1, b1, w2, b2 = self.fused_heads()
         embed = device_repr.shape[-1]
         if self.task_context:
             if context is None:
@@ -229,7 +229,7 @@ class CostNet(nn.Module):
         out: torch.Tensor = (hidden * w2).sum(dim=-1) + b2
         return out
 
-    def _fused_heads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fused_heads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three heads' layers stacked: ([3H, in], [3H], [3, H], [3]).
 
         Cached in eval mode without gradients (inference calls this at every step);
@@ -369,7 +369,7 @@ class CostNetStageModel:
         with torch.no_grad():
             encodings = costnet.encoder(features)
             context = costnet.context(encodings.sum(dim=0), num_devices)
-            w1, b1, w2, b2 = (t.double() for t in costnet._fused_heads())
+            w1, b1, w2, b2 = (t.double() for t in costnet.fused_heads())
             embed = encodings.shape[1]
             if costnet.task_context:
                 b1 = b1 + w1[:, embed:] @ context.double()

@@ -251,7 +251,7 @@ def greedy_rollout(policy: PolicyNet, costnet: CostNet, tt: TaskTensors) -> Roll
     with torch.no_grad():
         table_enc = costnet.encoder(tt.features).numpy()  # [T, E]
         policy_enc = policy.encoder(tt.features).numpy()  # [T, E]
-        w1, b1, w2, b2 = (t.float().numpy() for t in costnet._fused_heads())
+        w1, b1, w2, b2 = (t.float().numpy() for t in costnet.fused_heads())
     embed = table_enc.shape[1]
     if costnet.task_context:
         n = float(num_devices)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dreamshard.data.constraints import NO_CONSTRAINTS, Constraints, ConstraintTracker
+from dreamshard.data.constraints import NO_CONSTRAINTS, BoolArray, Constraints, ConstraintTracker
 from dreamshard.types import FloatArray, IntArray, Placement, StageCostModel, Task
 
 #: A move must lower the cost by more than this share of it to count as better (float
@@ -144,7 +144,7 @@ class _SearchState:
             out[list(group)] = self.unit_device[u]
         return Placement(tuple(int(d) for d in out))
 
-    def _apart_ok(self, u: int, targets: IntArray, ignore: IntArray | None = None) -> FloatArray:
+    def _apart_ok(self, u: int, targets: IntArray, ignore: IntArray | None = None) -> BoolArray:
         """[K] True where moving unit u onto ``targets[k]`` keeps it apart from its mates
         (a mate ``ignore[k]`` leaves that device in the same swap)."""
         ok = np.ones(len(targets), dtype=np.bool_)
@@ -153,7 +153,7 @@ class _SearchState:
             if ignore is not None:
                 on &= ignore != mate
             ok &= ~on
-        return ok  # type: ignore[return-value]
+        return ok
 
     def score(
         self, a: IntArray, new_a: FloatArray, b: IntArray, new_b: FloatArray
@@ -198,9 +198,11 @@ def greedy_placement(
     model: StageCostModel,
     order: Sequence[int] | None = None,
     constraints: Constraints = NO_CONSTRAINTS,
+    strict: bool = False,
 ) -> Placement | None:
     """Each table, in ``order``, onto the legal device that minimises the cost of the
-    partial placement (ties: the most balanced); None if a table finds no legal device.
+    partial placement (ties: the most balanced); None if a table finds no legal device
+    (with ``strict``, the error naming that table and what the devices had instead).
 
     Args:
         task: The task.
@@ -221,6 +223,8 @@ def greedy_placement(
     for i in order:
         legal = np.flatnonzero(tracker.legal(i)[0])
         if len(legal) == 0:
+            if strict:
+                raise tracker.infeasible(i)
             return None
         new = model.stage_costs(sums[legal] + vectors[i], counts[legal] + 1)
         others = _others_max(_top3(costs), legal, legal)
