@@ -1,20 +1,27 @@
 """Domain values and interfaces shared by every stage of the pipeline.
 
 A *task* is a set of embedding tables and a set of devices (METHOD.md section 1). A
-*placement* puts each table on one device. A *cost backend* measures (or simulates) the
+*placement* gives each table a sharding (whole, or split into column or row shards) and
+puts each table or shard on one device. A *cost backend* measures (or simulates) the
 per-device stage costs of placements; a *placer* produces placements.
+
+Shards are tables in their own right (:class:`TableSpec` with ``shard`` set): a column
+shard looks up the same ids as its table with a part of its dim, a row shard looks up
+the ids that fall in its row range. So every stage below the placers (backends, cost
+network, search) handles a split placement as a table-wise placement of the task's
+*units* (:meth:`Placement.resolve`), and only the placers and the export know more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from dreamshard.constants import BYTES_PER_ELEMENT, NUM_ACCESS_BINS
+from dreamshard.constants import BYTES_PER_ELEMENT, DIM_MULTIPLE, NUM_ACCESS_BINS
 from dreamshard.errors import InvalidPlacementError
 
 #: Arrays of float64 and of int64 values, the array types of the numeric code.
@@ -24,6 +31,18 @@ IntArray = npt.NDArray[np.int64]
 #: Optimizers whose memory the placement constraint accounts for, with the optimizer
 #: state they keep in bytes per row (EXACT_SGD keeps none; row-wise Adagrad one fp32 per row).
 OPTIMIZER_STATE_BYTES_PER_ROW: dict[str, int] = {"sgd": 0, "rowwise_adagrad": 4}
+
+#: How a table is split: into column shards (parts of its dim) or row shards (row ranges).
+ShardKind = Literal["column", "row"]
+SHARD_KINDS: tuple[str, ...] = ("column", "row")
+
+#: Sharding modes of the placers: ``table`` keeps every table whole (the paper's setting);
+#: ``column`` / ``row`` allow only that kind of split; ``auto`` splits a table only where a
+#: split lowers the predicted cost or is needed to fit memory.
+SHARDING_MODES: tuple[str, ...] = ("table", "column", "row", "auto")
+
+#: Separator between a table's name and its shard's suffix (``t3#c1``, ``t3#r0``).
+SHARD_NAME_SEPARATOR = "#"
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,26 @@ class DataSource:
 
 
 @dataclass(frozen=True)
+class ShardOf:
+    """Which part of a table a shard holds.
+
+    Attributes:
+        table: The whole table.
+        kind: ``column`` (columns ``offset .. offset+size-1`` of every row) or ``row``
+            (rows ``offset .. offset+size-1``, every column).
+        index: Position of the shard in its table's split, from 0.
+        offset: First column or row.
+        size: Number of columns or rows.
+    """
+
+    table: TableSpec
+    kind: ShardKind
+    index: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One embedding table and its access statistics.
 
@@ -53,6 +92,8 @@ class TableSpec:
         dtype: Training precision of the weights, ``"fp32"`` or ``"fp16"``.
         source: Real ids of the table, which measuring backends then use instead of ids
             generated from the statistics (ids.py); None for synthetic tables.
+        shard: For a shard of a split table, which part of which table it holds (its
+            ids are that table's, restricted to its rows); None for a whole table.
     """
 
     name: str
@@ -62,6 +103,7 @@ class TableSpec:
     access_hist: tuple[float, ...]
     dtype: str = "fp32"
     source: DataSource | None = None
+    shard: ShardOf | None = None
 
     def __post_init__(self) -> None:
         if len(self.access_hist) != NUM_ACCESS_BINS:
@@ -76,6 +118,84 @@ class TableSpec:
     def size_bytes(self) -> int:
         """Bytes of the weights in the training precision."""
         return self.rows * self.dim * BYTES_PER_ELEMENT[self.dtype]
+
+    @property
+    def whole(self) -> TableSpec:
+        """The table this is a shard of, or the table itself when it is whole."""
+        return self.shard.table if self.shard is not None else self
+
+
+@dataclass(frozen=True)
+class TableSplit:
+    """How one table of a task is split (METHOD.md's table-wise placement generalised).
+
+    Attributes:
+        table: Index of the table in its task.
+        kind: ``column`` or ``row``.
+        sizes: Columns (multiples of 4) or rows of each shard, in column or row order;
+            at least two, summing to the table's dim or rows.
+    """
+
+    table: int
+    kind: ShardKind
+    sizes: tuple[int, ...]
+
+    def check(self, task: Task) -> None:
+        """Raise InvalidPlacementError unless the shards cover the table exactly once."""
+        if not 0 <= self.table < task.num_tables:
+            raise InvalidPlacementError(
+                f"a split names table {self.table}, task {task.name!r} has tables "
+                f"0..{task.num_tables - 1}"
+            )
+        table = task.tables[self.table]
+        if self.kind not in SHARD_KINDS:
+            raise InvalidPlacementError(
+                f"table {table.name!r}: unknown split kind {self.kind!r}; "
+                f"use one of {', '.join(SHARD_KINDS)}"
+            )
+        whole = table.dim if self.kind == "column" else table.rows
+        what = "columns" if self.kind == "column" else "rows"
+        if len(self.sizes) < 2:
+            raise InvalidPlacementError(
+                f"table {table.name!r}: a {self.kind} split needs at least 2 shards, "
+                f"got {len(self.sizes)}"
+            )
+        if any(size < 1 for size in self.sizes) or sum(self.sizes) != whole:
+            raise InvalidPlacementError(
+                f"table {table.name!r}: {self.kind} shards of {list(self.sizes)} {what} do "
+                f"not cover its {whole} {what} exactly once"
+            )
+        if self.kind == "column" and any(size % DIM_MULTIPLE for size in self.sizes):
+            raise InvalidPlacementError(
+                f"table {table.name!r}: column shards of {list(self.sizes)} columns; every "
+                f"shard's dim must be a multiple of {DIM_MULTIPLE}"
+            )
+
+    def shards(self, table: TableSpec) -> tuple[TableSpec, ...]:
+        """The shards of ``table`` as tables: a column shard keeps the rows and ids with a
+        part of the dim; a row shard keeps the dim, and its pooling factor is the
+        table's times its share of the rows (ids are spread uniformly over the rows:
+        hashed ids, and the generator draws distinct rows uniformly); the access
+        histogram is the table's."""
+        out = []
+        offset = 0
+        for index, size in enumerate(self.sizes):
+            part = ShardOf(table=table, kind=self.kind, index=index, offset=offset, size=size)
+            suffix = f"{SHARD_NAME_SEPARATOR}{self.kind[0]}{index}"
+            if self.kind == "column":
+                shard = replace(table, name=table.name + suffix, dim=size, shard=part)
+            else:
+                share = size / table.rows
+                shard = replace(
+                    table,
+                    name=table.name + suffix,
+                    rows=size,
+                    pooling_factor=table.pooling_factor * share,
+                    shard=part,
+                )
+            out.append(shard)
+            offset += size
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -133,36 +253,98 @@ class Task:
 
 @dataclass(frozen=True)
 class Placement:
-    """Which device holds each table: ``device_of[i]`` is the device index of table ``i``."""
+    """Which device holds each table or shard.
+
+    The *units* of a placement are the task's tables in order, each split table replaced
+    by its shards in shard order (:meth:`units`); ``device_of[i]`` is the device index of
+    unit ``i``. Without splits (the paper's table-wise placement) the units are the tables.
+
+    Attributes:
+        device_of: Device index of each unit.
+        splits: The split tables, in table order; empty for a table-wise placement.
+    """
 
     device_of: tuple[int, ...]
+    splits: tuple[TableSplit, ...] = ()
+
+    @property
+    def is_table_wise(self) -> bool:
+        """Whether every table is whole."""
+        return not self.splits
+
+    def units(self, task: Task) -> tuple[TableSpec, ...]:
+        """The tables and shards this placement places, in ``device_of`` order."""
+        if not self.splits:
+            return task.tables
+        by_table = {s.table: s for s in self.splits}
+        out: list[TableSpec] = []
+        for i, table in enumerate(task.tables):
+            split = by_table.get(i)
+            out.extend(split.shards(table) if split is not None else (table,))
+        return tuple(out)
+
+    def resolve(self, task: Task) -> tuple[Task, Placement]:
+        """The task of this placement's units and the table-wise placement of them: what
+        backends measure and searches score (the same costs, by construction)."""
+        if not self.splits:
+            return task, self
+        units = Task(
+            name=task.name, tables=self.units(task), devices=task.devices, optimizer=task.optimizer
+        )
+        return units, Placement(self.device_of)
 
     def tables_on(self, device: int) -> list[int]:
-        """Indices of the tables on ``device``, in table order."""
+        """Indices of the units on ``device``, in unit order."""
         return [i for i, d in enumerate(self.device_of) if d == device]
 
     def shards(self, num_devices: int) -> list[list[int]]:
-        """Table indices per device, for devices ``0..num_devices-1``."""
+        """Unit indices per device, for devices ``0..num_devices-1``."""
         out: list[list[int]] = [[] for _ in range(num_devices)]
         for i, d in enumerate(self.device_of):
             out[d].append(i)
         return out
 
     def validate(self, task: Task) -> None:
-        """Raise InvalidPlacementError unless every table sits on a real device with room."""
-        if len(self.device_of) != task.num_tables:
+        """Raise InvalidPlacementError unless every split covers its table exactly once,
+        the row shards of a table sit on devices 0, 1, ... in order (TorchRec's row-wise
+        layout), and every unit sits on a real device with room."""
+        tables = [s.table for s in self.splits]
+        if tables != sorted(set(tables)):
             raise InvalidPlacementError(
-                f"placement covers {len(self.device_of)} tables, task {task.name!r} has "
-                f"{task.num_tables}"
+                f"placement of task {task.name!r}: splits must name distinct tables in order, "
+                f"got {tables}"
+            )
+        for split in self.splits:
+            split.check(task)
+            if split.kind == "row":
+                table = task.tables[split.table]
+                expected = row_split_sizes(table.rows, task.num_devices)
+                if split.sizes != expected:
+                    raise InvalidPlacementError(
+                        f"table {table.name!r}: row shards of {list(split.sizes)} rows; "
+                        f"TorchRec's row-wise sharding cuts {table.rows} rows over "
+                        f"{task.num_devices} devices as {list(expected)}"
+                    )
+        units = self.units(task)
+        if len(self.device_of) != len(units):
+            what = "tables" if not self.splits else "tables and shards"
+            raise InvalidPlacementError(
+                f"placement covers {len(self.device_of)} {what}, task {task.name!r} has "
+                f"{len(units)}"
             )
         used = [0] * task.num_devices
-        for table, d in zip(task.tables, self.device_of, strict=True):
+        for unit, d in zip(units, self.device_of, strict=True):
             if not 0 <= d < task.num_devices:
                 raise InvalidPlacementError(
-                    f"table {table.name!r} is on device {d}, task {task.name!r} has "
+                    f"table {unit.name!r} is on device {d}, task {task.name!r} has "
                     f"devices 0..{task.num_devices - 1}"
                 )
-            used[d] += task.table_memory_bytes(table)
+            if unit.shard is not None and unit.shard.kind == "row" and d != unit.shard.index:
+                raise InvalidPlacementError(
+                    f"row shard {unit.name!r} is on device {d}; TorchRec's row-wise sharding "
+                    f"puts row block {unit.shard.index} on device {unit.shard.index}"
+                )
+            used[d] += task.table_memory_bytes(unit)
         for d, (device, used_bytes) in enumerate(zip(task.devices, used, strict=True)):
             if used_bytes > device.memory_bytes:
                 raise InvalidPlacementError(
@@ -171,10 +353,41 @@ class Placement:
                 )
 
     def to_names(self, task: Task) -> dict[str, str]:
-        """Table name -> device name."""
+        """Table or shard name -> device name."""
         return {
-            t.name: task.devices[d].name for t, d in zip(task.tables, self.device_of, strict=True)
+            t.name: task.devices[d].name
+            for t, d in zip(self.units(task), self.device_of, strict=True)
         }
+
+
+def column_split_sizes(dim: int, parts: int) -> tuple[int, ...]:
+    """Dims of ``parts`` column shards of a ``dim``-wide table, multiples of 4 as even as
+    they go (the first shards take the remainder): 64 in 3 -> (24, 20, 20).
+
+    Raises:
+        ValueError: ``dim`` cannot be cut into ``parts`` shards of at least 4 columns.
+    """
+    blocks, rest = divmod(dim, DIM_MULTIPLE)
+    if rest or parts < 1 or blocks < parts:
+        raise ValueError(f"a dim of {dim} cannot be split into {parts} column shards")
+    base, extra = divmod(blocks, parts)
+    return tuple(DIM_MULTIPLE * (base + (1 if j < extra else 0)) for j in range(parts))
+
+
+def row_split_sizes(rows: int, parts: int) -> tuple[int, ...]:
+    """Rows of each of ``parts`` row shards the way TorchRec's row-wise sharding cuts them:
+    blocks of ``ceil(rows / parts)`` rows, the last one smaller (10 in 4 -> 3, 3, 3, 1).
+
+    Raises:
+        InvalidPlacementError: Fewer than 2 blocks, or a block would be empty.
+    """
+    block = -(-rows // parts) if parts >= 1 else 0
+    sizes = tuple(min(block, rows - j * block) for j in range(parts)) if block else ()
+    if parts < 2 or not sizes or min(sizes) < 1:
+        raise InvalidPlacementError(
+            f"{rows} rows cannot be split into {parts} non-empty row blocks"
+        )
+    return sizes
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,18 @@ the slowest device is done. The volume depends on the links (``AllToAllModel.vol
 
 The backward all-to-all moves the gradients of the same tensors in reverse, so it has the
 same size. With one device there is nothing to exchange and both stages cost zero.
+
+Split tables (``types.TableSplit``) follow TorchRec's execution:
+
+- a column shard's pooled output (its part of the dim, for the whole batch) goes through
+  the same all-to-all as a table's, so it counts as a table of its dim;
+- a row-wise table has one row block on every device; each computes partial pooled sums
+  of the full dim for the whole batch, and a reduce-scatter sums them and leaves each
+  device its slice (backward: an all-gather of the output gradients). Per device that
+  sends ``B * dim * (D - 1) / D`` values and receives ``(D - 1)`` slices of
+  ``(B / D) * dim``: exactly the volumes above with the block counted as a table of the
+  full dim on every device. TorchRec issues it as a second collective beside the
+  all-to-all, so the model adds one more latency (:func:`output_collectives`).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dreamshard.errors import InputError
-from dreamshard.types import FloatArray
+from dreamshard.types import FloatArray, TableSpec
 
 #: Bytes per value of the pooled embeddings exchanged (FP32 outputs).
 OUTPUT_BYTES_PER_VALUE = 4
@@ -80,18 +92,30 @@ class AllToAllModel:
                 f"all-to-all volume must be one of {', '.join(VOLUME_MODES)}, got {self.volume!r}"
             )
 
-    def time_ms(self, widths: Sequence[int], batch_size: int) -> float:
-        """Duration of one all-to-all of pooled outputs for per-device output widths."""
+    def time_ms(self, widths: Sequence[int], batch_size: int, collectives: int = 1) -> float:
+        """Duration of the exchange of pooled outputs for per-device output widths.
+
+        Args:
+            widths: Output width of each device (its tables' and shards' dims).
+            batch_size: Global batch size.
+            collectives: Collectives the exchange takes (2 with row-wise tables: the
+                all-to-all and the reduce-scatter; :func:`output_collectives`).
+        """
         num_devices = len(widths)
         if num_devices <= 1:
             return 0.0
         times = self.device_time_ms(
-            np.asarray(widths, np.float64), sum(widths), num_devices, batch_size
+            np.asarray(widths, np.float64), sum(widths), num_devices, batch_size, collectives
         )
         return float(times.max())
 
     def device_time_ms(
-        self, width: npt.ArrayLike, total_width: float, num_devices: int, batch_size: int
+        self,
+        width: npt.ArrayLike,
+        total_width: float,
+        num_devices: int,
+        batch_size: int,
+        collectives: int = 1,
     ) -> FloatArray:
         """Each device's transfer time (ms) in one all-to-all, vectorised over ``width``.
 
@@ -103,6 +127,7 @@ class AllToAllModel:
             total_width: Sum of the widths of all devices.
             num_devices: Devices taking part.
             batch_size: Global batch size.
+            collectives: Collectives the exchange takes; each adds one latency.
         """
         w = np.asarray(width, dtype=np.float64)
         if num_devices <= 1:
@@ -110,10 +135,17 @@ class AllToAllModel:
         sent = batch_size * w * (num_devices - 1) / num_devices
         received = batch_size / num_devices * (total_width - w)
         values = sent + received if self.volume == "sum" else np.maximum(sent, received)
-        times: FloatArray = self.latency_ms + values * OUTPUT_BYTES_PER_VALUE / (
+        times: FloatArray = collectives * self.latency_ms + values * OUTPUT_BYTES_PER_VALUE / (
             self.bandwidth_gbps * 1e6
         )
         return times
+
+
+def output_collectives(units: Sequence[TableSpec]) -> int:
+    """Collectives that exchange the pooled outputs of a placement's tables and shards:
+    the all-to-all, plus a reduce-scatter when any table is split row-wise."""
+    row_wise = any(u.shard is not None and u.shard.kind == "row" for u in units)
+    return 2 if row_wise else 1
 
 
 #: Gloo all-to-all between processes on one CPU host (loopback).

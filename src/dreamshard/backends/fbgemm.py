@@ -41,7 +41,7 @@ from dreamshard.backends.base import (
     load_average,
     stage_synchronous_cost_ms,
 )
-from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel
+from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel, output_collectives
 from dreamshard.backends.kernels import (
     FBGEMM_KERNEL,
     FusedShard,
@@ -191,10 +191,13 @@ class FbgemmBackend:
         """Measure placements of one task, interleaving their repetitions."""
         for placement in placements:
             placement.validate(task)
-        shard_lists = [
-            [tuple(task.tables[i] for i in idx) for idx in p.shards(task.num_devices)]
-            for p in placements
-        ]
+        # Each device runs its tables and shards (a placement's units) as one operator.
+        shard_lists = []
+        for placement in placements:
+            units = placement.units(task)
+            shard_lists.append(
+                [tuple(units[i] for i in idx) for idx in placement.shards(task.num_devices)]
+            )
         unique: dict[tuple[str, ...], tuple[TableSpec, ...]] = {}
         for shards in shard_lists:
             for tables in shards:
@@ -202,9 +205,11 @@ class FbgemmBackend:
                     unique.setdefault(_key(tables), tables)
         times = self._time_shards(list(unique.values()))
         results = []
-        for shards in shard_lists:
+        for placement, shards in zip(placements, shard_lists, strict=True):
             widths = [sum(t.dim for t in tables) for tables in shards]
-            a2a_ms = self.config.comm.time_ms(widths, self.config.batch_size)
+            a2a_ms = self.config.comm.time_ms(
+                widths, self.config.batch_size, output_collectives(placement.units(task))
+            )
             whole = [times[_key(t)].timing() if t else ShardTiming(0.0, 0.0) for t in shards]
             window_costs = []
             for w in range(self.config.windows):

@@ -356,27 +356,24 @@ class DistributedBackend:
         """Placements in rounds whose distinct shards fit the memory budget together."""
         budget = self.config.memory_budget_bytes
         rounds: list[list[Placement]] = [[]]
-        seen: set[tuple[int, tuple[int, ...]]] = set()
+        # A device's operator is known by its device and the names of its tables and shards.
+        seen: set[tuple[int, tuple[str, ...]]] = set()
         used = 0
         for placement in placements:
-            new = [
-                (d, tuple(idx))
+            units = placement.units(task)
+            ops = {
+                (d, tuple(units[i].name for i in idx)): sum(units[i].size_bytes for i in idx)
                 for d, idx in enumerate(placement.shards(task.num_devices))
-                if idx and (d, tuple(idx)) not in seen
-            ]
-            need = sum(task.tables[i].size_bytes for _, idx in new for i in idx)
+                if idx
+            }
+            need = sum(size for op, size in ops.items() if op not in seen)
             if rounds[-1] and used + need > budget:
                 rounds.append([])
                 seen.clear()
                 used = 0
-                new = [
-                    (d, tuple(idx))
-                    for d, idx in enumerate(placement.shards(task.num_devices))
-                    if idx
-                ]
-                need = sum(task.tables[i].size_bytes for _, idx in new for i in idx)
+                need = sum(ops.values())
             rounds[-1].append(placement)
-            seen.update(new)
+            seen.update(ops)
             used += need
         return rounds
 

@@ -134,10 +134,8 @@ def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedS
     built: dict[tuple[str, ...], FusedShard] = {}
     out: list[FusedShard | None] = []
     for placement in command.placements:
-        tables = [
-            cap_rows(command.task.tables[i], command.row_cap)
-            for i in placement.tables_on(group.rank)
-        ]
+        units = placement.units(command.task)
+        tables = [cap_rows(units[i], command.row_cap) for i in placement.tables_on(group.rank)]
         if not tables:
             out.append(None)
             continue
@@ -262,12 +260,8 @@ def run_measure(
     device = group.torch_device
     exchanges = []
     for placement in command.placements:
-        widths = [
-            sum(t.dim for t in tables)
-            for tables in (
-                [task.tables[i] for i in idx] for idx in placement.shards(task.num_devices)
-            )
-        ]
+        units = placement.units(task)
+        widths = [sum(units[i].dim for i in idx) for idx in placement.shards(task.num_devices)]
         exchanges.append(_exchange(widths, group.rank, command.batch_size, device))
     num = len(command.placements)
     stage_ms = np.zeros((num, timing.windows, timing.calls_per_window, len(STAGES)))

@@ -60,6 +60,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dreamshard.backends.base import ShardTiming, stage_synchronous_cost_ms
+from dreamshard.backends.comm import output_collectives
 from dreamshard.backends.sim.profile import (
     DEFAULT_PROFILE_NAME,
     KernelParams,
@@ -341,6 +342,8 @@ class _TaskTerms:
     table: TableTerms
     memory_bytes: FloatArray
     capacity_bytes: FloatArray
+    #: Collectives of the output exchange (comm.output_collectives).
+    collectives: int
 
 
 #: Number of tasks whose per-table terms a SimBackend keeps.
@@ -394,6 +397,7 @@ class SimBackend:
                     [task.table_memory_bytes(t) for t in task.tables], dtype=np.float64
                 ),
                 capacity_bytes=np.array([d.memory_bytes for d in task.devices], dtype=np.float64),
+                collectives=output_collectives(task.tables),
             )
             self._cache[task] = terms
             if len(self._cache) > _TASK_CACHE_SIZE:
@@ -412,9 +416,13 @@ class SimBackend:
         fwd, bwd = shards_ms(self.profile.kernel, table, device_of, num_devices)
         return fwd, bwd, _sum_by(device_of, table.dims, num_devices)
 
-    def _a2a_ms(self, width: FloatArray) -> float:
+    def _a2a_ms(self, task: Task, width: FloatArray) -> float:
         # Output widths are sums of integer dims, so the rounding is exact.
-        return self.profile.comm.time_ms(np.rint(width).astype(np.int64).tolist(), self.batch_size)
+        return self.profile.comm.time_ms(
+            np.rint(width).astype(np.int64).tolist(),
+            self.batch_size,
+            self._terms(task).collectives,
+        )
 
     def _checked_device_of(self, task: Task, device_of: Sequence[int] | IntArray) -> IntArray:
         """The placement as an index array, validated like ``Placement.validate``."""
@@ -440,6 +448,15 @@ class SimBackend:
             )
         return dev
 
+    @staticmethod
+    def _resolved(task: Task, placement: Placement) -> tuple[Task, Placement]:
+        """The task of a placement's units and their table-wise placement, split
+        placements validated first (their splits and row layout)."""
+        if placement.is_table_wise:
+            return task, placement
+        placement.validate(task)
+        return placement.resolve(task)
+
     def stage_model(self, task: Task) -> SimStageModel:
         """The simulator's cost of ``task`` in the additive form searches use
         (:class:`~dreamshard.types.StageCostModel`): the same numbers as :meth:`cost_ms`."""
@@ -453,10 +470,11 @@ class SimBackend:
         """
         out: list[PlacementCost] = []
         for placement in placements:
-            dev = self._checked_device_of(task, placement.device_of)
-            fwd, bwd, width = self._device_costs(task, dev)
+            units, table_wise = self._resolved(task, placement)
+            dev = self._checked_device_of(units, table_wise.device_of)
+            fwd, bwd, width = self._device_costs(units, dev)
             # Forward and backward all-to-alls move tensors of the same size (comm.py).
-            a2a = self._a2a_ms(width)
+            a2a = self._a2a_ms(units, width)
             per_device = synchronized_costs(fwd.tolist(), bwd.tolist(), a2a, a2a)
             out.append(PlacementCost(per_device=per_device, backend=self.name, rel_spread=None))
         return out
@@ -473,10 +491,12 @@ class SimBackend:
         Raises:
             InvalidPlacementError: The placement does not fit the task (memory included).
         """
+        if isinstance(placement, Placement):
+            task, placement = self._resolved(task, placement)
         device_of = placement.device_of if isinstance(placement, Placement) else placement
         dev = self._checked_device_of(task, device_of)
         fwd, bwd, width = self._device_costs(task, dev)
-        a2a = self._a2a_ms(width)
+        a2a = self._a2a_ms(task, width)
         return float(stage_synchronous_cost_ms(fwd, bwd, a2a, a2a))
 
     def costs_ms(self, task: Task, device_of: IntArray) -> FloatArray:
@@ -510,7 +530,7 @@ class SimBackend:
         size = num_placements * num_devices
         fwd, bwd = shards_ms(self.profile.kernel, tiled, flat, size)
         width = _sum_by(flat, tiled.dims, size).reshape(num_placements, num_devices)
-        a2a = np.array([self._a2a_ms(w) for w in width])
+        a2a = np.array([self._a2a_ms(task, w) for w in width])
         return stage_synchronous_cost_ms(
             fwd.reshape(num_placements, num_devices),
             bwd.reshape(num_placements, num_devices),
@@ -540,7 +560,9 @@ class SimStageModel:
     )
 
     def __init__(self, backend: SimBackend, task: Task) -> None:
-        terms = backend._terms(task).table
+        task_terms = backend._terms(task)
+        terms = task_terms.table
+        self._collectives = task_terms.collectives
         self._kernel = backend.profile.kernel
         self._comm = backend.profile.comm
         self._batch_size = backend.batch_size
@@ -559,7 +581,11 @@ class SimStageModel:
         )
         # Output widths are sums of integer dims (exact after rounding), as in cost_ms.
         a2a = self._comm.device_time_ms(
-            np.rint(width), self._total_width, self._num_devices, self._batch_size
+            np.rint(width),
+            self._total_width,
+            self._num_devices,
+            self._batch_size,
+            self._collectives,
         )
         out: FloatArray = np.stack([fwd, bwd, 2.0 * a2a], axis=-1)
         return out
