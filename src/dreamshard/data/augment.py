@@ -113,3 +113,38 @@ def augmented_tasks(
             task = Task(f"{name_prefix}-{k}", tables, make_devices(num_devices, total))
         tasks.append(task)
     return tasks
+
+
+#: Heavy tables of the sharding benchmark (issue 13): pooling factors, dims and rows.
+HEAVY_POOLING_RANGE = (100.0, 500.0)
+HEAVY_DIMS: tuple[int, ...] = (64, 128, 256)
+HEAVY_ROWS_LOG10_RANGE = (5.0, 7.7)
+
+
+def with_heavy_tables(pool: list[TableSpec], share: float, seed: int) -> list[TableSpec]:
+    """``pool`` with a share of its tables made heavy: pooling 100-500 (log-uniform),
+    dim 64, 128 or 256, rows 1e5 to 5e7 (log-uniform), Zipf skew up to 1.5 over a random
+    share of the rows; the others unchanged. A heavy table dominates a device's cost, so
+    no table-wise placement balances it (the suite that column and row splits are for)."""
+    if not 0.0 <= share <= 1.0:
+        raise InputError(f"share of heavy tables must be in [0, 1], got {share}")
+    rng = np.random.default_rng(seed)
+    heavy = rng.random(len(pool)) < share
+    rows = np.rint(10.0 ** rng.uniform(*HEAVY_ROWS_LOG10_RANGE, len(pool)))
+    pooling = np.exp(rng.uniform(*np.log(HEAVY_POOLING_RANGE), len(pool)))
+    dims = rng.choice(np.asarray(HEAVY_DIMS), len(pool))
+    skews = rng.uniform(*SKEW_RANGE, len(pool))
+    active = np.maximum(np.rint(rows * 10.0 ** rng.uniform(-0.65, 0.0, len(pool))), 1)
+    hists = expected_access_histograms(active, pooling, skews, DEFAULT_BATCH_SIZE)
+    return [
+        replace(
+            t,
+            rows=int(rows[i]),
+            dim=int(dims[i]),
+            pooling_factor=float(pooling[i]),
+            access_hist=tuple(float(x) for x in hists[i]),
+        )
+        if heavy[i]
+        else t
+        for i, t in enumerate(pool)
+    ]

@@ -13,6 +13,13 @@ the task has no user constraints, the task's first-fit-decreasing memory packing
 (``data.tasks.first_fit_decreasing``, logged as a warning) becomes a candidate and the
 search starts from it, rather than fail a task a memory packing can place; only if that
 fails too is the task reported infeasible.
+
+Splits (``sharding``, ``method/split.py``): with ``table`` every table stays whole, as in
+the paper. Otherwise tables that fit no device are split as required, a beam search
+scored by the cost network's greedy placement proposes further splits of dominating
+tables, and both plans (required splits only, and the best found) are placed with the
+full search above; the one with the lower predicted cost wins, so a split is kept only
+where it lowers the predicted cost or is needed to fit.
 """
 
 from __future__ import annotations
@@ -22,14 +29,25 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
 from dreamshard.data.tasks import first_fit_decreasing
 from dreamshard.errors import InputError
 from dreamshard.method.checkpoint import DreamShardModel
+from dreamshard.method.costnet import CostNetStageModel
 from dreamshard.method.propose import Proposals, SearchSettings, propose
-from dreamshard.types import CostBackend, Placement, Task
+from dreamshard.method.split import (
+    SplitSettings,
+    choose_splits,
+    greedy_score,
+    split_placement,
+    unit_constraints,
+    units_of,
+)
+from dreamshard.runtime import one_thread
+from dreamshard.types import CostBackend, Placement, TableSplit, Task
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +65,9 @@ class PlacementReport:
             local search ran).
         timed_out: Whether the time budget cut a search short.
         wall_ms: Time the placement took.
+        split_tables: Tables the winner splits (0: table-wise).
+        table_wise_cost_ms: Predicted cost of the best plan with only the splits needed
+            to fit, where a plan with more splits won (else None).
     """
 
     candidates: int
@@ -56,6 +77,8 @@ class PlacementReport:
     search_converged: bool | None
     timed_out: bool
     wall_ms: float
+    split_tables: int = 0
+    table_wise_cost_ms: float | None = None
 
 
 class DreamShardPlacer:
@@ -71,6 +94,7 @@ class DreamShardPlacer:
             passes and evaluations only, so results do not depend on machine speed).
         refine: Candidates to measure on ``backend`` (0: the cost network decides).
         backend: Where ``refine`` measures.
+        sharding: ``table``, ``column``, ``row`` or ``auto`` (:class:`SplitSettings`).
     """
 
     name = "dreamshard"
@@ -85,7 +109,9 @@ class DreamShardPlacer:
         time_budget_ms: float | None = None,
         refine: int = 0,
         backend: CostBackend | None = None,
+        sharding: str = "auto",
     ) -> None:
+        self.split = SplitSettings(sharding=sharding)
         self.settings = SearchSettings(
             search=search, samples=samples, seed=seed, time_budget_ms=time_budget_ms
         )
@@ -101,7 +127,44 @@ class DreamShardPlacer:
 
     def place(self, task: Task) -> Placement:
         start = time.perf_counter()
-        constraints = constraints_for(self.constraints, task)
+        if self.split.sharding == "table":
+            return self._place_units(task, self.constraints, {}, start)[1]
+        with one_thread():
+            best, base = choose_splits(
+                task,
+                greedy_score(self._stage_model),
+                self._stage_model(task),
+                self.split,
+                self.constraints,
+            )
+        plans = [base] if best == base else [base, best]
+        placed = [
+            self._place_units(
+                units_of(task, p), unit_constraints(task, p, self.constraints), p, start
+            )
+            for p in plans
+        ]
+        k = min(range(len(placed)), key=lambda j: placed[j][0])
+        report = self.last_report = placed[k][2]
+        if len(placed) > 1 and k == 1:
+            self.last_report = replace(report, table_wise_cost_ms=placed[0][0])
+        return placed[k][1]
+
+    def _stage_model(self, task: Task) -> CostNetStageModel:
+        """The cost network's stage model of ``task``'s tables (memory not checked)."""
+        features = torch.from_numpy(self.model.normalizer.transform(task.tables))
+        return CostNetStageModel(self.model.costnet, features, task.num_devices)
+
+    def _place_units(
+        self,
+        task: Task,
+        spec: ConstraintSpec | None,
+        splits: dict[int, TableSplit],
+        start: float,
+    ) -> tuple[float, Placement, PlacementReport]:
+        """Place ``task`` (the units of a split plan) table-wise: (predicted cost, the
+        placement of the whole task with ``splits``, the report)."""
+        constraints = constraints_for(spec, task)
         proposals = propose(self.model, task, self.settings, constraints)
         if not proposals.scored and constraints.is_empty:
             packed = first_fit_decreasing(task)
@@ -126,7 +189,7 @@ class DreamShardPlacer:
             k = int(np.argmin(costs))
             best, measured = shortlist[k], float(costs[k])
             best_cost = proposals.scored[k][0]
-        self.last_report = PlacementReport(
+        report = self.last_report = PlacementReport(
             candidates=len(proposals.origin),
             chosen=proposals.origin[best],
             predicted_cost_ms=float(best_cost),
@@ -134,8 +197,9 @@ class DreamShardPlacer:
             search_converged=proposals.converged,
             timed_out=proposals.timed_out,
             wall_ms=(time.perf_counter() - start) * 1e3,
+            split_tables=len(splits),
         )
-        return best
+        return float(best_cost), split_placement(splits, best), report
 
     def _time_left(self, start: float) -> float | None:
         budget = self.settings.time_budget_ms

@@ -1,0 +1,360 @@
+"""Deciding which tables to split, and how (beyond the paper; NeuroShard-style).
+
+DreamShard places whole tables. Two things make a whole table a bad unit:
+
+- it fits no single device (a 50M-row, dim-128 table on 16 GB devices): it must be
+  split, and row-wise sharding (TorchRec's ``ROW_WISE``: one row block per device)
+  needs the least memory per device;
+- its cost dominates (a very large pooling factor or dim): every table-wise placement
+  has a device at least that slow, and only a split can balance it.
+
+:func:`required_splits` handles the first; :func:`choose_splits` the second: a beam
+search over split choices of the heaviest tables (column halvings 2, 4, 8 shards, or a
+row split over all devices), each candidate scored by the caller's ``score`` (the
+cost-guided greedy placement of the resulting units on a stage cost model: the cost
+network for DreamShard, the simulator for the ORACLE). Tables that fit and do not
+dominate stay whole; with ``sharding="auto"`` the placer then keeps the split plan only
+if its searched placement is predicted cheaper than the table-wise one.
+
+The split tables' shards are then placed by the usual search under extra constraints
+(:func:`unit_constraints`): row block ``j`` pinned to device ``j`` (TorchRec's layout),
+and the column shards of one table on pairwise different devices (apart). Tables the
+user's constraints name are never split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from dreamshard.constants import DIM_MULTIPLE
+from dreamshard.data.constraints import ConstraintSpec, constraints_for
+from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
+from dreamshard.method.search import greedy_placement, placement_cost
+from dreamshard.types import (
+    SHARDING_MODES,
+    Placement,
+    StageCostModel,
+    TableSplit,
+    Task,
+    column_split_sizes,
+    row_split_sizes,
+)
+
+#: Splits of a task, by table index.
+Splits = Mapping[int, TableSplit]
+
+
+class UnsplittableTableError(InfeasiblePlacementError):
+    """A table fits no device, and no split the sharding mode allows makes it fit."""
+
+    def __init__(self, table: str, needed_bytes: int, free_bytes: list[int], message: str) -> None:
+        super().__init__(table, needed_bytes, free_bytes)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How tables may be split and how hard to look.
+
+    Attributes:
+        sharding: ``table`` (never split), ``column``, ``row`` (only that kind) or
+            ``auto`` (either; the placer keeps a split only where it lowers the
+            predicted cost or is needed to fit).
+        max_column_shards: Most column shards of one table (powers of 2 are tried).
+        candidates: Heaviest tables considered for a split that is not needed to fit.
+        dominance: A table is a candidate when its cost alone on a device is at least
+            this share of the mean device load (sum of every table's cost alone over
+            the devices).
+        beam_width: Split plans kept per round of the beam search.
+        max_rounds: Rounds of the beam search (each adds one split or halving).
+    """
+
+    sharding: str = "auto"
+    max_column_shards: int = 8
+    candidates: int = 8
+    dominance: float = 0.5
+    beam_width: int = 2
+    max_rounds: int = 4
+
+    def __post_init__(self) -> None:
+        if self.sharding not in SHARDING_MODES:
+            raise InputError(
+                f"unknown sharding {self.sharding!r} (use {', '.join(SHARDING_MODES)})"
+            )
+        if self.max_column_shards < 2 or self.candidates < 0 or self.beam_width < 1:
+            raise InputError(
+                "split settings: max_column_shards must be >= 2, candidates >= 0 and "
+                "beam_width >= 1"
+            )
+
+    @property
+    def allows_column(self) -> bool:
+        return self.sharding in ("column", "auto")
+
+    @property
+    def allows_row(self) -> bool:
+        return self.sharding in ("row", "auto")
+
+
+def units_of(task: Task, splits: Splits) -> Task:
+    """The task whose tables are ``task``'s units under ``splits`` (split tables
+    replaced by their shards)."""
+    ordered = tuple(splits[i] for i in sorted(splits))
+    units, _ = Placement(device_of=(), splits=ordered).resolve(task)
+    return units
+
+
+def unit_constraints(task: Task, splits: Splits, user: ConstraintSpec | None) -> ConstraintSpec:
+    """The constraints the units of ``task`` must keep: the user's (on whole tables,
+    names unchanged), row block ``j`` of a row-split table pinned to device ``j``, and
+    the column shards of each column-split table on pairwise different devices."""
+    base = user if user is not None else ConstraintSpec()
+    pins = list(base.pins)
+    apart = list(base.apart)
+    for i in sorted(splits):
+        shards = splits[i].shards(task.tables[i])
+        if splits[i].kind == "row":
+            pins.extend((s.name, j) for j, s in enumerate(shards))
+        else:
+            apart.append(tuple(s.name for s in shards))
+    pool = None if base.pool is None else base.pool | {s for s in _shard_names(task, splits)}
+    return ConstraintSpec(
+        pins=tuple(pins), together=base.together, apart=tuple(apart), where=base.where, pool=pool
+    )
+
+
+def _shard_names(task: Task, splits: Splits) -> Iterable[str]:
+    for i, split in splits.items():
+        yield from (s.name for s in split.shards(task.tables[i]))
+
+
+def protected_tables(task: Task, user: ConstraintSpec | None) -> set[int]:
+    """Tables the user's constraints name (pins, together, apart): never split."""
+    if user is None:
+        return set()
+    named = {n for n, _ in user.pins}
+    named |= {n for g in (*user.together, *user.apart) for n in g}
+    return {i for i, t in enumerate(task.tables) if t.name in named}
+
+
+def row_split(task: Task, table: int) -> TableSplit | None:
+    """The row-wise split of a table over all devices, or None where there are fewer
+    than 2 devices or too few rows for a block each."""
+    try:
+        sizes = row_split_sizes(task.tables[table].rows, task.num_devices)
+    except InvalidPlacementError:
+        return None
+    return TableSplit(table, "row", sizes)
+
+
+def column_split(task: Task, table: int, parts: int) -> TableSplit | None:
+    """The table cut into ``parts`` column shards (dims multiples of 4, as even as they
+    go), or None where its dim or the device count does not allow that many."""
+    if parts < 2 or parts > task.num_devices:
+        return None
+    try:
+        sizes = column_split_sizes(task.tables[table].dim, parts)
+    except ValueError:
+        return None
+    return TableSplit(table, "column", sizes)
+
+
+def _fits(task: Task, split: TableSplit) -> bool:
+    """Whether every shard of ``split`` fits some device alone (row blocks: their own)."""
+    shards = split.shards(task.tables[split.table])
+    if split.kind == "row":
+        return all(
+            task.table_memory_bytes(s) <= task.devices[j].memory_bytes for j, s in enumerate(shards)
+        )
+    most = max(d.memory_bytes for d in task.devices)
+    return all(task.table_memory_bytes(s) <= most for s in shards)
+
+
+def required_splits(
+    task: Task, settings: SplitSettings, protected: Iterable[int] = ()
+) -> dict[int, TableSplit]:
+    """The splits without which a table fits no device: row-wise over all devices where
+    allowed (least memory per device), else the fewest column shards that fit.
+
+    Raises:
+        UnsplittableTableError: A table fits no device whole and no allowed split fits
+            (named, with what it needs and what the devices have).
+    """
+    protected = set(protected)
+    most = max(d.memory_bytes for d in task.devices)
+    total = sum(d.memory_bytes for d in task.devices)
+    out: dict[int, TableSplit] = {}
+    for i, table in enumerate(task.tables):
+        need = task.table_memory_bytes(table)
+        if need <= most:
+            continue
+        free = [d.memory_bytes for d in task.devices]
+        what = f"table {table.name!r} needs {need:,} bytes; the largest device has {most:,}"
+        if settings.sharding == "table":
+            raise UnsplittableTableError(
+                table.name, need, free, f"{what} (allow splits with --sharding auto)"
+            )
+        if i in protected:
+            raise UnsplittableTableError(
+                table.name,
+                need,
+                free,
+                f"{what}, and tables named in constraints are never split",
+            )
+        options: list[TableSplit | None] = []
+        if settings.allows_row:
+            options.append(row_split(task, i))
+        if settings.allows_column:
+            options.extend(column_split(task, i, k) for k in range(2, task.num_devices + 1))
+        split = next((s for s in options if s is not None and _fits(task, s)), None)
+        if split is None:
+            kinds = {"row": "row blocks", "column": "column shards", "auto": "row or column shards"}
+            raise UnsplittableTableError(
+                table.name,
+                need,
+                free,
+                f"{what} and the {task.num_devices} devices {total:,} in all; no split into "
+                f"{kinds[settings.sharding]} fits (dim {table.dim}: column shards need "
+                f"multiples of {DIM_MULTIPLE} columns, at most one per device)",
+            )
+        out[i] = split
+    return out
+
+
+#: What scores a split plan: the units task and their constraints -> predicted cost (ms),
+#: or None where the units find no placement.
+SplitScore = Callable[[Task, ConstraintSpec], float | None]
+
+
+def alone_costs(model: StageCostModel) -> np.ndarray:
+    """``[T]`` each table's cost alone on an empty device (sum of its stage costs)."""
+    vectors = model.table_vectors
+    out: np.ndarray = model.stage_costs(vectors, np.ones(len(vectors))).sum(axis=-1)
+    return out
+
+
+def split_candidates(
+    task: Task, model: StageCostModel, settings: SplitSettings, protected: Iterable[int] = ()
+) -> list[int]:
+    """The heaviest tables whose cost alone dominates the mean device load (at least
+    ``settings.dominance`` of it), heaviest first, at most ``settings.candidates``."""
+    if settings.sharding == "table" or task.num_devices < 2:
+        return []
+    alone = alone_costs(model)
+    mean_load = float(alone.sum()) / task.num_devices
+    protected = set(protected)
+    order = np.argsort(-alone, kind="stable")
+    out = [
+        int(i)
+        for i in order
+        if int(i) not in protected and alone[i] >= settings.dominance * mean_load
+    ]
+    return out[: settings.candidates]
+
+
+def _next_splits(
+    task: Task, current: TableSplit | None, table: int, s: SplitSettings
+) -> list[TableSplit]:
+    """The splits one step beyond ``current`` for one table: halve its column shards
+    (or cut it in 2) and, from whole, the row split."""
+    out: list[TableSplit | None] = []
+    if current is None:
+        if s.allows_column:
+            out.append(column_split(task, table, 2))
+        if s.allows_row:
+            out.append(row_split(task, table))
+    elif current.kind == "column" and 2 * len(current.sizes) <= s.max_column_shards:
+        out.append(column_split(task, table, 2 * len(current.sizes)))
+    return [x for x in out if x is not None and _fits(task, x)]
+
+
+def choose_splits(
+    task: Task,
+    score: SplitScore,
+    model: StageCostModel,
+    settings: SplitSettings,
+    user: ConstraintSpec | None = None,
+) -> tuple[dict[int, TableSplit], dict[int, TableSplit]]:
+    """The split plan with the lowest score: a beam search from the required splits over
+    one more split or halving of a candidate table per round.
+
+    Args:
+        task: The task (whole tables).
+        score: Scores a plan's units (the cost-guided greedy on the caller's model).
+        model: Stage cost model of ``task``'s whole tables (picks the candidates).
+        settings: Split mode and effort.
+        user: The user's constraints (their tables stay whole).
+
+    Returns:
+        The best splits by table index, and the required ones alone (the plan closest to
+        table-wise; the same dict when no further split scored better).
+
+    Raises:
+        UnsplittableTableError: From :func:`required_splits`.
+    """
+    protected = protected_tables(task, user)
+    base = required_splits(task, settings, protected)
+    candidates = [i for i in split_candidates(task, model, settings, protected) if i not in base]
+
+    def scored(splits: dict[int, TableSplit]) -> float | None:
+        units = units_of(task, splits)
+        return score(units, unit_constraints(task, splits, user))
+
+    best, best_score = base, scored(base)
+    beam: list[tuple[float | None, dict[int, TableSplit]]] = [(best_score, base)]
+    seen = {_key(base)}
+    for _ in range(settings.max_rounds if candidates else 0):
+        grown: list[tuple[float, dict[int, TableSplit]]] = []
+        for _, plan in beam:
+            for i in candidates:
+                for nxt in _next_splits(task, plan.get(i), i, settings):
+                    child = {**plan, i: nxt}
+                    if _key(child) in seen:
+                        continue
+                    seen.add(_key(child))
+                    value = scored(child)
+                    if value is not None:
+                        grown.append((value, child))
+        if not grown:
+            break
+        grown.sort(key=lambda vp: vp[0])
+        top_score, top = grown[0]
+        if best_score is not None and top_score >= best_score * (1 - 1e-6):
+            break
+        best_score, best = top_score, top
+        beam = [(v, p) for v, p in grown[: settings.beam_width]]
+    return best, base
+
+
+def _key(splits: Splits) -> tuple[tuple[int, str, tuple[int, ...]], ...]:
+    return tuple((i, s.kind, s.sizes) for i, s in sorted(splits.items()))
+
+
+def ordered(splits: Splits) -> tuple[TableSplit, ...]:
+    """The splits in table order, as :class:`Placement` holds them."""
+    return tuple(splits[i] for i in sorted(splits))
+
+
+def split_placement(splits: Splits, units_placement: Placement) -> Placement:
+    """A placement of the whole task from a table-wise placement of its units."""
+    return Placement(units_placement.device_of, ordered(splits))
+
+
+def greedy_score(model_for: Callable[[Task], StageCostModel]) -> SplitScore:
+    """A :data:`SplitScore`: the cost, on ``model_for(units)``, of the cost-guided greedy
+    placement of the units (largest alone first) under their constraints."""
+
+    def score(units: Task, spec: ConstraintSpec) -> float | None:
+        model = model_for(units)
+        placement = greedy_placement(units, model, None, constraints_for(spec, units))
+        if placement is None:
+            return None
+        return placement_cost(model, units, placement.device_of)
+
+    return score
