@@ -131,7 +131,8 @@ def with_heavy_tables(pool: list[TableSpec], share: float, seed: int) -> list[Ta
     rng = np.random.default_rng(seed)
     heavy = rng.random(len(pool)) < share
     rows = np.rint(10.0 ** rng.uniform(*HEAVY_ROWS_LOG10_RANGE, len(pool)))
-    pooling = np.exp(rng.uniform(*np.log(HEAVY_POOLING_RANGE), len(pool)))
+    low, high = np.log(HEAVY_POOLING_RANGE)
+    pooling = np.exp(rng.uniform(low, high, len(pool)))
     dims = rng.choice(np.asarray(HEAVY_DIMS), len(pool))
     skews = rng.uniform(*SKEW_RANGE, len(pool))
     active = np.maximum(np.rint(rows * 10.0 ** rng.uniform(-0.65, 0.0, len(pool))), 1)
