@@ -81,6 +81,16 @@ SearchOpt = Annotated[
         "or local (+ local search on the cost network).",
     ),
 ]
+ShardingOpt = Annotated[
+    str,
+    typer.Option(
+        "--sharding",
+        help="dreamshard and oracle: table (whole tables only, the paper's setting), "
+        "column or row (allow only that split), or auto (split a table where that lowers "
+        "the predicted cost or is needed to fit). Other placers place whole tables; "
+        "torchrec-all is TorchRec's planner with every sharding type.",
+    ),
+]
 TimeBudgetOpt = Annotated[
     float | None,
     typer.Option(
@@ -251,6 +261,7 @@ def placer_options(
     search: str = "local",
     time_budget_ms: float | None = None,
     refine: int = 0,
+    sharding: str = "auto",
 ) -> PlacerOptions:
     """Options of the placers a command builds; the backend is for placers that search
     on measured costs (rnn, dreamshard's --refine)."""
@@ -264,6 +275,7 @@ def placer_options(
         backend=backend.name if backend is not None else None,
         backend_options=backend.options if backend is not None else None,
         constraints=constraints,
+        sharding=sharding,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dreamshard.evaluation.evaluate import Evaluation
-from dreamshard.types import MeasurementConditions, PlacementCost, Task
+from dreamshard.types import MeasurementConditions, Placement, PlacementCost, Task
 from dreamshard.units import format_bytes
 
 #: Width of the consoles off a terminal (logs, pipes, files): wide enough that result
@@ -98,18 +98,20 @@ def print_conditions(conditions: MeasurementConditions | None) -> None:
 
 def print_placement(
     task: Task,
-    device_of: Sequence[int],
+    placement: Placement,
     cost: PlacementCost,
     placer: str,
     place_ms: float,
     show_all: bool = False,
 ) -> None:
-    """One placement: tables, memory and stage costs per device, then its cost.
+    """One placement: tables (and shards), memory and stage costs per device, then its
+    split tables and its cost.
 
     On more than :data:`SUMMARY_DEVICES` devices only the slowest are listed (with the
     spread of per-device totals), and each device's tables are abbreviated, unless
     ``show_all``: then every device and every table name is shown.
     """
+    units = placement.units(task)
     shown_devices = list(range(task.num_devices))
     if not show_all and task.num_devices > SUMMARY_DEVICES:
         by_total = sorted(shown_devices, key=lambda d: -cost.per_device[d].total_ms)
@@ -131,12 +133,9 @@ def print_placement(
         table.add_column(column, justify="left" if column in ("device", "tables") else "right")
     for d in shown_devices:
         device, stage = task.devices[d], cost.per_device[d]
-        names = [t.name for t, dd in zip(task.tables, device_of, strict=True) if dd == d]
-        used = sum(
-            task.table_memory_bytes(t)
-            for t, dd in zip(task.tables, device_of, strict=True)
-            if dd == d
-        )
+        mine = [u for u, dd in zip(units, placement.device_of, strict=True) if dd == d]
+        names = [u.name for u in mine]
+        used = sum(task.table_memory_bytes(u) for u in mine)
         if show_all or len(names) <= 6:
             shown = ", ".join(names)
         else:
@@ -159,8 +158,31 @@ def print_placement(
             f"median {totals[len(totals) // 2]:.3f}, max {totals[-1]:.3f} "
             "(--all lists every device and table)"
         )
+    for line in split_lines(task, placement):
+        out_console.print(line)
     spread = f" (spread ±{cost.rel_spread * 100:.1f}%)" if cost.rel_spread is not None else ""
     out_console.print(f"placement cost: {cost.cost_ms:.3f} ms{spread}; placed in {place_ms:.1f} ms")
+
+
+def split_lines(task: Task, placement: Placement) -> list[str]:
+    """One line per split table: its kind, its shards' sizes and devices."""
+    if placement.is_table_wise:
+        return ["every table whole (table-wise)"]
+    units = placement.units(task)
+    where = {u.name: task.devices[d].name for u, d in zip(units, placement.device_of, strict=True)}
+    lines = [f"{len(placement.splits)} of {task.num_tables} tables split:"]
+    for split in placement.splits:
+        table = task.tables[split.table]
+        shards = split.shards(table)
+        if split.kind == "column":
+            parts = ", ".join(f"{s.dim} on {where[s.name]}" for s in shards)
+            lines.append(f"  {table.name} (dim {table.dim}) column-wise: dims {parts}")
+        else:
+            lines.append(
+                f"  {table.name} ({table.rows:,} rows) row-wise: {len(shards)} blocks of "
+                f"{shards[0].rows:,} rows, block j on device j"
+            )
+    return lines
 
 
 def print_evaluation(result: Evaluation) -> None:

@@ -16,6 +16,7 @@ from dreamshard.cli.options import (
     RefineOpt,
     SamplesOpt,
     SearchOpt,
+    ShardingOpt,
     TimeBudgetOpt,
     TopologyOpt,
     backend_options,
@@ -58,6 +59,7 @@ def place(
     search: SearchOpt = "local",
     time_budget_ms: TimeBudgetOpt = None,
     refine: RefineOpt = 0,
+    sharding: ShardingOpt = "auto",
     show_all: Annotated[
         bool,
         typer.Option(
@@ -77,14 +79,24 @@ def place(
     placed = place_and_measure(
         task,
         placer,
-        placer_options(backend.seed, model, samples, backend, spec, search, time_budget_ms, refine),
+        placer_options(
+            backend.seed,
+            model,
+            samples,
+            backend,
+            spec,
+            search,
+            time_budget_ms,
+            refine,
+            sharding,
+        ),
         backend.name,
         backend.options,
         progress,
     )
     print_placement(
         task,
-        placed.placement.device_of,
+        placed.placement,
         placed.cost,
         placed.placer,
         placed.place_time_ms,
@@ -125,6 +137,7 @@ def evaluate(
     search: SearchOpt = "local",
     time_budget_ms: TimeBudgetOpt = None,
     refine: RefineOpt = 0,
+    sharding: ShardingOpt = "auto",
     topology: Annotated[
         Path | None,
         typer.Option(
@@ -163,7 +176,17 @@ def evaluate(
     comparison = compare_placers(
         chosen_tasks,
         names,
-        placer_options(backend.seed, model, samples, backend, spec, search, time_budget_ms, refine),
+        placer_options(
+            backend.seed,
+            model,
+            samples,
+            backend,
+            spec,
+            search,
+            time_budget_ms,
+            refine,
+            sharding,
+        ),
         backend.name,
         backend.options,
         progress,

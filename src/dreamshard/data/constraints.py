@@ -224,13 +224,27 @@ class Constraints:
         """Raise InvalidPlacementError naming the first constraint ``placement`` breaks.
 
         Memory and device ranges are :meth:`Placement.validate`'s job; this checks the
-        constraints only.
+        constraints only. In a split placement, a table a constraint names must be whole.
         """
-        device_of = placement.device_of
-        if len(device_of) != task.num_tables:
+        units = placement.units(task)
+        if len(placement.device_of) != len(units):
             raise InvalidPlacementError(
-                f"placement covers {len(device_of)} tables, task {task.name!r} has "
-                f"{task.num_tables}"
+                f"placement covers {len(placement.device_of)} tables, task {task.name!r} has "
+                f"{len(units)}"
+            )
+        device_of = placement.device_of
+        if not placement.is_table_wise:
+            # Device of each whole table (-1: split), by table index.
+            split = {s.table for s in placement.splits}
+            named = {*self.pins, *(i for g in (*self.together, *self.apart) for i in g)}
+            for i in sorted(named & split):
+                raise InvalidPlacementError(
+                    f"table {task.tables[i].name!r} is named in constraints but split"
+                )
+            unit_of = {u.name: k for k, u in enumerate(units)}
+            device_of = tuple(
+                -1 if i in split else placement.device_of[unit_of[t.name]]
+                for i, t in enumerate(task.tables)
             )
 
         def name(d: int) -> str:

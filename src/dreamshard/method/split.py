@@ -73,6 +73,9 @@ class SplitSettings:
             the devices).
         beam_width: Split plans kept per round of the beam search.
         max_rounds: Rounds of the beam search (each adds one split or halving).
+        min_gain: A plan with more splits than needed to fit is kept only if its
+            searched placement is predicted at least this share cheaper (a split changes
+            what the fused operators run, where the cost model has seen less data).
     """
 
     sharding: str = "auto"
@@ -81,6 +84,7 @@ class SplitSettings:
     dominance: float = 0.5
     beam_width: int = 2
     max_rounds: int = 4
+    min_gain: float = 0.02
 
     def __post_init__(self) -> None:
         if self.sharding not in SHARDING_MODES:
@@ -165,54 +169,57 @@ def column_split(task: Task, table: int, parts: int) -> TableSplit | None:
     return TableSplit(table, "column", sizes)
 
 
-def _fits(task: Task, split: TableSplit) -> bool:
-    """Whether every shard of ``split`` fits some device alone (row blocks: their own)."""
+def _fits(task: Task, split: TableSplit, free: list[int] | None = None) -> bool:
+    """Whether every shard of ``split`` fits alone: a row block in its own device's
+    ``free`` bytes, a column shard in the most free device (default: whole devices)."""
+    room = free if free is not None else [d.memory_bytes for d in task.devices]
     shards = split.shards(task.tables[split.table])
     if split.kind == "row":
-        return all(
-            task.table_memory_bytes(s) <= task.devices[j].memory_bytes for j, s in enumerate(shards)
-        )
-    most = max(d.memory_bytes for d in task.devices)
-    return all(task.table_memory_bytes(s) <= most for s in shards)
+        return all(task.table_memory_bytes(s) <= room[j] for j, s in enumerate(shards))
+    return all(task.table_memory_bytes(s) <= max(room) for s in shards)
 
 
 def required_splits(
     task: Task, settings: SplitSettings, protected: Iterable[int] = ()
 ) -> dict[int, TableSplit]:
-    """The splits without which a table fits no device: row-wise over all devices where
-    allowed (least memory per device), else the fewest column shards that fit.
+    """The splits without which a table fits no device: largest table first, each that
+    fits no device's memory left after the row blocks split so far is split row-wise
+    over all devices where allowed (least memory per device), else into the fewest
+    column shards that fit.
 
     Raises:
         UnsplittableTableError: A table fits no device whole and no allowed split fits
             (named, with what it needs and what the devices have).
     """
     protected = set(protected)
-    most = max(d.memory_bytes for d in task.devices)
-    total = sum(d.memory_bytes for d in task.devices)
+    free = [d.memory_bytes for d in task.devices]
+    total = sum(free)
     out: dict[int, TableSplit] = {}
-    for i, table in enumerate(task.tables):
+    order = sorted(range(task.num_tables), key=lambda i: -task.table_memory_bytes(task.tables[i]))
+    for i in order:
+        table = task.tables[i]
         need = task.table_memory_bytes(table)
-        if need <= most:
+        if need <= max(free):
             continue
-        free = [d.memory_bytes for d in task.devices]
-        what = f"table {table.name!r} needs {need:,} bytes; the largest device has {most:,}"
+        what = (
+            f"table {table.name!r} needs {need:,} bytes; the most any device has "
+            f"{'left ' if max(free) < max(d.memory_bytes for d in task.devices) else ''}"
+            f"is {max(free):,}"
+        )
         if settings.sharding == "table":
             raise UnsplittableTableError(
                 table.name, need, free, f"{what} (allow splits with --sharding auto)"
             )
         if i in protected:
             raise UnsplittableTableError(
-                table.name,
-                need,
-                free,
-                f"{what}, and tables named in constraints are never split",
+                table.name, need, free, f"{what}, and tables named in constraints are never split"
             )
         options: list[TableSplit | None] = []
         if settings.allows_row:
             options.append(row_split(task, i))
         if settings.allows_column:
             options.extend(column_split(task, i, k) for k in range(2, task.num_devices + 1))
-        split = next((s for s in options if s is not None and _fits(task, s)), None)
+        split = next((s for s in options if s is not None and _fits(task, s, free)), None)
         if split is None:
             kinds = {"row": "row blocks", "column": "column shards", "auto": "row or column shards"}
             raise UnsplittableTableError(
@@ -224,6 +231,9 @@ def required_splits(
                 f"multiples of {DIM_MULTIPLE} columns, at most one per device)",
             )
         out[i] = split
+        if split.kind == "row":
+            for j, shard in enumerate(split.shards(table)):
+                free[j] -= task.table_memory_bytes(shard)
     return out
 
 

@@ -18,8 +18,9 @@ Splits (``sharding``, ``method/split.py``): with ``table`` every table stays who
 the paper. Otherwise tables that fit no device are split as required, a beam search
 scored by the cost network's greedy placement proposes further splits of dominating
 tables, and both plans (required splits only, and the best found) are placed with the
-full search above; the one with the lower predicted cost wins, so a split is kept only
-where it lowers the predicted cost or is needed to fit.
+full search above; the plan with more splits wins only if predicted at least
+``SplitSettings.min_gain`` (2%) cheaper, so a split is kept only where it lowers the
+predicted cost or is needed to fit.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dreamshard.method.split import (
     SplitSettings,
     choose_splits,
     greedy_score,
+    required_splits,
     split_placement,
     unit_constraints,
     units_of,
@@ -66,8 +68,8 @@ class PlacementReport:
         timed_out: Whether the time budget cut a search short.
         wall_ms: Time the placement took.
         split_tables: Tables the winner splits (0: table-wise).
-        table_wise_cost_ms: Predicted cost of the best plan with only the splits needed
-            to fit, where a plan with more splits won (else None).
+        base_cost_ms: Predicted cost of the best plan with only the splits needed to fit
+            (whole tables when none is), where a plan with more splits won (else None).
     """
 
     candidates: int
@@ -78,7 +80,7 @@ class PlacementReport:
     timed_out: bool
     wall_ms: float
     split_tables: int = 0
-    table_wise_cost_ms: float | None = None
+    base_cost_ms: float | None = None
 
 
 class DreamShardPlacer:
@@ -128,6 +130,7 @@ class DreamShardPlacer:
     def place(self, task: Task) -> Placement:
         start = time.perf_counter()
         if self.split.sharding == "table":
+            required_splits(task, self.split)  # a table too large for any device: one line
             return self._place_units(task, self.constraints, {}, start)[1]
         with one_thread():
             best, base = choose_splits(
@@ -144,10 +147,12 @@ class DreamShardPlacer:
             )
             for p in plans
         ]
-        k = min(range(len(placed)), key=lambda j: placed[j][0])
+        k = 0
+        if len(placed) > 1 and placed[1][0] < placed[0][0] * (1 - self.split.min_gain):
+            k = 1
         report = self.last_report = placed[k][2]
-        if len(placed) > 1 and k == 1:
-            self.last_report = replace(report, table_wise_cost_ms=placed[0][0])
+        if k == 1:
+            self.last_report = replace(report, base_cost_ms=placed[0][0])
         return placed[k][1]
 
     def _stage_model(self, task: Task) -> CostNetStageModel:

@@ -56,6 +56,9 @@ class PlacerOptions:
         constraints: User constraints (pins, together and apart groups), by name;
             every placer resolves them against each task and honours them, or refuses
             them when built (``torchrec``, ``dreamshard``).
+        sharding: ``table``, ``column``, ``row`` or ``auto``: which splits ``dreamshard``
+            and ``oracle`` may make (the rules, ``rnn`` and ``torchrec`` place whole
+            tables; ``torchrec-all`` is TorchRec's planner with every sharding type).
     """
 
     seed: int = DEFAULT_SEED
@@ -69,6 +72,7 @@ class PlacerOptions:
     budget: int = 500
     oracle_evaluations: int = 20_000
     constraints: ConstraintSpec | None = None
+    sharding: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ def _dreamshard(options: PlacerOptions) -> Placer:
         time_budget_ms=options.time_budget_ms,
         refine=options.refine,
         backend=backend,
+        sharding=options.sharding,
     )
 
 
@@ -153,6 +158,7 @@ def _oracle(options: PlacerOptions) -> Placer:
         evaluations=options.oracle_evaluations,
         seed=options.seed,
         constraints=options.constraints,
+        sharding=options.sharding,
     )
 
 

@@ -350,6 +350,9 @@ class DreamShardPlanner:
             (default; ``placers/dreamshard.py``).
         time_budget_ms: Cap on the search time (None: bounded by effort only).
         profile: Hardware profile whose packaged model ``model="packaged"`` means.
+        sharding: ``"auto"`` (default: split a table where that lowers the predicted
+            cost or is needed to fit), ``"column"``, ``"row"`` or ``"table"`` (whole
+            tables only).
     """
 
     def __init__(
@@ -365,6 +368,7 @@ class DreamShardPlanner:
         search: str = "local",
         time_budget_ms: float | None = None,
         profile: str = "cpu-zen4",
+        sharding: str = "auto",
     ) -> None:
         from dreamshard.method.checkpoint import DreamShardModel, resolve_model_dir
         from dreamshard.placers.dreamshard import DreamShardPlacer
@@ -393,6 +397,7 @@ class DreamShardPlanner:
             constraints=spec,
             search=search,
             time_budget_ms=time_budget_ms,
+            sharding=sharding,
         )
         self.table_stats = dict(table_stats) if table_stats is not None else None
         self.optimizer = optimizer

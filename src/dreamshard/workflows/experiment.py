@@ -222,6 +222,16 @@ def place_and_measure(
             f"chose {report.chosen} (predicted {report.predicted_cost_ms:.3f} ms"
             + (f", measured {report.measured_cost_ms:.3f} ms" if report.measured_cost_ms else "")
             + ")"
+            + (
+                f"; sharding {chosen.split.sharding}: {report.split_tables} tables split"
+                if chosen.split.sharding != "table"
+                else ""
+            )
+            + (
+                f" (with only the splits needed to fit: predicted {report.base_cost_ms:.3f} ms)"
+                if report.base_cost_ms is not None
+                else ""
+            )
         )
     return PlacedTask(
         task, chosen.name, placement, place_ms, cost_backend.name, cost, conditions, how
