@@ -128,7 +128,10 @@ def test_error_message_keeps_brackets_in_file_names(tmp_path: Path) -> None:
     ("options", "parts"),
     [
         (["--devices", "2", "--memory", "100KB"], ["'t2' needs 128,000 bytes", "100,000 bytes"]),
-        (["--devices", "1", "--memory", "130KB", "--placer", "size"], ["table 't0' needs 32,000"]),
+        (
+            ["--devices", "1", "--memory", "130KB", "--placer", "size"],
+            ["tables need 192,000 bytes in all", "(130,000 bytes)"],
+        ),
         (["--devices", "0", "--memory", "1GB"], ["devices must be at least 1, got 0"]),
         (["--devices", "-3", "--memory", "1GB"], ["devices must be at least 1, got -3"]),
         (["--devices", "2", "--memory", "5XB"], ["--memory: unknown unit 'xb' in '5XB'"]),

@@ -213,7 +213,7 @@ CASES: dict[str, Case] = {
         "place --tables {ws}/negative.csv --devices 2 --memory 1GB", "'rows' must be positive"
     ),
     "place huge rows": Case(
-        "place --tables {ws}/huge.csv --devices 2 --memory 1GB --backend sim", "table 'a' needs"
+        "place --tables {ws}/huge.csv --devices 2 --memory 1GB --backend sim", "table 'a'"
     ),
     "place zero dim": Case(
         "place --tables {ws}/zero_dim.csv --devices 2 --memory 1GB", "'dim' must be positive"

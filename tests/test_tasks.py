@@ -60,13 +60,21 @@ def test_make_task_table_exactly_filling_a_device() -> None:
     assert task.tables == (t,) and task.num_devices == 2
 
 
-def test_make_task_table_larger_than_every_device_is_named() -> None:
+def test_make_task_accepts_a_table_larger_than_every_device() -> None:
+    # Placers that split tables place its shards; the others name it (test_sharding.py).
     tables = [table("small", rows=10, dim=4), table("big", rows=100, dim=4)]  # 160, 1,600 bytes
     devices = (Device("d0", 1_000), Device("d1", 1_599))
+    assert make_task("job", tables, devices).tables[1].name == "big"
+
+
+def test_make_task_refuses_tables_beyond_all_devices_together() -> None:
+    tables = [table("small", rows=10, dim=4), table("big", rows=100, dim=4)]  # 1,760 bytes
+    devices = (Device("d0", 1_000), Device("d1", 759))
     with pytest.raises(InputError) as err:
         make_task("job", tables, devices)
     assert str(err.value) == (
-        "task 'job': table 'big' needs 1,600 bytes, more than any device has (1,599 bytes)"
+        "task 'job': its tables need 1,760 bytes in all (the largest, table 'big', 1,600), "
+        "more than the 2 devices have together (1,759 bytes)"
     )
 
 
@@ -74,7 +82,7 @@ def test_make_task_counts_optimizer_state() -> None:
     # rowwise_adagrad keeps 4 bytes per row: 100 rows x (16 + 4) bytes = 2,000 > 1,600.
     t = table("a", rows=100, dim=4)
     make_task("job", [t], make_devices(1, 1_600), optimizer="sgd")
-    with pytest.raises(InputError, match="table 'a' needs 2,000 bytes"):
+    with pytest.raises(InputError, match="tables need 2,000 bytes in all"):
         make_task("job", [t], make_devices(1, 1_600), optimizer="rowwise_adagrad")
 
 

@@ -63,8 +63,10 @@ def make_task(
     needed = sum(task.table_memory_bytes(t) for t in task.tables)
     total = sum(d.memory_bytes for d in task.devices)
     if needed > total:
+        largest = max(task.tables, key=task.table_memory_bytes)
         raise InputError(
-            f"task {name!r}: its tables need {needed:,} bytes in all, more than the "
+            f"task {name!r}: its tables need {needed:,} bytes in all (the largest, table "
+            f"{largest.name!r}, {task.table_memory_bytes(largest):,}), more than the "
             f"{task.num_devices} devices have together ({total:,} bytes)"
         )
     return task

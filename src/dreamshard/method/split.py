@@ -81,7 +81,7 @@ class SplitSettings:
     sharding: str = "auto"
     max_column_shards: int = 8
     candidates: int = 8
-    dominance: float = 0.5
+    dominance: float = 0.75
     beam_width: int = 2
     max_rounds: int = 4
     min_gain: float = 0.02

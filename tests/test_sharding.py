@@ -1,0 +1,248 @@
+"""Split tables: the data model (types.TableSplit, Placement.splits), the shards' ids, how
+backends cost them, and the split search (method/split.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dreamshard.backends.comm import CPU_LOOPBACK, output_collectives
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.constraints import ConstraintSpec, constraints_for
+from dreamshard.data.ids import table_ids
+from dreamshard.errors import InvalidPlacementError
+from dreamshard.method.search import placement_cost
+from dreamshard.method.split import (
+    SplitSettings,
+    UnsplittableTableError,
+    choose_splits,
+    greedy_score,
+    required_splits,
+    split_candidates,
+    unit_constraints,
+    units_of,
+)
+from dreamshard.placers.oracle import OraclePlacer
+from dreamshard.types import (
+    Placement,
+    TableSplit,
+    column_split_sizes,
+    row_split_sizes,
+)
+
+from .conftest import table, task
+
+# -- sizes -------------------------------------------------------------------------------
+
+
+def test_column_sizes_are_multiples_of_4_as_even_as_they_go() -> None:
+    assert column_split_sizes(64, 3) == (24, 20, 20)
+    assert column_split_sizes(16, 4) == (4, 4, 4, 4)
+    with pytest.raises(ValueError):
+        column_split_sizes(16, 5)
+    with pytest.raises(ValueError):
+        column_split_sizes(18, 2)
+
+
+def test_row_sizes_follow_torchrec_ceil_blocks() -> None:
+    assert row_split_sizes(10, 4) == (3, 3, 3, 1)
+    assert row_split_sizes(8, 2) == (4, 4)
+    with pytest.raises(InvalidPlacementError):
+        row_split_sizes(5, 4)  # blocks 2, 2, 1, 0: one empty
+    with pytest.raises(InvalidPlacementError):
+        row_split_sizes(100, 1)
+
+
+# -- shards and placements ---------------------------------------------------------------
+
+
+def test_shards_keep_rows_or_dim_and_share_the_lookups() -> None:
+    t = table("a", rows=1000, dim=16, pooling=4.0)
+    c0, c1 = TableSplit(0, "column", (8, 8)).shards(t)
+    assert (c0.name, c0.rows, c0.dim, c0.pooling_factor) == ("a#c0", 1000, 8, 4.0)
+    assert c1.shard is not None and (c1.shard.offset, c1.shard.size) == (8, 8)
+    r0, r1 = TableSplit(0, "row", (750, 250)).shards(t)
+    assert (r0.name, r0.rows, r0.dim, r0.pooling_factor) == ("a#r0", 750, 16, 3.0)
+    assert r1.pooling_factor == 1.0 and r1.whole is t
+
+
+def test_units_and_resolve() -> None:
+    job = task([table("a", dim=16), table("b")], [10**6, 10**6])
+    p = Placement((1, 0, 0), (TableSplit(0, "column", (8, 8)),))
+    assert [u.name for u in p.units(job)] == ["a#c0", "a#c1", "b"]
+    units, flat = p.resolve(job)
+    assert flat == Placement((1, 0, 0)) and [t.name for t in units.tables] == ["a#c0", "a#c1", "b"]
+    assert p.to_names(job) == {"a#c0": "dev1", "a#c1": "dev0", "b": "dev0"}
+    p.validate(job)
+
+
+@pytest.mark.parametrize(
+    ("placement", "message"),
+    [
+        (Placement((0, 1, 0), (TableSplit(0, "column", (8, 4)),)), "not cover its 16 columns"),
+        (Placement((0, 1, 0), (TableSplit(0, "column", (10, 6)),)), "multiple of 4"),
+        (Placement((0, 0), (TableSplit(0, "column", (16,)),)), "at least 2 shards"),
+        (Placement((0, 1, 0), (TableSplit(2, "column", (8, 8)),)), "names table 2"),
+        (Placement((0, 1, 0), (TableSplit(0, "diagonal", (8, 8)),)), "unknown split kind"),  # type: ignore[arg-type]
+        (Placement((0,)), "covers 1 tables"),
+        (Placement((0, 1, 0), (TableSplit(0, "row", (600, 400)),)), "cuts 1000 rows"),
+        (Placement((1, 0, 0), (TableSplit(0, "row", (500, 500)),)), "row block 0 on device 0"),
+    ],
+)
+def test_bad_splits_are_named(placement: Placement, message: str) -> None:
+    job = task([table("a", rows=1000, dim=16), table("b")], [10**6, 10**6])
+    with pytest.raises(InvalidPlacementError, match=message):
+        placement.validate(job)
+
+
+def test_memory_counts_each_shard_on_its_device() -> None:
+    # a: 1000 x 16 x 4 = 64,000 bytes, no device holds it whole; halves fit.
+    job = task([table("a", rows=1000, dim=16), table("b", rows=100, dim=4)], [40_000, 40_000])
+    Placement((0, 1, 0), (TableSplit(0, "row", (500, 500)),)).validate(job)
+    with pytest.raises(InvalidPlacementError, match="device 0"):
+        Placement((0, 0, 1), (TableSplit(0, "column", (8, 8)),)).validate(job)
+
+
+# -- ids ---------------------------------------------------------------------------------
+
+
+def test_row_shards_look_up_exactly_the_ids_in_their_range() -> None:
+    t = table("a", rows=1000, dim=16, pooling=5.0)
+    indices, offsets = table_ids(t, 64, seed=3)
+    total = 0
+    for shard in TableSplit(0, "row", row_split_sizes(1000, 3)).shards(t):
+        assert shard.shard is not None
+        lo, hi = shard.shard.offset, shard.shard.offset + shard.shard.size
+        ids, offs = table_ids(shard, 64, seed=3)
+        assert len(offs) == 65 and offs[-1] == len(ids)
+        assert ids.min() >= 0 and ids.max() < shard.rows
+        for b in range(64):  # bag b keeps its ids in [lo, hi), shifted by lo
+            whole = indices[offsets[b] : offsets[b + 1]]
+            np.testing.assert_array_equal(
+                ids[offs[b] : offs[b + 1]], whole[(whole >= lo) & (whole < hi)] - lo
+            )
+        total += len(ids)
+    assert total == len(indices)
+
+
+def test_column_shards_look_up_the_tables_ids() -> None:
+    t = table("a", rows=1000, dim=16, pooling=5.0)
+    whole = table_ids(t, 32, seed=1)
+    for shard in TableSplit(0, "column", (8, 8)).shards(t):
+        got = table_ids(shard, 32, seed=1)
+        np.testing.assert_array_equal(got[0], whole[0])
+        np.testing.assert_array_equal(got[1], whole[1])
+
+
+# -- costs -------------------------------------------------------------------------------
+
+
+def test_row_wise_tables_add_one_collective_of_the_same_volume() -> None:
+    t = table("a", rows=1000)
+    shards = TableSplit(0, "row", (500, 500)).shards(t)
+    assert output_collectives([t]) == 1 and output_collectives(shards) == 2
+    one = CPU_LOOPBACK.time_ms([16, 16], 4096)
+    assert CPU_LOOPBACK.time_ms([16, 16], 4096, 2) == pytest.approx(one + CPU_LOOPBACK.latency_ms)
+
+
+def test_sim_costs_a_split_placement_as_its_units() -> None:
+    job = task(
+        [table("a", rows=10**5, dim=64, pooling=50.0), table("b"), table("c")], [10**9, 10**9]
+    )
+    sim = SimBackend()
+    for p in (
+        Placement((0, 1, 0, 1), (TableSplit(0, "column", (32, 32)),)),
+        Placement((0, 1, 0, 1), (TableSplit(0, "row", (50_000, 50_000)),)),
+    ):
+        units, flat = p.resolve(job)
+        expected = sim.cost_ms(units, flat)
+        assert sim.cost_ms(job, p) == expected
+        assert sim.measure(job, [p])[0].cost_ms == pytest.approx(expected)
+        assert placement_cost(sim.stage_model(units), units, flat.device_of) == pytest.approx(
+            expected
+        )
+    with pytest.raises(InvalidPlacementError):
+        sim.cost_ms(job, Placement((1, 0, 0, 1), (TableSplit(0, "row", (50_000, 50_000)),)))
+
+
+# -- the split search --------------------------------------------------------------------
+
+
+def test_a_table_larger_than_every_device_is_split_row_wise() -> None:
+    job = task([table("big", rows=1000, dim=16), table("b", rows=10)], [40_000, 40_000])
+    assert required_splits(job, SplitSettings()) == {0: TableSplit(0, "row", (500, 500))}
+    assert required_splits(job, SplitSettings(sharding="column")) == {
+        0: TableSplit(0, "column", (8, 8))
+    }
+
+
+def test_a_table_that_fits_no_split_is_named_with_what_it_needs() -> None:
+    job = task([table("big", rows=1000, dim=16)], [20_000, 20_000])  # 64,000 > 40,000
+    with pytest.raises(UnsplittableTableError) as err:
+        required_splits(job, SplitSettings())
+    assert "table 'big' needs 64,000 bytes" in str(err.value)
+    assert "40,000 in all" in str(err.value)
+    with pytest.raises(UnsplittableTableError, match="--sharding auto"):
+        required_splits(job, SplitSettings(sharding="table"))
+
+
+def test_tables_named_in_constraints_are_never_split() -> None:
+    job = task([table("big", rows=1000, dim=16), table("b", rows=10)], [40_000, 40_000])
+    spec = ConstraintSpec(pins=(("big", 0),))
+    best, base = choose_splits(
+        job, greedy_score(SimBackend().stage_model), SimBackend().stage_model(job), SplitSettings()
+    )
+    assert 0 in best
+    with pytest.raises(UnsplittableTableError, match="never split"):
+        choose_splits(
+            job,
+            greedy_score(SimBackend().stage_model),
+            SimBackend().stage_model(job),
+            SplitSettings(),
+            spec,
+        )
+
+
+def test_unit_constraints_pin_row_blocks_and_keep_column_shards_apart() -> None:
+    job = task([table("a", rows=1000, dim=16), table("b"), table("c")], [10**6] * 2)
+    splits = {0: TableSplit(0, "column", (8, 8)), 1: TableSplit(1, "row", (500, 500))}
+    units = units_of(job, splits)
+    spec = unit_constraints(job, splits, ConstraintSpec(pins=(("c", 1),)))
+    resolved = constraints_for(spec, units)
+    names = [t.name for t in units.tables]
+    assert names == ["a#c0", "a#c1", "b#r0", "b#r1", "c"]
+    assert dict(resolved.pins) == {2: 0, 3: 1, 4: 1}
+    assert resolved.apart == ((0, 1),)
+
+
+def test_a_dominating_table_is_split_and_the_oracle_gains() -> None:
+    # One hot table (pooling 400, dim 128) next to light ones on 4 devices.
+    tables = [table("hot", rows=200_000, dim=128, pooling=400.0)] + [
+        table(f"t{i}", rows=10_000, dim=16, pooling=2.0) for i in range(6)
+    ]
+    job = task(tables, [10**10] * 4)
+    sim = SimBackend()
+    assert split_candidates(job, sim.stage_model(job), SplitSettings()) == [0]
+    best, base = choose_splits(
+        job, greedy_score(sim.stage_model), sim.stage_model(job), SplitSettings()
+    )
+    assert base == {} and set(best) == {0}
+    whole = OraclePlacer(sim, evaluations=200, restarts=1, sharding="table").place(job)
+    split = OraclePlacer(sim, evaluations=200, restarts=1, sharding="auto").place(job)
+    assert whole.is_table_wise and not split.is_table_wise
+    assert sim.cost_ms(job, split) < 0.8 * sim.cost_ms(job, whole)
+
+
+def test_light_tables_stay_whole() -> None:
+    job = task([table(f"t{i}", rows=1000, dim=16, pooling=2.0) for i in range(8)], [10**9] * 4)
+    sim = SimBackend()
+    assert split_candidates(job, sim.stage_model(job), SplitSettings()) == []
+    placed = OraclePlacer(sim, evaluations=100, restarts=1, sharding="auto").place(job)
+    assert placed.is_table_wise
+
+
+def test_table_mode_never_splits() -> None:
+    tables = [table("hot", rows=200_000, dim=128, pooling=400.0), table("t0"), table("t1")]
+    job = task(tables, [10**10] * 4)
+    sim = SimBackend()
+    assert split_candidates(job, sim.stage_model(job), SplitSettings(sharding="table")) == []
