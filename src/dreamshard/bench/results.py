@@ -25,7 +25,7 @@ from dreamshard.evaluation.evaluate import Evaluation, TaskResult
 from dreamshard.evaluation.stats import PairedComparison
 from dreamshard.fileio import read_json
 from dreamshard.method.train import IterationReport
-from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts
+from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts, TableSplit
 
 RESULTS_FORMAT = "dreamshard-benchmark"
 RESULTS_VERSION = 1
@@ -372,7 +372,13 @@ def evaluation_from_json(data: Any, where: str = "evaluation") -> Evaluation:
                     rel_spread=r["rel_spread"],
                     window_costs_ms=tuple(r["window_costs_ms"] or ()),
                 )
-            placement = Placement(tuple(r["device_of"])) if r["device_of"] is not None else None
+            placement = None
+            if r["device_of"] is not None:
+                splits = tuple(
+                    TableSplit(s["table"], s["kind"], tuple(s["sizes"]))
+                    for s in r.get("splits", ())
+                )
+                placement = Placement(tuple(r["device_of"]), splits)
             results.append(
                 TaskResult(
                     placer=r["placer"],

@@ -173,6 +173,12 @@ def _result_json(r: TaskResult) -> dict[str, Any]:
         "placer": r.placer,
         "task": r.task,
         "device_of": list(r.placement.device_of) if r.placement else None,
+        # Split tables by index (empty: table-wise); device_of then covers their shards.
+        "splits": (
+            [{"table": s.table, "kind": s.kind, "sizes": list(s.sizes)} for s in r.placement.splits]
+            if r.placement
+            else []
+        ),
         "cost_ms": r.cost.cost_ms if r.cost else None,
         "rel_spread": r.cost.rel_spread if r.cost else None,
         "window_costs_ms": list(r.cost.window_costs_ms) if r.cost else None,

@@ -103,17 +103,21 @@ def torchrec_estimates(
     """TorchRec's estimate of every placement of an evaluation, beside the measured cost.
 
     Returns:
-        JSON-ready: ``per_task`` (placer -> task -> TorchRec's estimated cost in ms),
-        ``mean_estimate_ms`` and ``mean_measured_ms`` (placer -> mean over the tasks every
-        placer placed), ``compute_device`` and ``batch_size``.
+        JSON-ready: ``per_task`` (placer -> task -> TorchRec's estimated cost in ms; split
+        placements have none, the estimate being table-wise), ``mean_estimate_ms`` (placer
+        -> mean over the tasks every placer placed table-wise) and ``mean_measured_ms``
+        (the evaluation's means), ``compute_device`` and ``batch_size``.
     """
     by_name = {t.name: t for t in tasks}
     per_task: dict[str, dict[str, float]] = {p: {} for p in evaluation.placers}
     for r in evaluation.results:
-        if r.placement is not None:
+        # The estimate is table-wise (one shard per table): split placements get none.
+        if r.placement is not None and r.placement.is_table_wise:
             estimate = torchrec_estimate(by_name[r.task], r.placement, compute_device, batch_size)
             per_task[r.placer][r.task] = estimate.cost_ms
-    common = evaluation.common_tasks()
+    common = [
+        t for t in evaluation.common_tasks() if all(t in per_task[p] for p in evaluation.placers)
+    ]
     mean_estimate = {
         p: float(np.mean([per_task[p][t] for t in common])) if common else float("nan")
         for p in evaluation.placers

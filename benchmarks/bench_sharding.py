@@ -1,0 +1,318 @@
+"""Split tables against whole tables: column- and row-wise sharding (issue 13).
+
+Suites (unseen tasks, pool seed 4242):
+
+- ``heavy-20x4`` and ``heavy-40x8``: the DLRM-like pool with 8% of its tables made
+  heavy (pooling 100-500, dims 64-256, rows 1e5-5e7; ``data.augment.with_heavy_tables``),
+  on 4 and 8 devices of 64 GB, so every task also has a table-wise plan;
+- ``paper-40x4``: the paper-like suite (dim 16, 5 GB devices), where splits should not
+  be needed.
+
+Sim (``--sim``, simulated: the calibrated analytical model, labelled): every placer's
+cost, % above an ORACLE that may split (``OraclePlacer(sharding="auto")``), and the
+geometric-mean ratio of DreamShard ``auto`` to DreamShard ``table``.
+
+Real (``--real``, run ALONE on the machine): every placer's placements of a task measured
+together on FBGEMM CPU kernels (interleaved windows; rows capped at 1e6 so the weights fit
+in RAM, lookups unchanged); paired per-task ratios with a seeded bootstrap 95% CI of
+DreamShard ``auto`` to DreamShard ``table`` and to the best table-wise plan of each task
+(the lowest measured among every table-wise placer: size-lookup, torchrec, dreamshard
+table), with ``torchrec-all`` (TorchRec's planner with every sharding type) in the same run.
+
+Also printed: planning time with splits allowed on 1,000 tables x 128 devices, and a task
+whose largest table fits no single device (it must get a valid plan).
+
+    .venv/bin/python benchmarks/bench_sharding.py --sim --out benchmarks/results/sharding-sim.json
+    .venv/bin/python benchmarks/bench_sharding.py --real --out benchmarks/results/sharding-real.json
+
+Targets (issue 13): ``auto`` >= 10% below the best table-wise plan on the heavy suite on
+real FBGEMM with the CI excluding 1; never worse than table-wise (within noise) on the
+paper-like suite; planning 1,000 x 128 with splits <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamshard.backends import BackendOptions, make_backend
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.data.augment import with_heavy_tables
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.data.tasks import SuiteConfig, generate_suite
+from dreamshard.evaluation.evaluate import Evaluation, evaluate
+from dreamshard.evaluation.stats import paired_comparison
+from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
+from dreamshard.placers.dreamshard import DreamShardPlacer
+from dreamshard.placers.oracle import OraclePlacer
+from dreamshard.placers.registry import PLACERS, make_placer
+from dreamshard.placers.rules import GreedyPlacer
+from dreamshard.placers.torchrec import TorchRecPlacer
+from dreamshard.types import Device, Placer, Task, TableSpec
+from dreamshard.units import parse_memory
+
+POOL_SEED = 4242
+SUITE_SEED = 99
+HEAVY_SEED = 13
+HEAVY_SHARE = 0.08
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    tables: int
+    devices: int
+    memory: str
+    heavy: bool
+
+
+SUITES = (
+    Suite("heavy-20x4", 20, 4, "64GB", True),
+    Suite("heavy-40x8", 40, 8, "64GB", True),
+    Suite("paper-40x4", 40, 4, "5GB", False),
+)
+
+
+def pool(heavy: bool, max_rows: int | None = None) -> list[TableSpec]:
+    if heavy:
+        base = generate_table_pool(856, seed=POOL_SEED, dims=(16, 32, 64, 128), max_rows=max_rows)
+        return with_heavy_tables(base, HEAVY_SHARE, HEAVY_SEED)
+    return generate_table_pool(856, seed=POOL_SEED, dim=16, max_rows=max_rows)
+
+
+def suite_tasks(suite: Suite, count: int) -> list[Task]:
+    config = SuiteConfig(
+        num_train=0,
+        num_test=count,
+        min_tables=suite.tables,
+        max_tables=suite.tables,
+        num_devices=suite.devices,
+        memory_bytes=parse_memory(suite.memory, "memory"),
+        seed=SUITE_SEED,
+    )
+    return list(generate_suite(pool(suite.heavy), config).split("test"))
+
+
+def named(placer: Any, name: str) -> Placer:
+    placer.name = name
+    return placer  # type: ignore[no-any-return]
+
+
+def competitors(model: DreamShardModel) -> list[Placer]:
+    """Table-wise baselines, DreamShard table and auto, and TorchRec with every type."""
+    out: list[Placer] = [
+        GreedyPlacer("size-lookup"),
+        TorchRecPlacer(),
+        named(DreamShardPlacer(model, sharding="table"), "dreamshard-table"),
+        named(DreamShardPlacer(model, sharding="auto"), "dreamshard-auto"),
+    ]
+    if "torchrec-all" in PLACERS:
+        out.insert(2, make_placer("torchrec-all"))
+    return out
+
+
+TABLE_WISE = ("size-lookup", "torchrec", "dreamshard-table")
+
+
+def geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def run_sim(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str, Any]:
+    sim = SimBackend()
+    out: dict[str, Any] = {}
+    for suite in suites:
+        tasks = suite_tasks(suite, count)
+        placers = [
+            *competitors(model),
+            named(OraclePlacer(sim, sharding="table"), "oracle-table"),
+            named(OraclePlacer(sim, sharding="auto"), "oracle-auto"),
+        ]
+        start = time.perf_counter()
+        evaluation = evaluate(tasks, placers, sim)
+        common = evaluation.common_tasks()
+        ref = {t: evaluation.result("oracle-auto", t).cost.cost_ms for t in common}  # type: ignore[union-attr]
+        above = {}
+        print(f"\n{suite.name} (sim, simulated; {len(common)} of {len(tasks)} tasks)")
+        for p in evaluation.placers:
+            costs = [evaluation.result(p, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
+            above[p] = 100 * (geomean([c / ref[t] for c, t in zip(costs, common)]) - 1)
+            split = sum(
+                1
+                for t in common
+                if not evaluation.result(p, t).placement.is_table_wise  # type: ignore[union-attr]
+            )
+            print(
+                f"  {p:18s} mean {statistics.fmean(costs):9.3f} ms  {above[p]:+7.1f}% above "
+                f"ORACLE(auto)  split plans {split}/{len(common)}"
+            )
+        ratio = _paired(evaluation, "dreamshard-auto", "dreamshard-table")
+        print(
+            f"  dreamshard auto / table: {ratio['geomean_ratio']:.4f} "
+            f"[{ratio['ci_low']:.4f}, {ratio['ci_high']:.4f}] wins/losses "
+            f"{ratio['wins']}/{ratio['losses']}"
+        )
+        out[suite.name] = {
+            "tasks": len(common),
+            "pct_above_oracle_auto": above,
+            "auto_vs_table": ratio,
+            "wall_s": time.perf_counter() - start,
+            "evaluation": evaluation.to_json(),
+        }
+    return out
+
+
+def _paired(evaluation: Evaluation, placer: str, baseline: str) -> dict[str, Any]:
+    common = evaluation.common_tasks()
+    mine = [evaluation.result(placer, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
+    theirs = [evaluation.result(baseline, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
+    return asdict(paired_comparison(placer, mine, baseline, theirs))
+
+
+def _vs_best_table_wise(evaluation: Evaluation, placer: str) -> dict[str, Any]:
+    """``placer`` against the lowest measured table-wise plan of each task."""
+    common = evaluation.common_tasks()
+    present = [p for p in TABLE_WISE if p in evaluation.placers]
+    best = [
+        min(evaluation.result(p, t).cost.cost_ms for p in present)  # type: ignore[union-attr]
+        for t in common
+    ]
+    mine = [evaluation.result(placer, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
+    return asdict(paired_comparison(placer, mine, "best-table-wise", best))
+
+
+def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str, Any]:
+    options = BackendOptions(windows=4, calls_per_window=4, row_cap=1_000_000)
+    out: dict[str, Any] = {}
+    for suite in suites:
+        tasks = suite_tasks(suite, count)
+        backend = make_backend("fbgemm", options)
+        start = time.perf_counter()
+        evaluation = evaluate(
+            tasks,
+            competitors(model),
+            backend,
+            on_task_done=lambda d, n: print(f"  {suite.name}: measured {d}/{n}", flush=True),
+        )
+        common = evaluation.common_tasks()
+        print(f"\n{suite.name} (real FBGEMM, measured; {len(common)} of {len(tasks)} tasks)")
+        means = {}
+        for p in evaluation.placers:
+            costs = [evaluation.result(p, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
+            means[p] = statistics.fmean(costs)
+            print(f"  {p:18s} mean {means[p]:9.3f} ms")
+        comparisons = {
+            "auto_vs_table": _paired(evaluation, "dreamshard-auto", "dreamshard-table"),
+            "auto_vs_best_table_wise": _vs_best_table_wise(evaluation, "dreamshard-auto"),
+        }
+        if "torchrec-all" in evaluation.placers:
+            comparisons["torchrec_all_vs_best_table_wise"] = _vs_best_table_wise(
+                evaluation, "torchrec-all"
+            )
+            comparisons["auto_vs_torchrec_all"] = _paired(
+                evaluation, "dreamshard-auto", "torchrec-all"
+            )
+        for label, c in comparisons.items():
+            print(
+                f"  {label:32s} {c['geomean_ratio']:.4f} [{c['ci_low']:.4f}, "
+                f"{c['ci_high']:.4f}] wins/losses {c['wins']}/{c['losses']}"
+            )
+        conditions = evaluation.conditions
+        if conditions is not None and conditions.warnings:
+            print("  LOADED MACHINE: " + "; ".join(conditions.warnings))
+        out[suite.name] = {
+            "tasks": len(common),
+            "mean_cost_ms": means,
+            "paired": comparisons,
+            "wall_s": time.perf_counter() - start,
+            "evaluation": evaluation.to_json(),
+        }
+    return out
+
+
+def planning_time(model: DreamShardModel, repeats: int = 3) -> dict[str, Any]:
+    """One placement call on 1,000 heavy-pool tables x 128 devices, table vs auto."""
+    config = SuiteConfig(
+        num_train=0,
+        num_test=1,
+        min_tables=1000,
+        max_tables=1000,
+        num_devices=128,
+        memory_bytes=parse_memory("64GB", "memory"),
+        seed=SUITE_SEED,
+    )
+    task = next(iter(generate_suite(pool(True), config).split("test")))
+    out: dict[str, Any] = {}
+    for sharding in ("table", "auto"):
+        placer = DreamShardPlacer(model, sharding=sharding)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            placement = placer.place(task)
+            times.append(time.perf_counter() - start)
+        out[sharding] = {
+            "median_s": statistics.median(times),
+            "times_s": times,
+            "split_tables": len(placement.splits),
+        }
+        print(
+            f"planning 1000 x 128, sharding {sharding}: median {statistics.median(times):.2f} s "
+            f"({len(placement.splits)} tables split; target with splits <= 2 s)"
+        )
+    return out
+
+
+def big_table_check(model: DreamShardModel) -> dict[str, Any]:
+    """A task whose total memory fits but whose largest table fits no device."""
+    base = pool(False)[:12]
+    big = TableSpec("big", 50_000_000, 128, 20.0, base[0].access_hist)  # 25.6 GB
+    devices = tuple(Device(f"gpu{i}", 16 * 10**9) for i in range(4))
+    task = Task("big-table", (big, *base[:11]), devices)
+    placement = DreamShardPlacer(model, sharding="auto").place(task)
+    placement.validate(task)
+    (split,) = [s for s in placement.splits if s.table == 0]
+    cost = SimBackend().cost_ms(task, placement)
+    print(
+        f"largest table 25.6 GB on 16 GB devices: valid plan, 'big' split {split.kind}-wise "
+        f"into {len(split.sizes)} shards; {len(placement.splits)} tables split; "
+        f"sim cost {cost:.2f} ms"
+    )
+    return {"split": asdict(split), "splits": len(placement.splits), "sim_cost_ms": cost}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sim", action="store_true", help="the simulated comparison")
+    parser.add_argument("--real", action="store_true", help="the real FBGEMM comparison")
+    parser.add_argument("--tasks", type=int, default=10, help="test tasks per suite")
+    parser.add_argument("--suites", default=",".join(s.name for s in SUITES))
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    chosen = [s for s in SUITES if s.name in args.suites.split(",")]
+    model = DreamShardModel.load(packaged_model_dir("cpu-zen4"))
+    results: dict[str, Any] = {"command": "benchmarks/bench_sharding.py", "args": vars(args)}
+    results["big_table"] = big_table_check(model)
+    if args.sim:
+        results["sim"] = run_sim(model, chosen, args.tasks)
+    if args.real:
+        results["real"] = run_real(model, chosen, args.tasks)
+    if not args.no_timing:
+        results["planning"] = planning_time(model)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
