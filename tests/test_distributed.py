@@ -87,25 +87,26 @@ def test_row_shards_leave_the_all_to_all_for_a_reduce_scatter() -> None:
     assert placement_exchange(t, column_only, 1, 16, cpu).rows is None
 
 
-def _row_collectives_rank(rank: int, port: int) -> None:
+def _row_collectives_rank(rank: int, port: int, world: int) -> None:
     """One rank of test_row_collectives_sum_and_gather: asserts, so a wrong value fails
     the spawned process and with it the test."""
-    store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
         width = 4
-        for batch in (6, 5):  # even slices (3, 3); uneven (3, 2)
-            rows = row_exchange(width, rank, batch, 2, torch.device("cpu"))
+        for batch in (6, 7):  # even slices (2, 2, 2); uneven (3, 2, 2)
+            rows = row_exchange(width, rank, batch, world, torch.device("cpu"))
             base = torch.arange(batch * width, dtype=torch.float32).view(batch, width)
-            partial = base * (rank + 1)  # rank 0: base, rank 1: 2 * base
+            partial = base * (rank + 1)  # the sum over ranks: base * (1 + 2 + 3)
             start = sum(rows.slices[:rank])
-            expected = 3 * base[start : start + rows.slices[rank]]
+            expected = 6 * base[start : start + rows.slices[rank]]
             assert torch.equal(reduce_scatter_rows(rows, partial), expected)
-            # Every rank's gradient slice holds its rank + 1; the gather has them in order.
+            # Every rank's gradient slice holds its rank + 1 (the padding -1); the gather
+            # has them in rank order without padding.
             rows.grad_slice.fill_(-1.0)
             rows.grad_slice[: rows.slices[rank] * width] = rank + 1.0
             gathered = all_gather_rows(rows)
-            owner = torch.repeat_interleave(torch.arange(2), torch.tensor(rows.slices))
+            owner = torch.repeat_interleave(torch.arange(world), torch.tensor(rows.slices))
             assert torch.equal(gathered, (owner + 1.0)[:, None].expand(batch, width))
     finally:
         dist.destroy_process_group()
@@ -113,8 +114,9 @@ def _row_collectives_rank(rank: int, port: int) -> None:
 
 def test_row_collectives_sum_and_gather() -> None:
     """Reduce-scatter: each rank gets the sum of the partials over its batch slice;
-    all-gather: every rank gets all slices in rank order (even and uneven slices)."""
-    torch_mp.spawn(_row_collectives_rank, args=(_free_port(),), nprocs=2)
+    all-gather: every rank gets all slices in rank order (even and uneven slices, the
+    padded slice in the middle)."""
+    torch_mp.spawn(_row_collectives_rank, args=(_free_port(), 3), nprocs=3)
 
 
 class TestOneGroup:
