@@ -151,10 +151,7 @@ def calibrate_comm(
     )
     row_errors = result.row_wise_errors()
     if row_errors:
-        table = Table(
-            title="row-wise collectives predicted as all-to-alls of the same volume "
-            "(fitted model, one latency each)"
-        )
+        table = Table(title="row-wise collectives vs the fitted model (as all-to-alls)")
         for column in ("collective", "points", "median APE", "max APE", "measured / predicted"):
             table.add_column(column, justify="left" if column == "collective" else "right")
         for e in row_errors:
