@@ -1,8 +1,10 @@
-"""Fitting the all-to-all model: exact recovery, the volume form, profiles old and new."""
+"""Fitting the all-to-all model: exact recovery, the volume form, the row-wise collectives
+checked but not fitted, profiles old and new."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ from dreamshard.backends.commfit import (
     fit_best_model,
     fit_comm,
     fit_model,
+    fit_report,
     grid_points,
+    row_wise_points,
     slowest_volume_bytes,
     update_profile,
 )
@@ -67,6 +71,41 @@ def test_fit_comm_reports_held_out_error_and_source() -> None:
     assert "held-out 4 points" in result.model.source and result.model.volume == "sum"
 
 
+def test_row_wise_points_at_every_batch_and_width() -> None:
+    config = CommFitConfig(num_devices=3, batch_sizes=(1024, 4096), row_widths=(16, 128))
+    points = row_wise_points(config)
+    assert len(points) == 2 * 2 * 2
+    assert {p.collective for p in points} == {"reduce_scatter", "all_gather"}
+    assert CommPoint(4096, (128, 128, 128), "all_gather") in points
+    assert row_wise_points(CommFitConfig(row_widths=())) == []
+
+
+def test_row_wise_points_are_checked_not_fitted() -> None:
+    """Reduce-scatters twice as slow as the all-to-all of their volume, all-gathers as
+    fast: the fit is still exact, and the errors say so per collective."""
+    truth = AllToAllModel(0.2, 2.0, "truth", "sum")
+    config = replace(CONFIG, row_widths=(16, 256))
+    row_wise = [
+        CommSample(
+            p,
+            truth.time_ms(p.widths, p.batch_size)
+            * (2.0 if p.collective == "reduce_scatter" else 1.0),
+        )
+        for p in row_wise_points(config)
+    ]
+    result = fit_comm(config, exact_samples(truth) + row_wise)
+    assert result.model.latency_ms == pytest.approx(0.2, rel=1e-6)
+    assert len(result.fit_samples) + len(result.holdout_samples) == 16
+    scatter, gather = result.row_wise_errors()
+    assert (scatter.collective, scatter.points) == ("reduce_scatter", 4)
+    assert scatter.median_ratio == pytest.approx(2.0) and scatter.median_ape == pytest.approx(50.0)
+    assert gather.collective == "all_gather" and gather.max_ape < 1e-6
+    assert "reduce_scatter as an all-to-all of its volume: median APE 50.0%" in result.model.source
+    report = fit_report(config, result)
+    assert [e["collective"] for e in report["row_wise_errors"]] == ["reduce_scatter", "all_gather"]
+    assert sum(row["split"] == "row-wise" for row in report["points"]) == 8
+
+
 def test_fit_needs_growing_times() -> None:
     flat = [CommSample(p, 1.0) for p in grid_points(CONFIG)]
     with pytest.raises(InputError, match="do not grow"):
@@ -105,6 +144,7 @@ def test_fbgemm_takes_its_comm_model_from_the_profile() -> None:
         (["--devices", "1"], ["at least 2 devices"]),
         (["--widths", "16,wide"], ["--widths", "comma-separated integers"]),
         (["--profile", "nope"], ["unknown simulator profile 'nope'"]),
+        (["--row-widths", "16,0"], ["row-wise widths must be positive"]),
     ],
 )
 def test_calibrate_comm_bad_input(tmp_path: Path, args: list[str], parts: list[str]) -> None:

@@ -1,5 +1,6 @@
 """The distributed backend with real gloo processes on this CPU: costs, empty devices,
-failures named by rank, the world-size check, the CLI, and the all-to-all timings."""
+split tables (the row-wise reduce-scatter and all-gather), failures named by rank, the
+world-size check, the CLI, and the collectives' timings."""
 
 from __future__ import annotations
 
@@ -15,14 +16,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
+import torch.multiprocessing as torch_mp
 
 from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
 from dreamshard.backends.distributed.protocol import CommPoint, TimingSettings
-from dreamshard.backends.distributed.worker import add_turn_waits, batch_slices
+from dreamshard.backends.distributed.worker import (
+    add_turn_waits,
+    all_gather_rows,
+    batch_slices,
+    placement_exchange,
+    rank_units,
+    reduce_scatter_rows,
+    row_exchange,
+)
 from dreamshard.data.tables import save_tables
 from dreamshard.errors import BackendError, InputError
-from dreamshard.types import Placement, Task
+from dreamshard.types import Placement, TableSplit, Task, row_split_sizes
 
 from .conftest import table, task
 from .test_cli import assert_one_line_error, run
@@ -37,6 +48,16 @@ def small_task(num_devices: int = 2) -> Task:
     return task(tables, [10**8] * num_devices)
 
 
+def split_placement(t: Task) -> Placement:
+    """t0 (500 x 8) split row-wise over both devices, t1 (dim 16) into two column shards;
+    units t0#r0 t0#r1 t1#c0 t1#c1 t2 t3."""
+    splits = (
+        TableSplit(0, "row", row_split_sizes(t.tables[0].rows, t.num_devices)),
+        TableSplit(1, "column", (8, 8)),
+    )
+    return Placement((0, 1, 0, 1, 0, 1), splits)
+
+
 @pytest.fixture(scope="class")
 def backend() -> Iterator[DistributedBackend]:
     """One 2-rank group for a class's tests (start-up takes seconds)."""
@@ -47,6 +68,55 @@ def backend() -> Iterator[DistributedBackend]:
 def test_batch_slices_cover_the_batch() -> None:
     assert batch_slices(10, 4) == [3, 3, 2, 2]
     assert sum(batch_slices(4096, 3)) == 4096
+
+
+def test_row_shards_leave_the_all_to_all_for_a_reduce_scatter() -> None:
+    t = small_task()  # dims 8, 16, 24, 8
+    cpu = torch.device("cpu")
+    placement = split_placement(t)
+    # Rank 0: t1#c0 (8), t2 (24), then its row block t0#r0 (8) last.
+    assert [u.name for u in rank_units(t, placement, 0)] == ["t1#c0", "t2", "t0#r0"]
+    exchange = placement_exchange(t, placement, 0, 16, cpu)
+    assert exchange.width == 32 and exchange.all_to_all
+    assert exchange.send_splits == [8 * 32, 8 * 32]
+    assert exchange.recv_splits == [8 * 32, 8 * 16]  # rank 1: t1#c1 (8) + t3 (8)
+    assert exchange.rows is not None and exchange.rows.width == 8
+    # Table-wise (and column-wise only) placements run no second collective.
+    assert placement_exchange(t, Placement((0, 1, 0, 1)), 0, 16, cpu).rows is None
+    column_only = Placement((0, 1, 0, 0, 1), (TableSplit(1, "column", (8, 8)),))
+    assert placement_exchange(t, column_only, 1, 16, cpu).rows is None
+
+
+def _row_collectives_rank(rank: int, port: int, world: int) -> None:
+    """One rank of test_row_collectives_sum_and_gather: asserts, so a wrong value fails
+    the spawned process and with it the test."""
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    try:
+        width = 4
+        for batch in (6, 7):  # even slices (2, 2, 2); uneven (3, 2, 2)
+            rows = row_exchange(width, rank, batch, world, torch.device("cpu"))
+            base = torch.arange(batch * width, dtype=torch.float32).view(batch, width)
+            partial = base * (rank + 1)  # the sum over ranks: base * (1 + 2 + 3)
+            start = sum(rows.slices[:rank])
+            expected = 6 * base[start : start + rows.slices[rank]]
+            assert torch.equal(reduce_scatter_rows(rows, partial), expected)
+            # Every rank's gradient slice holds its rank + 1 (the padding -1); the gather
+            # has them in rank order without padding.
+            rows.grad_slice.fill_(-1.0)
+            rows.grad_slice[: rows.slices[rank] * width] = rank + 1.0
+            gathered = all_gather_rows(rows)
+            owner = torch.repeat_interleave(torch.arange(world), torch.tensor(rows.slices))
+            assert torch.equal(gathered, (owner + 1.0)[:, None].expand(batch, width))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_row_collectives_sum_and_gather() -> None:
+    """Reduce-scatter: each rank gets the sum of the partials over its batch slice;
+    all-gather: every rank gets all slices in rank order (even and uneven slices, the
+    padded slice in the middle)."""
+    torch_mp.spawn(_row_collectives_rank, args=(_free_port(), 3), nprocs=3)
 
 
 class TestOneGroup:
@@ -76,6 +146,15 @@ class TestOneGroup:
             assert idle.fwd_comm_ms > 0 and idle.bwd_comm_ms > 0
             assert busy.fwd_comp_ms > 0 and busy.bwd_comp_ms > 0
 
+    def test_row_and_column_split_placement(self, backend: DistributedBackend) -> None:
+        t = small_task()
+        split, whole = backend.measure(t, [split_placement(t), Placement((0, 1, 0, 1))])
+        for cost in (split, whole):
+            assert len(cost.per_device) == 2
+            for stage in cost.per_device:
+                assert min(stage.fwd_comp_ms, stage.fwd_comm_ms) > 0
+                assert min(stage.bwd_comm_ms, stage.bwd_comp_ms) > 0
+
     def test_invalid_placement_is_rejected_before_measuring(
         self, backend: DistributedBackend
     ) -> None:
@@ -88,9 +167,20 @@ class TestOneGroup:
         )
         assert 0 < small < large
 
+    def test_row_wise_collectives_are_timed(self, backend: DistributedBackend) -> None:
+        points = [CommPoint(256, (8, 8), c) for c in ("reduce_scatter", "all_gather")]
+        assert all(ms > 0 for ms in backend.measure_comm(points, TimingSettings(1, 2, 1)))
+
     def test_comm_points_must_match_in_rank_count(self, backend: DistributedBackend) -> None:
         with pytest.raises(InputError, match="same number of ranks"):
             backend.measure_comm([CommPoint(256, (8, 8)), CommPoint(256, (8, 8, 8))])
+
+
+def test_row_wise_comm_points_need_one_width() -> None:
+    with pytest.raises(InputError, match="same positive width"):
+        CommPoint(256, (8, 16), "reduce_scatter")
+    with pytest.raises(InputError, match="unknown collective"):
+        CommPoint(256, (8, 8), "broadcast")
 
 
 def test_turn_waits_are_added_to_forward_communication() -> None:

@@ -16,6 +16,13 @@ global batch sizes and per-rank output widths:
 3. the errors on the held-out points (median and max absolute percentage error) are
    reported and recorded with the model, which is stored as the ``comm`` section of a
    hardware profile (backends/sim/profile.py's profile JSON).
+
+Row-wise tables exchange their outputs with a reduce-scatter (forward) and an all-gather
+(backward) instead, which comm.py models as an all-to-all of the same volume, one more
+collective with its own latency. The grid also times those two collectives alone at a
+few widths (every rank the same width: each row-wise table has a block on every rank);
+they take no part in the fit, and the fitted model's error on them says how far that
+volume-equivalence holds on the host (:meth:`CommFit.row_wise_errors`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from dreamshard.backends.comm import OUTPUT_BYTES_PER_VALUE, VOLUME_MODES, AllToAllModel
-from dreamshard.backends.distributed.protocol import CommPoint, TimingSettings
+from dreamshard.backends.distributed.protocol import COLLECTIVES, CommPoint, TimingSettings
 from dreamshard.backends.sim.profile import SimProfile, load_profile
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.errors import InputError
@@ -48,6 +55,9 @@ class CommFitConfig:
         batch_sizes: Global batch sizes of the grid (samples).
         widths: Per-rank output widths (sum of dims) the grid draws from; 0 is a rank
             without tables.
+        row_widths: Widths (summed dims of row-wise tables, the same on every rank) at
+            which the reduce-scatter and the all-gather of row-wise outputs are timed, at
+            every batch size; empty: none.
         max_points_per_batch: Width combinations per batch size; all of them when there
             are no more, else a seeded random sample.
         holdout_fraction: Share of the grid points kept out of the fit.
@@ -61,6 +71,7 @@ class CommFitConfig:
     num_devices: int = 2
     batch_sizes: tuple[int, ...] = (1024, 4096, 16384)
     widths: tuple[int, ...] = (0, 16, 64, 256, 1024)
+    row_widths: tuple[int, ...] = (16, 128, 1024)
     max_points_per_batch: int = 25
     holdout_fraction: float = 0.25
     windows: int = 4
@@ -78,6 +89,8 @@ class CommFitConfig:
             raise InputError("batch sizes must be at least the number of devices")
         if not self.widths or min(self.widths) < 0 or max(self.widths) <= 0:
             raise InputError("widths must be non-negative with at least one positive")
+        if any(w < 1 for w in self.row_widths):
+            raise InputError(f"row-wise widths must be positive, got {list(self.row_widths)}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise InputError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.windows < 1 or self.calls_per_window < 1 or self.max_points_per_batch < 1:
@@ -88,21 +101,53 @@ class CommFitConfig:
         return TimingSettings(self.windows, self.calls_per_window, self.warmup_calls)
 
 
+#: The collectives of row-wise tables' outputs (comm.py models each as an all-to-all).
+ROW_WISE_COLLECTIVES: tuple[str, ...] = tuple(c for c in COLLECTIVES if c != "all_to_all")
+
+
 @dataclass(frozen=True)
 class CommSample:
-    """One timed grid point: the all-to-all's median duration in ms."""
+    """One timed grid point: its collective's median duration in ms."""
 
     point: CommPoint
     time_ms: float
 
 
 @dataclass(frozen=True)
+class RowWiseError:
+    """How well the all-to-all model predicts one row-wise collective as an all-to-all of
+    the same volume (one collective, one latency).
+
+    Attributes:
+        collective: ``reduce_scatter`` or ``all_gather``.
+        points: Grid points timed.
+        median_ape: Median absolute percentage error.
+        max_ape: Largest absolute percentage error.
+        median_ratio: Median of measured / predicted (> 1: slower than the model says).
+    """
+
+    collective: str
+    points: int
+    median_ape: float
+    max_ape: float
+    median_ratio: float
+
+
+@dataclass(frozen=True)
 class CommFit:
-    """A fitted model with the points it was fitted and tested on."""
+    """A fitted model with the points it was fitted and tested on.
+
+    Attributes:
+        model: The fitted all-to-all model.
+        fit_samples: All-to-all points it was fitted to.
+        holdout_samples: All-to-all points held out of the fit.
+        row_wise_samples: Reduce-scatter and all-gather points, never fitted to.
+    """
 
     model: AllToAllModel
     fit_samples: tuple[CommSample, ...]
     holdout_samples: tuple[CommSample, ...]
+    row_wise_samples: tuple[CommSample, ...] = ()
 
     def holdout_errors(self) -> dict[str, float]:
         """Median and max absolute percentage error on the held-out points."""
@@ -113,6 +158,27 @@ class CommFit:
         """The same on the points the model was fitted to."""
         ape = [_ape(self.model, s) for s in self.fit_samples]
         return {"median_ape": float(np.median(ape)), "max_ape": float(np.max(ape))}
+
+    def row_wise_errors(self) -> list[RowWiseError]:
+        """The model's error on each row-wise collective timed (in ROW_WISE_COLLECTIVES
+        order; those without points left out)."""
+        out = []
+        for collective in ROW_WISE_COLLECTIVES:
+            samples = [s for s in self.row_wise_samples if s.point.collective == collective]
+            if not samples:
+                continue
+            ape = [_ape(self.model, s) for s in samples]
+            ratio = [s.time_ms / _predicted_ms(self.model, s) for s in samples]
+            out.append(
+                RowWiseError(
+                    collective=collective,
+                    points=len(samples),
+                    median_ape=float(np.median(ape)),
+                    max_ape=float(np.max(ape)),
+                    median_ratio=float(np.median(ratio)),
+                )
+            )
+        return out
 
 
 def grid_points(config: CommFitConfig) -> list[CommPoint]:
@@ -135,6 +201,16 @@ def grid_points(config: CommFitConfig) -> list[CommPoint]:
             chosen = [combos[i] for i in sorted(idx)]
         points.extend(CommPoint(batch_size=batch, widths=tuple(c)) for c in chosen)
     return points
+
+
+def row_wise_points(config: CommFitConfig) -> list[CommPoint]:
+    """The reduce-scatter and all-gather points: every batch size and row-wise width."""
+    return [
+        CommPoint(batch_size=batch, widths=(width,) * config.num_devices, collective=collective)
+        for batch in config.batch_sizes
+        for width in config.row_widths
+        for collective in ROW_WISE_COLLECTIVES
+    ]
 
 
 def slowest_volume_bytes(point: CommPoint, volume: str = "max") -> float:
@@ -196,17 +272,27 @@ def split_holdout(
 def measure_grid(
     config: CommFitConfig, measure: Callable[[Sequence[CommPoint], TimingSettings], list[float]]
 ) -> list[CommSample]:
-    """Time every grid point with ``measure`` (DistributedBackend.measure_comm)."""
-    points = grid_points(config)
+    """Time every grid point, all-to-all and row-wise, interleaved in one run of
+    ``measure`` (DistributedBackend.measure_comm)."""
+    points = grid_points(config) + row_wise_points(config)
     times = measure(points, config.timing)
     return [CommSample(p, t) for p, t in zip(points, times, strict=True)]
 
 
 def fit_comm(config: CommFitConfig, samples: Sequence[CommSample]) -> CommFit:
-    """Hold out a share of the points, fit on the rest, record the held-out error."""
-    fit, holdout = split_holdout(samples, config.holdout_fraction, config.seed)
+    """Hold out a share of the all-to-all points, fit on the rest, record the held-out
+    error and the error on the row-wise points."""
+    all_to_all = [s for s in samples if s.point.collective == "all_to_all"]
+    row_wise = tuple(s for s in samples if s.point.collective != "all_to_all")
+    fit, holdout = split_holdout(all_to_all, config.holdout_fraction, config.seed)
     draft = fit_best_model(fit, source="")
-    errors = CommFit(draft, tuple(fit), tuple(holdout)).holdout_errors()
+    checked = CommFit(draft, tuple(fit), tuple(holdout), row_wise)
+    errors = checked.holdout_errors()
+    row_errors = "".join(
+        f"; {e.collective} as an all-to-all of its volume: median APE {e.median_ape:.1f}%"
+        f" (measured / predicted {e.median_ratio:.2f})"
+        for e in checked.row_wise_errors()
+    )
     backend = "NCCL" if config.device == "cuda" else "gloo"
     source = (
         f"fitted to {len(fit)} {backend} all_to_all_single timings between "
@@ -214,10 +300,10 @@ def fit_comm(config: CommFitConfig, samples: Sequence[CommSample]) -> CommFit:
         f"{max(config.batch_sizes)}, per-rank widths {min(config.widths)}-{max(config.widths)}; "
         f"volume form {draft.volume!r} fitted better than the other); "
         f"held-out {len(holdout)} points: median APE {errors['median_ape']:.1f}%, "
-        f"max {errors['max_ape']:.1f}% (dreamshard calibrate-comm)"
+        f"max {errors['max_ape']:.1f}%{row_errors} (dreamshard calibrate-comm)"
     )
     model = AllToAllModel(draft.latency_ms, draft.bandwidth_gbps, source, draft.volume)
-    return CommFit(model, tuple(fit), tuple(holdout))
+    return CommFit(model, tuple(fit), tuple(holdout), row_wise)
 
 
 def update_profile(profile: str | Path, model: AllToAllModel, out: str | Path) -> SimProfile:
@@ -235,11 +321,12 @@ def fit_report(config: CommFitConfig, result: CommFit) -> dict[str, Any]:
         return [
             {
                 "split": split,
+                "collective": s.point.collective,
                 "batch_size": s.point.batch_size,
                 "widths": list(s.point.widths),
                 "volume_bytes": slowest_volume_bytes(s.point, result.model.volume),
                 "measured_ms": s.time_ms,
-                "predicted_ms": result.model.time_ms(s.point.widths, s.point.batch_size),
+                "predicted_ms": _predicted_ms(result.model, s),
             }
             for s in samples
         ]
@@ -249,12 +336,21 @@ def fit_report(config: CommFitConfig, result: CommFit) -> dict[str, Any]:
         "model": asdict(result.model),
         "holdout_errors_percent": result.holdout_errors(),
         "fit_errors_percent": result.fit_errors(),
-        "points": rows(result.fit_samples, "fit") + rows(result.holdout_samples, "holdout"),
+        "row_wise_errors": [asdict(e) for e in result.row_wise_errors()],
+        "points": rows(result.fit_samples, "fit")
+        + rows(result.holdout_samples, "holdout")
+        + rows(result.row_wise_samples, "row-wise"),
     }
 
 
+def _predicted_ms(model: AllToAllModel, sample: CommSample) -> float:
+    """The model's time of a point; a row-wise collective counts as one all-to-all of the
+    same volume (comm.py)."""
+    return model.time_ms(sample.point.widths, sample.point.batch_size)
+
+
 def _ape(model: AllToAllModel, sample: CommSample) -> float:
-    predicted = model.time_ms(sample.point.widths, sample.point.batch_size)
+    predicted = _predicted_ms(model, sample)
     return abs(predicted - sample.time_ms) / sample.time_ms * 100.0
 
 

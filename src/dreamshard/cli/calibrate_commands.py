@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from dreamshard.cli.options import CallsOpt, SeedOpt, WindowsOpt, check_out, parse_ints
 from dreamshard.cli.output import out_console, progress
@@ -81,6 +82,15 @@ def calibrate_comm(
     widths: Annotated[
         str, typer.Option("--widths", help="Comma-separated per-rank output widths.")
     ] = "0,16,64,256,1024",
+    row_widths: Annotated[
+        str,
+        typer.Option(
+            "--row-widths",
+            help="Comma-separated widths of row-wise tables' outputs at which the "
+            "reduce-scatter and all-gather are timed, to check the model on them "
+            "('' for none).",
+        ),
+    ] = "16,128,1024",
     report: Annotated[
         Path | None,
         typer.Option("--report", help="Where to write the fit report (default: beside --out)."),
@@ -90,13 +100,18 @@ def calibrate_comm(
     windows: WindowsOpt = 4,
     calls: CallsOpt = 5,
 ) -> None:
-    """Fit the all-to-all model to real all-to-alls between processes; store it in a profile."""
+    """Fit the all-to-all model to real all-to-alls between processes; store it in a profile.
+
+    Also times the reduce-scatter and all-gather of row-wise tables' outputs and prints
+    the fitted model's error on them (it counts them as all-to-alls of the same volume).
+    """
     from dreamshard.backends.commfit import (
         CommFitConfig,
         fit_comm,
         fit_report,
         grid_points,
         measure_grid,
+        row_wise_points,
         update_profile,
     )
     from dreamshard.backends.distributed.backend import DistributedBackend, DistributedConfig
@@ -113,13 +128,15 @@ def calibrate_comm(
         num_devices=devices,
         batch_sizes=tuple(parse_ints(batch_sizes, "--batch-sizes")),
         widths=tuple(parse_ints(widths, "--widths")),
+        row_widths=tuple(parse_ints(row_widths, "--row-widths")),
         windows=windows,
         calls_per_window=calls,
         device=device,
         seed=seed,
     )
     out_console.print(
-        f"timing {len(grid_points(config))} all-to-alls on {devices} "
+        f"timing {len(grid_points(config))} all-to-alls and "
+        f"{len(row_wise_points(config))} row-wise collectives on {devices} "
         f"{'NCCL' if device == 'cuda' else 'gloo'} processes ({windows} windows x {calls} calls)"
     )
     with DistributedBackend(DistributedConfig(device=device, seed=seed)) as backend:
@@ -132,6 +149,20 @@ def calibrate_comm(
         f"median APE {errors['median_ape']:.1f}%, max {errors['max_ape']:.1f}%",
         highlight=False,
     )
+    row_errors = result.row_wise_errors()
+    if row_errors:
+        table = Table(title="row-wise collectives vs the fitted model (as all-to-alls)")
+        for column in ("collective", "points", "median APE", "max APE", "measured / predicted"):
+            table.add_column(column, justify="left" if column == "collective" else "right")
+        for e in row_errors:
+            table.add_row(
+                e.collective,
+                str(e.points),
+                f"{e.median_ape:.1f}%",
+                f"{e.max_ape:.1f}%",
+                f"{e.median_ratio:.2f}",
+            )
+        out_console.print(table)
     update_profile(profile, model, out)
     write_json(report_path, fit_report(config, result))
     out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")

@@ -5,7 +5,9 @@ METHOD.md section 5, "Hardware, distributed": every device of a task is one proc
 embedding part, forward, the all-to-all of pooled embeddings split by each rank's output
 widths, the backward all-to-all of their gradients and the backward with the fused sparse
 update, each stage timed between barriers (backends/distributed/worker.py has the
-iteration). Gloo on CPUs, NCCL on GPUs. On a CPU host the ranks compute in turns by
+iteration). Row-wise tables exchange their partial pooled sums as TorchRec does, with a
+reduce-scatter beside the forward all-to-all and an all-gather beside the backward one.
+Gloo on CPUs, NCCL on GPUs. On a CPU host the ranks compute in turns by
 default (``DistributedConfig.compute_turns``): devices do not share cores, processes do.
 Per-device stage costs are the medians over all timed iterations, and communication
 stages include each device's wait for the slowest, as METHOD.md section 1 defines them.
@@ -162,7 +164,7 @@ class DistributedConfig:
 
 
 class DistributedBackend:
-    """Measures placements with one process per device and real all-to-alls."""
+    """Measures placements with one process per device and real collectives."""
 
     name = "distributed"
 
@@ -259,8 +261,9 @@ class DistributedBackend:
     def measure_comm(
         self, points: Sequence[CommPoint], timing: TimingSettings | None = None
     ) -> list[float]:
-        """Median duration (ms) of the all-to-all at each grid point: the slowest rank's
-        time of each call, median over all calls. All points need the same rank count."""
+        """Median duration (ms) of each grid point's collective (all-to-all, reduce-scatter
+        or all-gather): the slowest rank's time of each call, median over all calls. All
+        points need the same rank count."""
         if not points:
             return []
         world = len(points[0].widths)

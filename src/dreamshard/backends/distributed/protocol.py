@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch._C._distributed_c10d import Store  # typed, unlike torch.distributed
 
 from dreamshard.backends.kernels import FBGEMM_KERNEL
-from dreamshard.errors import BackendError
+from dreamshard.errors import BackendError, InputError
 from dreamshard.types import FloatArray, Placement, Task
 
 #: Exit code of a worker whose collective failed because another rank failed.
@@ -37,6 +37,12 @@ PROGRESS_KEY = "dreamshard/progress/{rank}"
 
 #: Stages of one measured iteration, in the order of the last axis of the time arrays.
 STAGES = ("fwd_comp_ms", "fwd_comm_ms", "bwd_comm_ms", "bwd_comp_ms")
+
+#: Collectives that exchange pooled outputs (and their gradients), as TorchRec runs them:
+#: the all-to-all of table- and column-wise outputs (forward and backward alike), the
+#: reduce-scatter of row-wise partial sums (forward) and the all-gather of their
+#: gradients (backward).
+COLLECTIVES = ("all_to_all", "reduce_scatter", "all_gather")
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,15 +92,35 @@ class MeasureCommand:
 
 @dataclass(frozen=True)
 class CommPoint:
-    """One all-to-all to time: global batch and the output width (sum of dims) per rank."""
+    """One collective to time: global batch and the output width (sum of dims) per rank.
+
+    Attributes:
+        batch_size: Global batch (samples).
+        widths: Output width of each rank. For ``reduce_scatter`` and ``all_gather`` every
+            rank has the same width: the summed dims of the row-wise tables, each of which
+            has a row block on every rank.
+        collective: One of :data:`COLLECTIVES`.
+    """
 
     batch_size: int
     widths: tuple[int, ...]
+    collective: str = "all_to_all"
+
+    def __post_init__(self) -> None:
+        if self.collective not in COLLECTIVES:
+            raise InputError(
+                f"unknown collective {self.collective!r}; use one of {', '.join(COLLECTIVES)}"
+            )
+        if self.collective != "all_to_all" and (len(set(self.widths)) != 1 or self.widths[0] < 1):
+            raise InputError(
+                f"a {self.collective} point needs the same positive width on every rank, "
+                f"got {list(self.widths)}"
+            )
 
 
 @dataclass(frozen=True)
 class CommGridCommand:
-    """Time the all-to-all of pooled outputs alone at each grid point."""
+    """Time the collective of each grid point alone."""
 
     points: tuple[CommPoint, ...]
     timing: TimingSettings
@@ -119,7 +145,7 @@ class RankStageTimes:
 
 @dataclass(frozen=True)
 class RankCommTimes:
-    """All-to-all times one rank saw, in ms: ``comm_ms[point, window, call]``."""
+    """Collective times one rank saw, in ms: ``comm_ms[point, window, call]``."""
 
     rank: int
     comm_ms: FloatArray

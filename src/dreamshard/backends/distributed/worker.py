@@ -10,9 +10,17 @@ so that their collectives match:
       barrier
       forward of the fused operator                     -> fwd_comp
       all-to-all of the pooled embeddings               -> fwd_comm (waits for the slowest)
+        (+ reduce-scatter of the row shards' partial sums)
       barrier
       all-to-all of their gradients (reverse direction) -> bwd_comm
+        (+ all-gather of the row-wise outputs' gradients)
       backward with the fused sparse update             -> bwd_comp
+
+  Row-wise tables are exchanged as TorchRec does (:class:`RowExchange`): every rank holds
+  a row block of each and computes partial pooled sums of its full dim for the whole
+  batch (the last columns of its fused operator's output); a reduce-scatter sums them
+  and leaves each rank its batch slice, and backward an all-gather collects the slices'
+  gradients. Placements without row shards run the all-to-alls alone.
 
   or, with ``compute_turns``, the same with the ranks computing one after the other
   (barriers between turns), for ranks that share one host's cores (see
@@ -20,8 +28,9 @@ so that their collectives match:
 
   Repetitions are spread over *windows*, each timing every placement in turn (rotated),
   as the ``fbgemm`` backend does; the per-call times are gathered to rank 0.
-- :class:`CommGridCommand`: time the all-to-all alone over a grid of per-rank widths and
-  batch sizes, for fitting the communication model (backends/commfit.py).
+- :class:`CommGridCommand`: time one collective alone (the all-to-all, or the
+  reduce-scatter or all-gather of row-wise outputs) over a grid of per-rank widths and
+  batch sizes, for fitting and checking the communication model (backends/commfit.py).
 - :class:`ShutdownCommand`: leave the loop.
 
 Commands reach the ranks through the rendezvous ``TCPStore`` (a blocking ``get`` of the
@@ -58,6 +67,7 @@ from dreamshard.backends.distributed.protocol import (
     IDLE_TIMEOUT_S,
     STAGES,
     CommGridCommand,
+    CommPoint,
     MeasureCommand,
     RankCommTimes,
     RankStageTimes,
@@ -67,7 +77,7 @@ from dreamshard.backends.distributed.protocol import (
 from dreamshard.backends.kernels import FusedShard, build_fused, cap_rows, quiet_timing
 from dreamshard.data.ids import table_ids
 from dreamshard.errors import BackendError
-from dreamshard.types import FloatArray, TableSpec
+from dreamshard.types import FloatArray, Placement, TableSpec, Task
 
 _T = TypeVar("_T")
 
@@ -89,28 +99,113 @@ class _Exchange:
 
     Forward: this rank sends rows ``[B, w_rank]`` of its pooled output, ``B_j`` rows to
     rank ``j`` (flattened: ``B_j * w_rank`` values), and receives ``B_rank * w_i`` values
-    from each rank ``i``. Backward moves the gradients the opposite way.
+    from each rank ``i``. Backward moves the gradients the opposite way. ``w`` counts the
+    tables and column shards only; row shards go through ``rows`` (None: there are none).
     """
 
+    width: int  # w_rank
+    all_to_all: bool  # whether any rank has a table or column shard (W > 0)
     send_splits: list[int]
     recv_splits: list[int]
     recv: torch.Tensor  # [B_rank * W] pooled embeddings from every rank
     grad_out: torch.Tensor  # [B_rank * W] their gradients (ones)
     grad_in: torch.Tensor  # [B * w_rank] gradient of this rank's pooled output
+    rows: RowExchange | None = None
 
 
-def _exchange(widths: Sequence[int], rank: int, batch_size: int, device: torch.device) -> _Exchange:
+def _exchange(
+    widths: Sequence[int],
+    rank: int,
+    batch_size: int,
+    device: torch.device,
+    row_width: int = 0,
+) -> _Exchange:
     slices = batch_slices(batch_size, len(widths))
     own = widths[rank]
     recv_splits = [slices[rank] * w for w in widths]
     total = sum(recv_splits)
+    rows = row_exchange(row_width, rank, batch_size, len(widths), device) if row_width else None
     return _Exchange(
+        width=own,
+        all_to_all=sum(widths) > 0,
         send_splits=[b * own for b in slices],
         recv_splits=recv_splits,
         recv=torch.empty(total, device=device),
         grad_out=torch.ones(total, device=device),
         grad_in=torch.empty(batch_size * own, device=device),
+        rows=rows,
     )
+
+
+@dataclass
+class RowExchange:
+    """Buffers of the exchange of row-wise tables' outputs on one rank, as TorchRec runs it.
+
+    Every rank holds one row block of each row-wise table and computes its partial pooled
+    sums of the full dim for the whole batch, ``[B, W]`` (``W``: the row-wise tables'
+    summed dims, the same on every rank). Forward, a reduce-scatter sums the partials and
+    leaves rank ``r`` its batch slice ``[B_r, W]``; backward, an all-gather gives every
+    rank the whole batch's gradient ``[B, W]`` from the slices (comm.py counts the same
+    volumes as an all-to-all with the block as a full-dim table on every rank).
+
+    With uneven batch slices (``B`` not a multiple of the ranks) the reduce-scatter takes
+    the list form and the all-gather runs on slices padded to ``ceil(B / D)`` rows (gloo's
+    all-gather needs equal sizes); TorchRec's batches are per rank, so always even.
+    """
+
+    width: int
+    slices: list[int]  # B_j: samples of each rank's slice
+    reduced: torch.Tensor  # [B_rank * W] summed outputs of this rank's slice
+    grad_slice: torch.Tensor  # [ceil(B/D) * W] gradient of this rank's slice (ones), padded
+    gathered: torch.Tensor  # [D * ceil(B/D) * W] every rank's gradient slice, padded
+
+    @property
+    def even(self) -> bool:
+        return len(set(self.slices)) == 1
+
+
+def row_exchange(
+    width: int, rank: int, batch_size: int, world_size: int, device: torch.device
+) -> RowExchange:
+    """Buffers of the reduce-scatter and all-gather of ``width`` row-wise output columns."""
+    slices = batch_slices(batch_size, world_size)
+    padded = max(slices)
+    return RowExchange(
+        width=width,
+        slices=slices,
+        reduced=torch.empty(slices[rank] * width, device=device),
+        grad_slice=torch.ones(padded * width, device=device),
+        gathered=torch.empty(world_size * padded * width, device=device),
+    )
+
+
+# torch 2.13 renamed the tensor forms (the old names warn); older builds (the GPU images'
+# 2.11) have only the old ones.
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def reduce_scatter_rows(rows: RowExchange, partial: torch.Tensor) -> torch.Tensor:
+    """Sum the ranks' partial pooled outputs ``partial`` ``[B, W]`` (contiguous) and
+    return this rank's slice of the sum, ``[B_rank, W]`` (a view of ``rows.reduced``)."""
+    flat = partial.reshape(-1)
+    if rows.even:
+        _reduce_scatter_single(rows.reduced, flat)
+    else:
+        dist.reduce_scatter(
+            rows.reduced, list(torch.split(flat, [b * rows.width for b in rows.slices]))
+        )
+    return rows.reduced.view(-1, rows.width)
+
+
+def all_gather_rows(rows: RowExchange) -> torch.Tensor:
+    """Gather every rank's gradient slice (``rows.grad_slice``, its first ``B_rank * W``
+    values) into the whole batch's gradient ``[B, W]``."""
+    _all_gather_single(rows.gathered, rows.grad_slice)
+    blocks = rows.gathered.view(len(rows.slices), -1, rows.width)  # [D, ceil(B/D), W]
+    if rows.even:
+        return blocks.view(-1, rows.width)
+    return torch.cat([blocks[j, :b] for j, b in enumerate(rows.slices)])
 
 
 class _IdCache:
@@ -129,13 +224,37 @@ class _IdCache:
 _ID_CACHE = _IdCache()
 
 
+def _is_row_shard(unit: TableSpec) -> bool:
+    return unit.shard is not None and unit.shard.kind == "row"
+
+
+def rank_units(task: Task, placement: Placement, rank: int) -> list[TableSpec]:
+    """The tables and shards of ``rank``'s fused operator, in its output's column order:
+    unit order, row shards last (their partial sums are reduce-scattered, the other
+    columns go through the all-to-all)."""
+    units = placement.units(task)
+    return sorted((units[i] for i in placement.tables_on(rank)), key=_is_row_shard)
+
+
+def placement_exchange(
+    task: Task, placement: Placement, rank: int, batch_size: int, device: torch.device
+) -> _Exchange:
+    """The buffers of a placement's output exchange on ``rank``: all-to-all widths of the
+    tables and column shards; the row shards' width (summed dims: every rank holds a
+    block of every row-wise table, so it is the same on all ranks)."""
+    per_rank = [rank_units(task, placement, r) for r in range(task.num_devices)]
+    widths = [sum(u.dim for u in units if not _is_row_shard(u)) for units in per_rank]
+    row_width = sum(u.dim for u in per_rank[rank] if _is_row_shard(u))
+    return _exchange(widths, rank, batch_size, device, row_width)
+
+
 def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedShard | None]:
     """This rank's fused operator for each placement (None where it holds no table)."""
     built: dict[tuple[str, ...], FusedShard] = {}
     out: list[FusedShard | None] = []
     for placement in command.placements:
-        units = placement.units(command.task)
-        tables = [cap_rows(units[i], command.row_cap) for i in placement.tables_on(group.rank)]
+        units = rank_units(command.task, placement, group.rank)
+        tables = [cap_rows(unit, command.row_cap) for unit in units]
         if not tables:
             out.append(None)
             continue
@@ -203,16 +322,24 @@ def _timed_iteration(
             group.sync()
             fwd_comp = (clock() - start) * 1e3
         t1 = clock()
-    send = out.detach().reshape(-1) if out is not None else exchange.grad_in  # empty: no table
-    dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
+    rows = exchange.rows
+    send, partial = _split_output(out, exchange)
+    if exchange.all_to_all:
+        dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
+    if rows is not None and partial is not None:
+        reduce_scatter_rows(rows, partial)
     group.sync()
     t2 = clock()
     dist.barrier()
     group.sync()
     t3 = clock()
-    dist.all_to_all_single(
-        exchange.grad_in, exchange.grad_out, exchange.send_splits, exchange.recv_splits
-    )
+    if exchange.all_to_all:
+        dist.all_to_all_single(
+            exchange.grad_in, exchange.grad_out, exchange.send_splits, exchange.recv_splits
+        )
+    grad = exchange.grad_in.view(batch_size, exchange.width)
+    if rows is not None:
+        grad = torch.cat([grad, all_gather_rows(rows)], dim=1)
     group.sync()
     t4 = clock()
     for turn in range(group.world_size if turns else 1):
@@ -220,10 +347,31 @@ def _timed_iteration(
             dist.barrier()
         if out is not None and (not turns or turn == group.rank):
             start = clock()
-            out.backward(exchange.grad_in.view(batch_size, -1))
+            out.backward(grad)
             group.sync()
             bwd_comp = (clock() - start) * 1e3
     return fwd_comp, (t2 - t1) * 1e3, (t4 - t3) * 1e3, bwd_comp
+
+
+def _split_output(
+    out: torch.Tensor | None, exchange: _Exchange
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The all-to-all's send buffer and the row shards' partial sums (None without row
+    shards) of this rank's pooled output ``[B, w_rank + W_rows]``.
+
+    Splitting copies both parts (timed with the forward communication, as the exchange's
+    own work); without row shards the output is sent as it is.
+    """
+    rows = exchange.rows
+    if out is None:
+        if rows is not None:
+            raise BackendError("distributed backend: a rank holds row shards but no operator")
+        return exchange.grad_in, None  # empty: no table
+    pooled = out.detach()
+    if rows is None:
+        return pooled.reshape(-1), None
+    send = pooled[:, : exchange.width].contiguous().view(-1)
+    return send, pooled[:, exchange.width :].contiguous()
 
 
 def add_turn_waits(times: FloatArray) -> FloatArray:
@@ -258,11 +406,10 @@ def run_measure(
         error = f"{type(err).__name__}: {err}"
     _check_all_built(group, error)
     device = group.torch_device
-    exchanges = []
-    for placement in command.placements:
-        units = placement.units(task)
-        widths = [sum(units[i].dim for i in idx) for idx in placement.shards(task.num_devices)]
-        exchanges.append(_exchange(widths, group.rank, command.batch_size, device))
+    exchanges = [
+        placement_exchange(task, placement, group.rank, command.batch_size, device)
+        for placement in command.placements
+    ]
     num = len(command.placements)
     stage_ms = np.zeros((num, timing.windows, timing.calls_per_window, len(STAGES)))
     with quiet_timing():
@@ -284,29 +431,26 @@ def run_measure(
 
 
 def run_comm_grid(command: CommGridCommand, group: RankGroup) -> list[RankCommTimes] | None:
-    """Time the all-to-all alone at each grid point; rank 0 gets every rank's times."""
+    """Time each grid point's collective alone; rank 0 gets every rank's times."""
     timing = command.timing
     device = group.torch_device
     generator = torch.Generator().manual_seed(0)
-    buffers = []
+    collectives = []
     for point in command.points:
         if len(point.widths) != group.world_size:
             raise BackendError(
                 f"comm grid point has {len(point.widths)} widths, the group has "
                 f"{group.world_size} ranks"
             )
-        exchange = _exchange(point.widths, group.rank, point.batch_size, device)
-        send = torch.rand(sum(exchange.send_splits), generator=generator).to(device)
-        buffers.append((exchange, send))
+        collectives.append(_grid_collective(point, group.rank, device, generator))
     num = len(command.points)
     comm_ms = np.zeros((num, timing.windows, timing.calls_per_window))
 
     def once(k: int) -> float:
-        exchange, send = buffers[k]
         dist.barrier()
         group.sync()
         start = time.perf_counter()
-        dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
+        collectives[k]()
         group.sync()
         return (time.perf_counter() - start) * 1e3
 
@@ -322,6 +466,24 @@ def run_comm_grid(command: CommGridCommand, group: RankGroup) -> list[RankCommTi
                 comm_ms[k, window, call] = once(k)
     group.report("gathering")
     return _gather(RankCommTimes(group.rank, comm_ms), group)
+
+
+def _grid_collective(
+    point: CommPoint, rank: int, device: torch.device, generator: torch.Generator
+) -> Callable[[], object]:
+    """The collective of one grid point on ``rank``, with its buffers, ready to call."""
+    if point.collective == "all_to_all":
+        exchange = _exchange(point.widths, rank, point.batch_size, device)
+        send = torch.rand(sum(exchange.send_splits), generator=generator).to(device)
+        return lambda: dist.all_to_all_single(
+            exchange.recv, send, exchange.recv_splits, exchange.send_splits
+        )
+    width = point.widths[rank]
+    rows = row_exchange(width, rank, point.batch_size, len(point.widths), device)
+    if point.collective == "reduce_scatter":
+        partial = torch.rand(point.batch_size, width, generator=generator).to(device)
+        return lambda: reduce_scatter_rows(rows, partial)
+    return lambda: all_gather_rows(rows)
 
 
 def _gather(item: _T, group: RankGroup) -> list[_T] | None:
