@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dreamshard.backends.comm import CPU_LOOPBACK, output_collectives
+from dreamshard.backends.comm import CPU_LOOPBACK, AllToAllModel, output_widths
 from dreamshard.backends.sim.model import SimBackend
 from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.data.ids import table_ids
@@ -137,12 +137,16 @@ def test_column_shards_look_up_the_tables_ids() -> None:
 # -- costs -------------------------------------------------------------------------------
 
 
-def test_row_wise_tables_add_one_collective_of_the_same_volume() -> None:
-    t = table("a", rows=1000)
-    shards = TableSplit(0, "row", (500, 500)).shards(t)
-    assert output_collectives([t]) == 1 and output_collectives(shards) == 2
-    one = CPU_LOOPBACK.time_ms([16, 16], 4096)
-    assert CPU_LOOPBACK.time_ms([16, 16], 4096, 2) == pytest.approx(one + CPU_LOOPBACK.latency_ms)
+def test_row_blocks_go_through_their_own_collectives() -> None:
+    t, u = table("a", rows=1000, dim=16), table("b", dim=8)
+    units = (*TableSplit(0, "row", (500, 500)).shards(t), u)
+    assert output_widths(units, (0, 1, 1), 2) == ([0, 8], [16, 16])
+    model = AllToAllModel(0.5, 1.0, "test", reduce_scatter_factor=3.0, all_gather_factor=2.0)
+    a2a, row = model.time_ms([0, 8], 4096), model.time_ms([16, 16], 4096)
+    assert model.exchange_ms([0, 8], [16, 16], 4096) == (a2a + 3.0 * row, a2a + 2.0 * row)
+    assert model.exchange_ms([0, 0], [16, 16], 4096) == (3.0 * row, 2.0 * row)
+    assert model.exchange_ms([8, 8], [0, 0], 4096) == (model.time_ms([8, 8], 4096),) * 2
+    assert CPU_LOOPBACK.reduce_scatter_factor == 1.0
 
 
 def test_sim_costs_a_split_placement_as_its_units() -> None:
@@ -189,7 +193,7 @@ def test_a_table_that_fits_no_split_is_named_with_what_it_needs() -> None:
 def test_tables_named_in_constraints_are_never_split() -> None:
     job = task([table("big", rows=1000, dim=16), table("b", rows=10)], [40_000, 40_000])
     spec = ConstraintSpec(pins=(("big", 0),))
-    best, base = choose_splits(
+    best, _ = choose_splits(
         job, greedy_score(SimBackend().stage_model), SimBackend().stage_model(job), SplitSettings()
     )
     assert 0 in best

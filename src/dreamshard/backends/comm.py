@@ -30,8 +30,10 @@ Split tables (``types.TableSplit``) follow TorchRec's execution:
   device its slice (backward: an all-gather of the output gradients). Per device that
   sends ``B * dim * (D - 1) / D`` values and receives ``(D - 1)`` slices of
   ``(B / D) * dim``: exactly the volumes above with the block counted as a table of the
-  full dim on every device. TorchRec issues it as a second collective beside the
-  all-to-all, so the model adds one more latency (:func:`output_collectives`).
+  full dim on every device. TorchRec issues these as collectives of their own beside
+  the all-to-all; they take ``reduce_scatter_factor`` / ``all_gather_factor`` times an
+  all-to-all of the same volume (fitted by ``calibrate-comm``; on gloo between CPU
+  processes a reduce-scatter took 2.8x, an all-gather 1.4x). :meth:`AllToAllModel.exchange_ms`.
 """
 
 from __future__ import annotations
@@ -68,12 +70,17 @@ class AllToAllModel:
         source: Where the numbers come from ("fitted to ..." or "assumed from ...").
         volume: How a device's bytes add up: ``"max"`` of sent and received (full duplex)
             or their ``"sum"`` (shared; see the module docstring).
+        reduce_scatter_factor: A row-wise tables' reduce-scatter (forward) takes this many
+            times an all-to-all of the same volume (1.0: assumed equal).
+        all_gather_factor: The same for their all-gather (backward).
     """
 
     latency_ms: float
     bandwidth_gbps: float
     source: str
     volume: str = "max"
+    reduce_scatter_factor: float = 1.0
+    all_gather_factor: float = 1.0
 
     def __post_init__(self) -> None:
         # A zero bandwidth would divide by zero in time_ms; NaN would make every
@@ -91,31 +98,36 @@ class AllToAllModel:
             raise InputError(
                 f"all-to-all volume must be one of {', '.join(VOLUME_MODES)}, got {self.volume!r}"
             )
+        for name in ("reduce_scatter_factor", "all_gather_factor"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0.0:
+                raise InputError(f"comm {name} must be a finite number > 0, got {value!r}")
 
-    def time_ms(self, widths: Sequence[int], batch_size: int, collectives: int = 1) -> float:
-        """Duration of the exchange of pooled outputs for per-device output widths.
-
-        Args:
-            widths: Output width of each device (its tables' and shards' dims).
-            batch_size: Global batch size.
-            collectives: Collectives the exchange takes (2 with row-wise tables: the
-                all-to-all and the reduce-scatter; :func:`output_collectives`).
-        """
+    def time_ms(self, widths: Sequence[int], batch_size: int) -> float:
+        """Duration of one all-to-all of pooled outputs for per-device output widths."""
         num_devices = len(widths)
         if num_devices <= 1:
             return 0.0
         times = self.device_time_ms(
-            np.asarray(widths, np.float64), sum(widths), num_devices, batch_size, collectives
+            np.asarray(widths, np.float64), sum(widths), num_devices, batch_size
         )
         return float(times.max())
 
+    def exchange_ms(
+        self, widths: Sequence[int], row_widths: Sequence[int], batch_size: int
+    ) -> tuple[float, float]:
+        """(forward, backward) ms of a placement's output exchange: the all-to-all of the
+        whole tables' and column shards' outputs (``widths`` per device) where there are
+        any, then for row-wise tables (``row_widths`` per device: the dims of its row
+        blocks) the reduce-scatter forward and the all-gather backward."""
+        a2a = self.time_ms(widths, batch_size) if any(widths) else 0.0
+        if not any(row_widths):
+            return a2a, a2a
+        row = self.time_ms(row_widths, batch_size)
+        return a2a + self.reduce_scatter_factor * row, a2a + self.all_gather_factor * row
+
     def device_time_ms(
-        self,
-        width: npt.ArrayLike,
-        total_width: float,
-        num_devices: int,
-        batch_size: int,
-        collectives: int = 1,
+        self, width: npt.ArrayLike, total_width: float, num_devices: int, batch_size: int
     ) -> FloatArray:
         """Each device's transfer time (ms) in one all-to-all, vectorised over ``width``.
 
@@ -127,7 +139,6 @@ class AllToAllModel:
             total_width: Sum of the widths of all devices.
             num_devices: Devices taking part.
             batch_size: Global batch size.
-            collectives: Collectives the exchange takes; each adds one latency.
         """
         w = np.asarray(width, dtype=np.float64)
         if num_devices <= 1:
@@ -135,17 +146,27 @@ class AllToAllModel:
         sent = batch_size * w * (num_devices - 1) / num_devices
         received = batch_size / num_devices * (total_width - w)
         values = sent + received if self.volume == "sum" else np.maximum(sent, received)
-        times: FloatArray = collectives * self.latency_ms + values * OUTPUT_BYTES_PER_VALUE / (
+        times: FloatArray = self.latency_ms + values * OUTPUT_BYTES_PER_VALUE / (
             self.bandwidth_gbps * 1e6
         )
         return times
 
 
-def output_collectives(units: Sequence[TableSpec]) -> int:
-    """Collectives that exchange the pooled outputs of a placement's tables and shards:
-    the all-to-all, plus a reduce-scatter when any table is split row-wise."""
-    row_wise = any(u.shard is not None and u.shard.kind == "row" for u in units)
-    return 2 if row_wise else 1
+def is_row_block(unit: TableSpec) -> bool:
+    """Whether a placement unit is a row block of a row-wise table (its output goes
+    through the reduce-scatter, not the all-to-all)."""
+    return unit.shard is not None and unit.shard.kind == "row"
+
+
+def output_widths(
+    units: Sequence[TableSpec], device_of: Sequence[int], num_devices: int
+) -> tuple[list[int], list[int]]:
+    """Per device, the summed dims of its all-to-all units and of its row blocks."""
+    widths = [0] * num_devices
+    rows = [0] * num_devices
+    for unit, d in zip(units, device_of, strict=True):
+        (rows if is_row_block(unit) else widths)[d] += unit.dim
+    return widths, rows
 
 
 #: Gloo all-to-all between processes on one CPU host (loopback).

@@ -302,7 +302,17 @@ def fit_comm(config: CommFitConfig, samples: Sequence[CommSample]) -> CommFit:
         f"held-out {len(holdout)} points: median APE {errors['median_ape']:.1f}%, "
         f"max {errors['max_ape']:.1f}%{row_errors} (dreamshard calibrate-comm)"
     )
-    model = AllToAllModel(draft.latency_ms, draft.bandwidth_gbps, source, draft.volume)
+    # The row-wise collectives' factors: their median measured / predicted as all-to-alls
+    # of the same volume (1.0 where none was timed).
+    factors = {e.collective: e.median_ratio for e in checked.row_wise_errors()}
+    model = AllToAllModel(
+        draft.latency_ms,
+        draft.bandwidth_gbps,
+        source,
+        draft.volume,
+        reduce_scatter_factor=factors.get("reduce_scatter", 1.0),
+        all_gather_factor=factors.get("all_gather", 1.0),
+    )
     return CommFit(model, tuple(fit), tuple(holdout), row_wise)
 
 

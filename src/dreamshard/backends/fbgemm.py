@@ -41,7 +41,7 @@ from dreamshard.backends.base import (
     load_average,
     stage_synchronous_cost_ms,
 )
-from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel, output_collectives
+from dreamshard.backends.comm import NVLINK_GPU, AllToAllModel, output_widths
 from dreamshard.backends.kernels import (
     FBGEMM_KERNEL,
     FusedShard,
@@ -206,9 +206,11 @@ class FbgemmBackend:
         times = self._time_shards(list(unique.values()))
         results = []
         for placement, shards in zip(placements, shard_lists, strict=True):
-            widths = [sum(t.dim for t in tables) for tables in shards]
-            a2a_ms = self.config.comm.time_ms(
-                widths, self.config.batch_size, output_collectives(placement.units(task))
+            widths, row_widths = output_widths(
+                placement.units(task), placement.device_of, task.num_devices
+            )
+            fwd_a2a, bwd_a2a = self.config.comm.exchange_ms(
+                widths, row_widths, self.config.batch_size
             )
             whole = [times[_key(t)].timing() if t else ShardTiming(0.0, 0.0) for t in shards]
             window_costs = []
@@ -218,15 +220,15 @@ class FbgemmBackend:
                 ]
                 fwd = [s.fwd_comp_ms for s in per_window]
                 bwd = [s.bwd_comp_ms for s in per_window]
-                window_costs.append(float(stage_synchronous_cost_ms(fwd, bwd, a2a_ms, a2a_ms)))
+                window_costs.append(float(stage_synchronous_cost_ms(fwd, bwd, fwd_a2a, bwd_a2a)))
             mean = float(np.mean(window_costs))
             results.append(
                 PlacementCost(
                     per_device=synchronized_costs(
                         [s.fwd_comp_ms for s in whole],
                         [s.bwd_comp_ms for s in whole],
-                        a2a_ms,
-                        a2a_ms,
+                        fwd_a2a,
+                        bwd_a2a,
                     ),
                     backend=self.name,
                     rel_spread=float(np.std(window_costs)) / mean if mean > 0 else 0.0,

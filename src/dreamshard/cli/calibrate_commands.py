@@ -163,6 +163,12 @@ def calibrate_comm(
                 f"{e.median_ratio:.2f}",
             )
         out_console.print(table)
+        out_console.print(
+            f"row-wise factors written to the profile: reduce-scatter "
+            f"{model.reduce_scatter_factor:.2f}, all-gather {model.all_gather_factor:.2f} "
+            "(times an all-to-all of the same volume)",
+            highlight=False,
+        )
     update_profile(profile, model, out)
     write_json(report_path, fit_report(config, result))
     out_console.print(f"wrote {escape(str(out))} and {escape(str(report_path))}")

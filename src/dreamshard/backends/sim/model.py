@@ -60,7 +60,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dreamshard.backends.base import ShardTiming, stage_synchronous_cost_ms
-from dreamshard.backends.comm import output_collectives
+from dreamshard.backends.comm import is_row_block
 from dreamshard.backends.sim.profile import (
     DEFAULT_PROFILE_NAME,
     KernelParams,
@@ -342,8 +342,9 @@ class _TaskTerms:
     table: TableTerms
     memory_bytes: FloatArray
     capacity_bytes: FloatArray
-    #: Collectives of the output exchange (comm.output_collectives).
-    collectives: int
+    #: Dims of each unit that is a row block (its output goes through the reduce-scatter),
+    #: 0 for the others (the all-to-all's).
+    row_dims: FloatArray
 
 
 #: Number of tasks whose per-table terms a SimBackend keeps.
@@ -397,7 +398,9 @@ class SimBackend:
                     [task.table_memory_bytes(t) for t in task.tables], dtype=np.float64
                 ),
                 capacity_bytes=np.array([d.memory_bytes for d in task.devices], dtype=np.float64),
-                collectives=output_collectives(task.tables),
+                row_dims=np.array(
+                    [t.dim if is_row_block(t) else 0 for t in task.tables], dtype=np.float64
+                ),
             )
             self._cache[task] = terms
             if len(self._cache) > _TASK_CACHE_SIZE:
@@ -409,19 +412,22 @@ class SimBackend:
 
     def _device_costs(
         self, task: Task, device_of: IntArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Per-device fwd ms, bwd ms and output width of a placement (unvalidated)."""
-        table = self._terms(task).table
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Per-device fwd ms, bwd ms, all-to-all output width and row-block output width
+        of a placement (unvalidated)."""
+        terms = self._terms(task)
         num_devices = task.num_devices
-        fwd, bwd = shards_ms(self.profile.kernel, table, device_of, num_devices)
-        return fwd, bwd, _sum_by(device_of, table.dims, num_devices)
+        fwd, bwd = shards_ms(self.profile.kernel, terms.table, device_of, num_devices)
+        rows = _sum_by(device_of, terms.row_dims, num_devices)
+        return fwd, bwd, _sum_by(device_of, terms.table.dims, num_devices) - rows, rows
 
-    def _a2a_ms(self, task: Task, width: FloatArray) -> float:
+    def _exchange_ms(self, width: FloatArray, rows: FloatArray) -> tuple[float, float]:
+        """(forward, backward) ms of the output exchange (comm.AllToAllModel.exchange_ms)."""
         # Output widths are sums of integer dims, so the rounding is exact.
-        return self.profile.comm.time_ms(
+        return self.profile.comm.exchange_ms(
             np.rint(width).astype(np.int64).tolist(),
+            np.rint(rows).astype(np.int64).tolist(),
             self.batch_size,
-            self._terms(task).collectives,
         )
 
     def _checked_device_of(self, task: Task, device_of: Sequence[int] | IntArray) -> IntArray:
@@ -472,10 +478,9 @@ class SimBackend:
         for placement in placements:
             units, table_wise = self._resolved(task, placement)
             dev = self._checked_device_of(units, table_wise.device_of)
-            fwd, bwd, width = self._device_costs(units, dev)
-            # Forward and backward all-to-alls move tensors of the same size (comm.py).
-            a2a = self._a2a_ms(units, width)
-            per_device = synchronized_costs(fwd.tolist(), bwd.tolist(), a2a, a2a)
+            fwd, bwd, width, rows = self._device_costs(units, dev)
+            fwd_a2a, bwd_a2a = self._exchange_ms(width, rows)
+            per_device = synchronized_costs(fwd.tolist(), bwd.tolist(), fwd_a2a, bwd_a2a)
             out.append(PlacementCost(per_device=per_device, backend=self.name, rel_spread=None))
         return out
 
@@ -495,9 +500,9 @@ class SimBackend:
             task, placement = self._resolved(task, placement)
         device_of = placement.device_of if isinstance(placement, Placement) else placement
         dev = self._checked_device_of(task, device_of)
-        fwd, bwd, width = self._device_costs(task, dev)
-        a2a = self._a2a_ms(task, width)
-        return float(stage_synchronous_cost_ms(fwd, bwd, a2a, a2a))
+        fwd, bwd, width, rows = self._device_costs(task, dev)
+        fwd_a2a, bwd_a2a = self._exchange_ms(width, rows)
+        return float(stage_synchronous_cost_ms(fwd, bwd, fwd_a2a, bwd_a2a))
 
     def costs_ms(self, task: Task, device_of: IntArray) -> FloatArray:
         """Overall costs of many placements of one task at once.
@@ -529,13 +534,15 @@ class SimBackend:
         )
         size = num_placements * num_devices
         fwd, bwd = shards_ms(self.profile.kernel, tiled, flat, size)
-        width = _sum_by(flat, tiled.dims, size).reshape(num_placements, num_devices)
-        a2a = np.array([self._a2a_ms(task, w) for w in width])
+        row_dims = np.tile(self._terms(task).row_dims, num_placements)
+        rows = _sum_by(flat, row_dims, size).reshape(num_placements, num_devices)
+        width = _sum_by(flat, tiled.dims, size).reshape(num_placements, num_devices) - rows
+        exchange = np.array([self._exchange_ms(w, r) for w, r in zip(width, rows, strict=True)])
         return stage_synchronous_cost_ms(
             fwd.reshape(num_placements, num_devices),
             bwd.reshape(num_placements, num_devices),
-            a2a,
-            a2a,
+            exchange[:, 0],
+            exchange[:, 1],
         )
 
 
@@ -549,7 +556,8 @@ class SimStageModel:
     :meth:`stage_costs` is :meth:`SimBackend.cost_ms`; memory is not checked here.
     """
 
-    #: Vector components, in order.
+    #: Vector components, in order (``dims``: all-to-all output width; ``row_dims``: that
+    #: of row blocks, whose reduce-scatter and all-gather follow the all-to-all).
     COMPONENTS: tuple[str, ...] = (
         "fwd_ns",
         "fwd_miss_ns",
@@ -557,35 +565,51 @@ class SimStageModel:
         "bwd_miss_ns",
         "footprint_bytes",
         "dims",
+        "row_dims",
     )
 
     def __init__(self, backend: SimBackend, task: Task) -> None:
         task_terms = backend._terms(task)
         terms = task_terms.table
-        self._collectives = task_terms.collectives
         self._kernel = backend.profile.kernel
         self._comm = backend.profile.comm
         self._batch_size = backend.batch_size
         self._num_devices = task.num_devices
-        self._vectors = np.stack([getattr(terms, name) for name in self.COMPONENTS], axis=1)
-        self._total_width = float(terms.dims.sum())
+        row_dims = task_terms.row_dims
+        columns = {"dims": terms.dims - row_dims, "row_dims": row_dims}
+        self._vectors = np.stack(
+            [
+                columns[name] if name in columns else getattr(terms, name)
+                for name in self.COMPONENTS
+            ],
+            axis=1,
+        )
+        self._total_width = float(columns["dims"].sum())
+        self._total_rows = float(row_dims.sum())
 
     @property
     def table_vectors(self) -> FloatArray:
         return self._vectors
 
     def stage_costs(self, sums: FloatArray, counts: FloatArray) -> FloatArray:
-        fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns, footprint, width = np.moveaxis(sums, -1, 0)
+        fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns, footprint, width, rows = np.moveaxis(sums, -1, 0)
         fwd, bwd = _shard_ms(
             self._kernel, counts, footprint, fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns
         )
         # Output widths are sums of integer dims (exact after rounding), as in cost_ms.
-        a2a = self._comm.device_time_ms(
-            np.rint(width),
-            self._total_width,
-            self._num_devices,
-            self._batch_size,
-            self._collectives,
-        )
-        out: FloatArray = np.stack([fwd, bwd, 2.0 * a2a], axis=-1)
+        comm = np.zeros_like(fwd)
+        if self._total_width > 0:
+            a2a = self._comm.device_time_ms(
+                np.rint(width), self._total_width, self._num_devices, self._batch_size
+            )
+            comm = comm + 2.0 * a2a
+        if self._total_rows > 0:
+            # Every device holds one block of every row-wise table (their layout), so this
+            # term is the same on every device and the max over devices adds up as in
+            # cost_ms: all-to-all, then reduce-scatter forward and all-gather backward.
+            row = self._comm.device_time_ms(
+                np.rint(rows), self._total_rows, self._num_devices, self._batch_size
+            )
+            comm = comm + (self._comm.reduce_scatter_factor + self._comm.all_gather_factor) * row
+        out: FloatArray = np.stack([fwd, bwd, comm], axis=-1)
         return out

@@ -188,14 +188,22 @@ class SimProfile:
         if not isinstance(kernel, dict) or not isinstance(comm, dict):
             raise InputError(f"{source}: fields 'kernel' and 'comm' must be JSON objects")
         _check_keys(kernel, set(KernelParams.names()), f"{source}: kernel")
-        # "volume" came later: profiles without it keep the full-duplex default.
+        # "volume" and the row-wise factors came later: profiles without them keep the
+        # full-duplex default and factors of 1.
+        defaults = {"volume": "max", "reduce_scatter_factor": 1.0, "all_gather_factor": 1.0}
         _check_keys(
-            {"volume": "max", **comm}, {f.name for f in fields(AllToAllModel)}, f"{source}: comm"
+            {**defaults, **comm}, {f.name for f in fields(AllToAllModel)}, f"{source}: comm"
         )
         if comm.get("volume", "max") not in VOLUME_MODES:
             raise InputError(f"{source}: comm.volume must be one of {', '.join(VOLUME_MODES)}")
-        for key, least, word in (("latency_ms", 0.0, ">= 0"), ("bandwidth_gbps", None, "> 0")):
-            value = comm[key]
+        checked = (
+            ("latency_ms", 0.0, ">= 0"),
+            ("bandwidth_gbps", None, "> 0"),
+            ("reduce_scatter_factor", None, "> 0"),
+            ("all_gather_factor", None, "> 0"),
+        )
+        for key, least, word in checked:
+            value = {**defaults, **comm}[key]
             if (
                 not isinstance(value, int | float)
                 or isinstance(value, bool)
@@ -222,6 +230,8 @@ class SimProfile:
                 bandwidth_gbps=float(comm["bandwidth_gbps"]),
                 source=comm["source"],
                 volume=comm.get("volume", "max"),
+                reduce_scatter_factor=float(comm.get("reduce_scatter_factor", 1.0)),
+                all_gather_factor=float(comm.get("all_gather_factor", 1.0)),
             ),
         )
 
