@@ -1,5 +1,6 @@
-"""The placement file: written at version 1, older files (no format) still read, other
-formats and newer versions refused with one line naming the file and the field."""
+"""The placement file: written at version 2 (split tables), version 1 and older files (no
+format) still read as table-wise, other formats and newer versions refused, and every bad
+field named in one line with the file."""
 
 from __future__ import annotations
 
@@ -15,10 +16,20 @@ from dreamshard.evaluation.placement_file import (
     PLACEMENT_FORMAT,
     PLACEMENT_VERSION,
     PlacementFile,
+    SplitRecord,
+    placement_of,
     read_placement_file,
     write_placement_file,
 )
-from dreamshard.types import Device, Placement, PlacementCost, StageCosts, TableSpec
+from dreamshard.types import (
+    Device,
+    Placement,
+    PlacementCost,
+    StageCosts,
+    TableSpec,
+    TableSplit,
+    Task,
+)
 
 from .conftest import task
 
@@ -63,7 +74,11 @@ def test_round_trip_writes_format_version_and_every_field(
     path = tmp_path / "placement.json"
     write_placement_file(path, record)
     payload = json.loads(path.read_text())
-    assert list(payload) == ["format", "version", *LEGACY]  # every field of before, kept
+    before = list(LEGACY)  # every field of before, kept, and the splits after device_of
+    cut = before.index("device_of") + 1
+    fields = [*before[:cut], "splits", *before[cut:]]
+    assert list(payload) == ["format", "version", *fields]
+    assert payload["splits"] == []  # every table whole
     assert (payload["format"], payload["version"]) == (PLACEMENT_FORMAT, PLACEMENT_VERSION)
     assert payload["placement"] == {"a": "dev0", "b": "dev1", "c": "dev1", "d": "dev0"}
     assert payload["device_of"] == [0, 1, 1, 0]
@@ -90,7 +105,17 @@ def test_file_written_before_the_format_reads_as_version_0(tmp_path: Path) -> No
     # Written again, it is a current file with the same content.
     write_placement_file(tmp_path / "new.json", loaded)
     again = json.loads((tmp_path / "new.json").read_text())
-    assert again == {"format": PLACEMENT_FORMAT, "version": PLACEMENT_VERSION, **LEGACY}
+    assert again == {
+        "format": PLACEMENT_FORMAT, "version": PLACEMENT_VERSION, **LEGACY, "splits": [],
+    }  # fmt: skip
+
+
+def test_version_1_file_reads_as_table_wise(tmp_path: Path) -> None:
+    loaded = read_placement_file(
+        write(tmp_path / "v1.json", {"format": PLACEMENT_FORMAT, "version": 1, **LEGACY})
+    )
+    assert loaded.version == 1 and loaded.splits == ()
+    assert loaded.device_of == (0, 1, 1, 0)
 
 
 def test_minimal_hand_written_file_reads(tmp_path: Path) -> None:
@@ -103,7 +128,7 @@ def test_minimal_hand_written_file_reads(tmp_path: Path) -> None:
     ("edit", "parts"),
     [
         ({"format": "dreamshard-torchrec-plan"}, ["not a placement file", "field 'format'"]),
-        ({"format": PLACEMENT_FORMAT, "version": 2}, ["version 2", "field 'version'"]),
+        ({"format": PLACEMENT_FORMAT, "version": 3}, ["version 3", "field 'version'"]),
         ({"format": PLACEMENT_FORMAT}, ["field 'version' must be a positive integer"]),
         ({"format": PLACEMENT_FORMAT, "version": "1"}, ["field 'version'"]),
         ({"placement": {}}, ["field 'placement' must map table names to device names"]),
@@ -178,3 +203,184 @@ def test_tables_file_is_stored_absolute(
         tables_file="sub/t.json", place_time_ms=1.0,
     )  # fmt: skip
     assert record.tables_file == str(tmp_path / "sub" / "t.json")
+
+
+# -- split tables ----------------------------------------------------------------------
+
+#: Four tables (conftest) on 2 devices: b (dim 32) in column shards of 20 and 12 columns on
+#: devices 1 and 0, d (8000 rows) in TorchRec's row blocks on devices 0 and 1.
+SPLITS = (TableSplit(1, "column", (20, 12)), TableSplit(3, "row", (4000, 4000)))
+SPLIT_DEVICE_OF = (0, 1, 0, 1, 0, 1)  # a, b#c0, b#c1, c, d#r0, d#r1
+
+
+def split_file(tmp_path: Path, four_tables: list[TableSpec]) -> tuple[Task, Path]:
+    placed = task(four_tables, [10**6] * 2, name="pool")
+    cost = PlacementCost(per_device=(StageCosts(0, 0, 0, 0),) * 2, backend="sim")
+    record = PlacementFile.of(
+        placed, Placement(SPLIT_DEVICE_OF, SPLITS), cost, placer="x", backend="sim",
+        tables_file="t.json", place_time_ms=1.0,
+    )  # fmt: skip
+    path = tmp_path / "split.json"
+    write_placement_file(path, record)
+    return placed, path
+
+
+def test_split_placement_round_trips(four_tables: list[TableSpec], tmp_path: Path) -> None:
+    placed, path = split_file(tmp_path, four_tables)
+    payload = json.loads(path.read_text())
+    assert payload["splits"] == [
+        {"table": "b", "kind": "column", "sizes": [20, 12]},
+        {"table": "d", "kind": "row", "sizes": [4000, 4000]},
+    ]
+    assert payload["placement"] == {
+        "a": "dev0", "b#c0": "dev1", "b#c1": "dev0", "c": "dev1", "d#r0": "dev0", "d#r1": "dev1",
+    }  # fmt: skip
+    assert payload["device_of"] == list(SPLIT_DEVICE_OF)
+    loaded = read_placement_file(path)
+    assert loaded.splits == (
+        SplitRecord("b", "column", (20, 12)),
+        SplitRecord("d", "row", (4000, 4000)),
+    )
+    assert placement_of(loaded, placed, str(path), "t.json") == Placement(SPLIT_DEVICE_OF, SPLITS)
+
+
+def test_table_wise_file_gives_a_table_wise_placement(
+    four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    loaded = read_placement_file(write(tmp_path / "old.json", LEGACY))
+    placed = task(four_tables, [10**6] * 2)
+    assert placement_of(loaded, placed, "old.json", "t.json") == Placement((0, 1, 1, 0))
+
+
+def _edited(path: Path, **edits: Any) -> dict[str, Any]:
+    payload = json.loads(path.read_text())
+    payload.update(edits)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("splits", "part"),
+    [
+        ({"b": 1}, "field 'splits' must be a list of split tables"),
+        ([{"kind": "row", "sizes": [1, 1]}], "splits[0]: field 'table' must name a table"),
+        (
+            [{"table": "b", "kind": "diagonal", "sizes": [20, 12]}],
+            "splits[0]: field 'kind' must be one of column, row, got 'diagonal'",
+        ),
+        (
+            [{"table": "b", "kind": "column", "sizes": [32]}],
+            "splits[0]: field 'sizes' must list at least 2 positive shard sizes, got [32]",
+        ),
+        (
+            [{"table": "b", "kind": "column", "sizes": [20, "12"]}],
+            "splits[0]: field 'sizes' must list at least 2 positive shard sizes",
+        ),
+        (
+            [{"table": "b", "kind": "column", "sizes": [20, 8, 4]}],
+            "splits[0]: table 'b' is split into 3 column shards, but field 'placement' does "
+            "not place 'b#c2'",
+        ),
+        (
+            [{"table": "b", "kind": "column", "sizes": [32, 0]}],
+            "splits[0]: field 'sizes' must list at least 2 positive shard sizes",
+        ),
+        (
+            [{"table": "b", "kind": "row", "sizes": [125, 125]}],
+            "splits[0]: table 'b' is split into 2 row shards, but field 'placement' does not "
+            "place 'b#r0'",
+        ),
+        (
+            [{"table": "b", "kind": "column", "sizes": [20, 12]}] * 2,
+            "splits[1]: table 'b' is split twice",
+        ),
+    ],
+)
+def test_bad_splits_name_the_file_and_field(
+    four_tables: list[TableSpec], tmp_path: Path, splits: Any, part: str
+) -> None:
+    _, path = split_file(tmp_path, four_tables)
+    bad = write(tmp_path / "bad.json", _edited(path, splits=splits))
+    with pytest.raises(InputError) as caught:
+        read_placement_file(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message
+    assert part in message
+
+
+def test_split_table_placed_whole_or_with_extra_shards(
+    four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    _, path = split_file(tmp_path, four_tables)
+    payload = _edited(path)
+    payload["placement"]["b"] = "dev0"
+    payload["device_of"].append(0)
+    with pytest.raises(InputError, match="'b' is split into 2 column shards, but field "
+                       "'placement' places it whole"):  # fmt: skip
+        read_placement_file(write(tmp_path / "whole.json", payload))
+    payload = _edited(path)
+    payload["placement"]["b#c2"] = "dev0"
+    payload["device_of"].append(0)
+    with pytest.raises(InputError, match="field 'placement' also places 'b#c2'"):
+        read_placement_file(write(tmp_path / "extra.json", payload))
+
+
+@pytest.mark.parametrize(
+    ("split", "part"),
+    [
+        (
+            {"table": "zzz", "kind": "column", "sizes": [4, 4]},
+            "splits[0]: field 'table': table 'zzz' is not in t.json",
+        ),
+        (
+            {"table": "b", "kind": "column", "sizes": [20, 8]},
+            "splits[0]: field 'sizes': table 'b': column shards of [20, 8] columns do not "
+            "cover its 32 columns exactly once",
+        ),
+        (
+            {"table": "b", "kind": "column", "sizes": [18, 14]},
+            "splits[0]: field 'sizes': table 'b': column shards of [18, 14] columns; every "
+            "shard's dim must be a multiple of 4",
+        ),
+        (
+            {"table": "b", "kind": "row", "sizes": [200, 50]},
+            "splits[0]: field 'sizes': table 'b': row shards of [200, 50] rows; TorchRec's "
+            "row-wise sharding cuts 250 rows over 2 devices as [125, 125]",
+        ),
+    ],
+)
+def test_splits_that_do_not_fit_the_tables(
+    four_tables: list[TableSpec], tmp_path: Path, split: dict[str, Any], part: str
+) -> None:
+    placed = task(four_tables, [10**6] * 2)
+    name = split["table"]
+    shards = {f"{name}#{split['kind'][0]}{j}": f"dev{j}" for j in range(len(split["sizes"]))}
+    payload = {
+        "devices": LEGACY["devices"],
+        "placement": {**{t.name: "dev0" for t in four_tables if t.name != name}, **shards},
+        "splits": [split],
+    }
+    bad = write(tmp_path / "bad.json", payload)
+    loaded = read_placement_file(bad)
+    with pytest.raises(InputError) as caught:
+        placement_of(loaded, placed, str(bad), "t.json")
+    assert str(caught.value) == f"{bad}: {part}"
+
+
+def test_row_shard_on_the_wrong_device_and_unsplit_shards(
+    four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    placed, path = split_file(tmp_path, four_tables)
+    payload = _edited(path)
+    payload["placement"].update({"d#r0": "dev1", "d#r1": "dev0"})
+    del payload["device_of"]
+    bad = write(tmp_path / "swapped.json", payload)
+    with pytest.raises(InputError, match=r"swapped.json: row shard 'd#r0' is on device 1; "
+                       r"TorchRec's row-wise sharding puts row block 0 on device 0"):  # fmt: skip
+        placement_of(read_placement_file(bad), placed, str(bad), "t.json")
+    payload = _edited(path)
+    del payload["placement"]["a"], payload["device_of"]
+    payload["placement"].update({"a#c0": "dev0", "a#c1": "dev1"})
+    bad = write(tmp_path / "unsplit.json", payload)
+    with pytest.raises(InputError, match=r"unsplit.json: field 'placement': 'a#c0' is a shard "
+                       r"of table 'a', which field 'splits' does not split"):  # fmt: skip
+        placement_of(read_placement_file(bad), placed, str(bad), "t.json")

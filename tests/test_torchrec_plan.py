@@ -19,8 +19,11 @@ from dreamshard.cli.app import app
 from dreamshard.data.tables import save_tables
 from dreamshard.data.tasks import SuiteConfig
 from dreamshard.errors import InputError, InvalidPlacementError
+from dreamshard.evaluation.placement_file import PlacementFile, write_placement_file
 from dreamshard.torchrec.plan import (
     PLAN_FORMAT,
+    PLAN_VERSION,
+    PlannedTable,
     build_sharding_plan,
     load_plan_spec,
     load_sharding_plan,
@@ -29,7 +32,7 @@ from dreamshard.torchrec.plan import (
     ranks_of_tables,
     save_plan,
 )
-from dreamshard.types import Placement, TableSpec
+from dreamshard.types import Placement, PlacementCost, StageCosts, TableSpec, TableSplit
 
 from .conftest import table, task
 
@@ -71,6 +74,7 @@ def test_plan_file_round_trips(four_tables: list[TableSpec], tmp_path: Path) -> 
     assert payload["format"] == PLAN_FORMAT
     assert payload["modules"]["sparse.ebc"]["tables"][0] == {
         "name": "a",
+        "sharding": "table_wise",
         "rank": 0,
         "rows": 1000,
         "dim": 16,
@@ -219,7 +223,7 @@ def test_cli_export_of_a_placement(four_tables: list[TableSpec], tmp_path: Path)
     spec = load_plan_spec(tmp_path / "plan.json")
     assert spec.world_size == 2
     assert spec.ranks("sparse.ebc") == {
-        t.name: d for t, d in zip(four_tables, device_of, strict=True)
+        t.name: (d,) for t, d in zip(four_tables, device_of, strict=True)
     }
 
 
@@ -266,7 +270,8 @@ def test_export_of_placement_written_before_the_format(
     )  # fmt: skip
     assert placed.exit_code == 0, placed.output
     payload = json.loads((tmp_path / "new.json").read_text())
-    assert (payload.pop("format"), payload.pop("version")) == ("dreamshard-placement", 1)
+    assert (payload.pop("format"), payload.pop("version")) == ("dreamshard-placement", 2)
+    assert payload.pop("splits") == []
     (tmp_path / "old.json").write_text(json.dumps(payload))
     old = plan_from_placement_file(tmp_path / "old.json")
     new = plan_from_placement_file(tmp_path / "new.json")
@@ -280,7 +285,7 @@ def test_cli_export_refuses_a_newer_placement_file(
     save_tables(tmp_path / "tables.json", four_tables)
     placement = {
         "format": "dreamshard-placement",
-        "version": 2,
+        "version": 3,
         "tables_file": str(tmp_path / "tables.json"),
         "devices": [{"name": "dev0", "memory_bytes": 10**6}],
         "placement": {t.name: "dev0" for t in four_tables},
@@ -432,3 +437,177 @@ def test_cli_export_checks_device_of(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}: field 'device_of'") and part in line
     assert not out.exists()
+
+
+# -- split tables: column-wise and row-wise ---------------------------------------------
+
+#: b (dim 32) in column shards of 20 and 12 columns on ranks 1 and 0; d (8000 rows) in
+#: TorchRec's row blocks on ranks 0 and 1; a and c whole on ranks 0 and 1.
+SPLITS = (TableSplit(1, "column", (20, 12)), TableSplit(3, "row", (4000, 4000)))
+SPLIT_DEVICE_OF = (0, 1, 0, 1, 0, 1)  # a, b#c0, b#c1, c, d#r0, d#r1
+
+
+@pytest.fixture
+def split_plan(four_tables: list[TableSpec], tmp_path: Path) -> Path:
+    path = tmp_path / "split-plan.json"
+    placed = task(four_tables, [10**6] * 2)
+    save_plan(path, plan_from_placement(placed, Placement(SPLIT_DEVICE_OF, SPLITS)))
+    return path
+
+
+def test_split_plan_file_records_each_sharding(split_plan: Path) -> None:
+    payload = json.loads(split_plan.read_text())
+    assert payload["version"] == PLAN_VERSION == 2
+    assert payload["modules"][""]["tables"] == [
+        {"name": "a", "sharding": "table_wise", "rank": 0, "rows": 1000, "dim": 16},
+        {"name": "b", "sharding": "column_wise", "ranks": [1, 0], "shard_dims": [20, 12],
+         "rows": 250, "dim": 32},
+        {"name": "c", "sharding": "table_wise", "rank": 1, "rows": 500, "dim": 8},
+        {"name": "d", "sharding": "row_wise", "ranks": [0, 1], "shard_rows": [4000, 4000],
+         "rows": 8000, "dim": 4},
+    ]  # fmt: skip
+    spec = load_plan_spec(split_plan)
+    assert spec.ranks("") == {"a": (0,), "b": (1, 0), "c": (1,), "d": (0, 1)}
+    assert spec.modules[""][1] == PlannedTable.split("b", 250, 32, "column_wise", [1, 0], [20, 12])
+
+
+def test_split_plan_builds_torchrec_shardings_exactly(
+    split_plan: Path, four_tables: list[TableSpec]
+) -> None:
+    plan = load_sharding_plan(split_plan, ebc(four_tables), world_size=2)
+    shardings = plan.plan[""]  # type: ignore[index]
+    got = {
+        name: (
+            sharding.sharding_type,
+            sharding.compute_kernel,
+            sharding.ranks,
+            [
+                (s.shard_offsets, s.shard_sizes, str(s.placement))
+                for s in sharding.sharding_spec.shards
+            ],
+        )
+        for name, sharding in shardings.items()  # type: ignore[attr-defined]
+    }
+    assert got == {
+        "a": ("table_wise", "fused", [0], [([0, 0], [1000, 16], "rank:0/cpu")]),
+        # Column order, each shard on its planned rank (shard 0 on rank 1).
+        "b": ("column_wise", "fused", [1, 0],
+              [([0, 0], [250, 20], "rank:1/cpu"), ([0, 20], [250, 12], "rank:0/cpu")]),
+        "c": ("table_wise", "fused", [1], [([0, 0], [500, 8], "rank:1/cpu")]),
+        "d": ("row_wise", "fused", [0, 1],
+              [([0, 0], [4000, 4], "rank:0/cpu"), ([4000, 0], [4000, 4], "rank:1/cpu")]),
+    }  # fmt: skip
+
+
+def test_column_shards_on_one_rank_and_on_local_cuda_ranks(four_tables: list[TableSpec]) -> None:
+    placed = task(four_tables, [10**6] * 4)
+    placement = Placement((3, 2, 2, 1, 0), (TableSplit(0, "column", (8, 8)),))
+    spec = plan_from_placement(placed, placement)
+    plan = build_sharding_plan(spec, ebc(four_tables), local_world_size=2, device_type="cuda")
+    shards = plan.plan[""]["a"].sharding_spec.shards  # type: ignore[index]
+    assert [str(s.placement) for s in shards] == ["rank:3/cuda:1", "rank:2/cuda:0"]
+    assert ranks_of_tables(plan)[""]["b"] == [2]
+
+
+def test_version_1_plan_file_loads_as_table_wise(
+    saved_plan: Path, four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    payload = json.loads(saved_plan.read_text())
+    payload.update(version=1, sharding_type="table_wise")
+    for record in payload["modules"][""]["tables"]:
+        del record["sharding"]
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps(payload))
+    assert load_plan_spec(old) == load_plan_spec(saved_plan)
+    assert ranks_of_tables(load_sharding_plan(old, ebc(four_tables), world_size=2)) == {
+        "": {"a": [0], "b": [1], "c": [0], "d": [1]}
+    }
+
+
+def _edit_table(path: Path, tmp_path: Path, index: int, **edits: object) -> Path:
+    payload = json.loads(path.read_text())
+    payload["modules"][""]["tables"][index].update(edits)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(payload))
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("index", "edits", "part"),
+    [
+        (1, {"shard_dims": [20, 8]}, "table 'b': field 'shard_dims' is [20, 8], summing to 28, "
+         "not to its dim 32"),
+        (1, {"shard_dims": [18, 14]}, "table 'b': field 'shard_dims' is [18, 14]; every column "
+         "shard's dim must be a positive multiple of 4"),
+        (1, {"ranks": [1, 2]}, "table 'b' is on rank 2, the plan has ranks 0..1"),
+        (1, {"ranks": [1]}, "table 'b': column_wise needs at least 2 shards, as many 'ranks' (1) "
+         "as 'shard_dims' (2)"),
+        (1, {"shard_dims": None}, "table 'b': field 'shard_dims' must be a non-empty list"),
+        (3, {"shard_rows": [5000, 3000]}, "table 'd': row_wise over ranks [0, 1] in blocks of "
+         "[5000, 3000] rows ('shard_rows'), but TorchRec cuts 8000 rows over the plan's 2 ranks "
+         "as [4000, 4000] on ranks 0..1"),
+        (3, {"ranks": [1, 0]}, "table 'd': row_wise over ranks [1, 0]"),
+        (0, {"sharding": "data_parallel"}, "table 'a': field 'sharding' is 'data_parallel', use "
+         "one of table_wise, column_wise, row_wise"),
+    ],
+)  # fmt: skip
+def test_bad_split_tables_are_refused_in_one_line(
+    split_plan: Path, tmp_path: Path, index: int, edits: dict[str, object], part: str
+) -> None:
+    bad = _edit_table(split_plan, tmp_path, index, **edits)
+    with pytest.raises(InputError) as caught:
+        load_plan_spec(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message
+    assert part in message
+
+
+def test_row_wise_plan_for_another_world_size(
+    split_plan: Path, four_tables: list[TableSpec], tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match=r"field 'world_size' is 2 but the job runs on 4 ranks "
+                       r"\(row-wise table 'd' is cut into 2 blocks\)"):  # fmt: skip
+        load_sharding_plan(split_plan, ebc(four_tables), world_size=4)
+    payload = json.loads(split_plan.read_text())
+    payload["world_size"] = 3  # the blocks of a 2-rank plan
+    bad = tmp_path / "three.json"
+    bad.write_text(json.dumps(payload))
+    with pytest.raises(InputError, match=r"table 'd': row_wise over ranks \[0, 1\] .* the plan's "
+                       r"3 ranks as \[2667, 2667, 2666\] .*another world size"):  # fmt: skip
+        load_plan_spec(bad)
+
+
+def test_split_plan_for_another_model(split_plan: Path, four_tables: list[TableSpec]) -> None:
+    other = [four_tables[0], table("b", rows=250, dim=16), *four_tables[2:]]
+    with pytest.raises(InputError, match=r"table 'b' was planned with 250 rows x dim 32.*250 x 16"):
+        load_sharding_plan(split_plan, ebc(other), world_size=2)
+
+
+def test_split_placement_file_exports(four_tables: list[TableSpec], tmp_path: Path) -> None:
+    save_tables(tmp_path / "tables.json", four_tables)
+    placed = task(four_tables, [10**6] * 2, name="tables")
+    cost = PlacementCost(per_device=(StageCosts(0, 0, 0, 0),) * 2, backend="sim")
+    record = PlacementFile.of(
+        placed, Placement(SPLIT_DEVICE_OF, SPLITS), cost, placer="x", backend="sim",
+        tables_file=tmp_path / "tables.json", place_time_ms=1.0,
+    )  # fmt: skip
+    write_placement_file(tmp_path / "placement.json", record)
+    spec = plan_from_placement_file(tmp_path / "placement.json", module_path="sparse.ebc")
+    assert spec.ranks("sparse.ebc") == {"a": (0,), "b": (1, 0), "c": (1,), "d": (0, 1)}
+    assert [t.shard_sizes for t in spec.modules["sparse.ebc"]] == [(), (20, 12), (), (4000, 4000)]
+    # A row split that is not TorchRec's blocks: the file and the field are named.
+    payload = json.loads((tmp_path / "placement.json").read_text())
+    payload["splits"][1]["sizes"] = [6000, 2000]
+    (tmp_path / "bad.json").write_text(json.dumps(payload))
+    with pytest.raises(InputError) as caught:
+        plan_from_placement_file(tmp_path / "bad.json")
+    assert str(caught.value).startswith(f"{tmp_path / 'bad.json'}: splits[1]: field 'sizes': ")
+
+
+def test_split_placement_that_does_not_fit_is_rejected(four_tables: list[TableSpec]) -> None:
+    # d (128,000 bytes) whole fits neither device; its row blocks (64,000 each) fit.
+    placed = task(four_tables[2:], [100_000, 100_000])
+    with pytest.raises(InvalidPlacementError, match="device 1"):
+        plan_from_placement(placed, Placement((0, 1)))
+    spec = plan_from_placement(placed, Placement((0, 0, 1), (TableSplit(1, "row", (4000, 4000)),)))
+    assert spec.ranks("") == {"c": (0,), "d": (0, 1)}

@@ -19,9 +19,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dreamshard.data.features import FeatureNormalizer
+from dreamshard.errors import InvalidPlacementError
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.torchrec.plan import plan_from_placement, save_plan
-from dreamshard.types import Placement
+from dreamshard.types import Placement, TableSplit, row_split_sizes
 
 from .conftest import table, task
 
@@ -180,3 +181,160 @@ def test_distributed_model_parallel_runs_our_plan(tmp_path: Path) -> None:
     # A topology for another world size is refused on every rank, naming the field.
     for result in results:
         assert result["world_size_error"] == ("topology: world size 3, but the job runs on 2 ranks")
+
+
+# -- split tables: column-wise, row-wise and table-wise in one model ---------------------
+
+#: name, rows, dim. ``rw`` (9,632 bytes) fits no single device of SPLIT_MEMORY_BYTES,
+#: while all three tables (14,112 bytes) fit the two together.
+SPLIT_TABLES = [("cw", 60, 16), ("rw", 301, 8), ("tw", 40, 4)]
+SPLIT_MEMORY_BYTES = 8_000
+#: ``cw`` in column shards of 12 and 4 columns on ranks 1 and 0 (shard 0 on rank 1:
+#: TorchRec's helper alone would put shard j on rank j); ``rw`` in TorchRec's row blocks
+#: (151, 150) on ranks 0 and 1; ``tw`` whole on rank 0.
+SPLIT_DEVICE_OF = (1, 0, 0, 1, 0)
+#: Rank -> table -> (offsets, sizes) of each shard it must hold.
+SPLIT_SHARDS = {
+    0: {"cw": [[[0, 12], [60, 4]]], "rw": [[[0, 0], [151, 8]]], "tw": [[[0, 0], [40, 4]]]},
+    1: {"cw": [[[0, 0], [60, 12]]], "rw": [[[151, 0], [150, 8]]]},
+}
+
+
+class PooledModel(nn.Module):
+    """An EmbeddingBagCollection under ``sparse.ebc``; the output is its pooled embeddings."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        from torchrec.modules.embedding_configs import EmbeddingBagConfig
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+        configs = [
+            EmbeddingBagConfig(name=n, num_embeddings=r, embedding_dim=d, feature_names=[f"f_{n}"])
+            for n, r, d in SPLIT_TABLES
+        ]
+        self.sparse = nn.Module()
+        self.sparse.ebc = EmbeddingBagCollection(tables=configs, device=torch.device(device))
+
+    def forward(self, features: Any) -> Any:
+        return self.sparse.ebc(features)
+
+
+def _split_batch(rank: int) -> Any:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    generator = torch.Generator().manual_seed(200 + rank)
+    lengths, values = [], []
+    for _, rows, _ in SPLIT_TABLES:
+        bag = torch.randint(1, 4, (BATCH_PER_RANK,), generator=generator)
+        lengths.append(bag)
+        values.append(torch.randint(0, rows, (int(bag.sum()),), generator=generator))
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=[f"f_{n}" for n, _, _ in SPLIT_TABLES],
+        values=torch.cat(values),
+        lengths=torch.cat(lengths),
+    )
+
+
+def _split_worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+
+    from dreamshard.torchrec.plan import load_sharding_plan
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        torch.manual_seed(0)
+        reference = PooledModel("cpu")  # the same weights on every rank
+        model = PooledModel("meta")
+        plan = load_sharding_plan(plan_path, model, world_size=dist.get_world_size())
+        sharder = EmbeddingBagCollectionSharder(
+            fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LEARNING_RATE}
+        )
+        sharded = DistributedModelParallel(
+            model, plan=plan, device=torch.device("cpu"), sharders=[sharder]
+        )
+        # Each local shard takes its slice of the reference table.
+        prefix = "sparse.ebc.embedding_bags."
+        whole = reference.state_dict()
+        shards: dict[str, list[list[list[int]]]] = {}
+        shapes: dict[str, list[list[int]]] = {}
+        for key, value in sharded.state_dict().items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix) : -len(".weight")]
+            for shard in value.local_shards():
+                (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                with torch.no_grad():
+                    shard.tensor.copy_(whole[key][row : row + rows, col : col + cols])
+                shards.setdefault(name, []).append([[row, col], [rows, cols]])
+                shapes.setdefault(name, []).append(list(shard.tensor.shape))
+        batch = _split_batch(rank)
+        pooled = sharded(batch)
+        expected = reference(batch)
+        mine, theirs = pooled.to_dict(), expected.to_dict()
+        max_diff = {k: float((mine[k] - theirs[k]).abs().max()) for k in theirs}
+        pooled.values().sum().backward()
+        updated = {
+            key[len(prefix) : -len(".weight")]: any(
+                not torch.equal(s.tensor, whole[key][o[0] : o[0] + z[0], o[1] : o[1] + z[1]])
+                for s in value.local_shards()
+                for o, z in [(s.metadata.shard_offsets, s.metadata.shard_sizes)]
+            )
+            for key, value in sharded.state_dict().items()
+            if key.startswith(prefix) and value.local_shards()
+        }
+        result = {
+            "shards": shards,
+            "shapes": shapes,
+            "keys": sorted(mine),
+            "max_diff": max_diff,
+            "updated": updated,
+        }
+        Path(out_dir, f"split{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_model_parallel_runs_a_split_placement(tmp_path: Path) -> None:
+    placed = task(
+        [table(n, rows=r, dim=d) for n, r, d in SPLIT_TABLES], [SPLIT_MEMORY_BYTES] * WORLD_SIZE
+    )
+    rw = placed.tables[1]
+    splits = (
+        TableSplit(0, "column", (12, 4)),
+        TableSplit(1, "row", row_split_sizes(rw.rows, WORLD_SIZE)),
+    )
+    # The row-wise table fits no device whole, all tables fit both: only split is it valid.
+    assert rw.size_bytes > SPLIT_MEMORY_BYTES
+    assert sum(t.size_bytes for t in placed.tables) <= SPLIT_MEMORY_BYTES * WORLD_SIZE
+    for device in range(WORLD_SIZE):  # the same placement with rw whole, on either device
+        with pytest.raises(InvalidPlacementError, match=f"device {device} .* holds"):
+            Placement((1, 0, device, 0), splits[:1]).validate(placed)
+    placement = Placement(SPLIT_DEVICE_OF, splits)
+    placement.validate(placed)
+    plan_path = tmp_path / "plan.json"
+    save_plan(plan_path, plan_from_placement(placed, placement, module_path="sparse.ebc"))
+
+    mp.spawn(
+        _split_worker,
+        args=(_free_port(), str(plan_path), str(tmp_path)),
+        nprocs=WORLD_SIZE,
+        join=True,
+    )
+
+    for rank in range(WORLD_SIZE):
+        result = json.loads((tmp_path / f"split{rank}.json").read_text())
+        # Each rank holds exactly its planned shards, as local tensors of their size.
+        assert result["shards"] == SPLIT_SHARDS[rank]
+        assert result["shapes"] == {
+            name: [size for _, size in shards] for name, shards in SPLIT_SHARDS[rank].items()
+        }
+        # The pooled embeddings of the rank's batch are the unsharded collection's.
+        assert result["keys"] == sorted(f"f_{n}" for n, _, _ in SPLIT_TABLES)
+        assert all(diff < 1e-5 for diff in result["max_diff"].values()), result["max_diff"]
+        # Backward ran the fused SGD update on every shard the rank holds.
+        assert result["updated"] == {name: True for name in SPLIT_SHARDS[rank]}

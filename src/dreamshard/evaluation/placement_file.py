@@ -1,28 +1,40 @@
 """The placement file: one placed and measured task, written by ``dreamshard place --out``
 and read by ``dreamshard export`` (:func:`dreamshard.torchrec.plan.plan_from_placement_file`).
 
-Placement file (JSON), version 1::
+Placement file (JSON), version 2::
 
     {
-      "format": "dreamshard-placement", "version": 1,
+      "format": "dreamshard-placement", "version": 2,
       "task": "pool", "placer": "size-lookup", "backend": "fbgemm",
       "tables_file": "/data/pool.csv",            # absolute (older files: as given)
       "devices": [{"name": "dev0", "memory_bytes": 1000000000}, ...],
-      "placement": {"t0": "dev1", ...},          # table name -> device name
-      "device_of": [1, ...],                      # device index of each table, in order
+      "placement": {"t0": "dev1", "t1#c0": "dev0", "t1#c1": "dev1", ...},
+                                                  # unit (table or shard) -> device name
+      "device_of": [1, 0, 1, ...],                # device index of each unit, in order
+      "splits": [{"table": "t1", "kind": "column", "sizes": [8, 8]},
+                 {"table": "t2", "kind": "row", "sizes": [50, 50]}],
+                                                  # split tables, in table order ([]: none)
       "cost_ms": 1.23, "rel_spread": 0.01,        # measured cost (spread: null if none)
       "per_device": [{"fwd_comp_ms": ..., "fwd_comm_ms": ..., "bwd_comm_ms": ...,
                       "bwd_comp_ms": ...}, ...],
       "place_time_ms": 0.2
     }
 
-Files written before the format had a name carry no ``format`` and ``version``: they
-are read as version 0, the same fields without those two. Only ``placement`` and
-``devices`` are required (hand-written files often hold just those and
+The *units* of a placement are its tables in the table file's order, each split table
+replaced by its shards ``name#c0, name#c1, ...`` (column shards, ``sizes`` their dims in
+column order) or ``name#r0, ...`` (row shards, ``sizes`` their rows: TorchRec's row-wise
+blocks, block ``j`` on device ``j``); see :class:`dreamshard.types.Placement`.
+
+Version 1 files have no ``splits`` (every table whole), and files written before the
+format had a name carry no ``format`` and ``version``: they are read as version 0, the
+version 1 fields without those two; both read as table-wise placements. Only
+``placement`` and ``devices`` are required (hand-written files often hold just those and
 ``tables_file``); every other field is checked when present, ``device_of`` against
-``placement`` and ``devices`` (same length, indices in range, the same devices). A
-file of another format or of a newer version is refused with one line naming the file
-and the field.
+``placement`` and ``devices`` (same length, indices in range, the same devices) and
+``splits`` against ``placement`` (each split table placed as exactly its shards). What
+needs the tables (sizes covering the table, TorchRec's row blocks, table names) is
+checked by :func:`placement_of`. A file of another format or of a newer version is
+refused with one line naming the file and the field.
 """
 
 from __future__ import annotations
@@ -34,12 +46,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamshard.errors import InputError
+from dreamshard.errors import InputError, InvalidPlacementError
 from dreamshard.fileio import read_json, write_json
-from dreamshard.types import Device, Placement, PlacementCost, StageCosts, Task
+from dreamshard.types import (
+    SHARD_KINDS,
+    SHARD_NAME_SEPARATOR,
+    Device,
+    Placement,
+    PlacementCost,
+    ShardKind,
+    StageCosts,
+    TableSplit,
+    Task,
+    row_split_sizes,
+)
 
 PLACEMENT_FORMAT = "dreamshard-placement"
-PLACEMENT_VERSION = 1
+#: Version 2 added ``splits`` (column and row shards); version 1 files are table-wise.
+PLACEMENT_VERSION = 2
 #: The version of files written before the format was named (no ``format`` field).
 LEGACY_VERSION = 0
 
@@ -47,11 +71,34 @@ _STAGES = ("fwd_comp_ms", "fwd_comm_ms", "bwd_comm_ms", "bwd_comp_ms")
 
 
 @dataclass(frozen=True)
+class SplitRecord:
+    """A split table as a placement file names it (:class:`dreamshard.types.TableSplit`
+    with the table's name instead of its index).
+
+    Attributes:
+        table: Name of the split table.
+        kind: ``column`` or ``row``.
+        sizes: Dims (column shards, in column order) or rows (row shards, in row order)
+            of its shards.
+    """
+
+    table: str
+    kind: ShardKind
+    sizes: tuple[int, ...]
+
+    def shard_names(self) -> list[str]:
+        """The names of its shards, as ``placement`` keys them (``t1#c0``, ``t1#c1``)."""
+        return [
+            f"{self.table}{SHARD_NAME_SEPARATOR}{self.kind[0]}{j}" for j in range(len(self.sizes))
+        ]
+
+
+@dataclass(frozen=True)
 class PlacementFile:
     """The content of a placement file.
 
     Attributes:
-        placement: Table name -> name of the device holding it.
+        placement: Unit (table or shard) name -> name of the device holding it.
         devices: The task's devices, in rank order (device ``k`` is rank ``k``).
         task: Task name.
         placer: Name of the placer that made the placement.
@@ -59,7 +106,10 @@ class PlacementFile:
         tables_file: The table file the task was made from: an absolute path in files
             written now; older files hold it as given to ``place`` (relative to the
             folder ``place`` ran in), which ``export`` also looks for beside the file.
-        device_of: Device index of each table, in the table file's order.
+        device_of: Device index of each unit, in the table file's order (each split
+            table's shards in its place).
+        splits: The split tables, in the table file's order; empty when every table is
+            whole (and for files of versions 0 and 1).
         cost_ms: Measured cost (the slowest device's total).
         rel_spread: Relative spread of the measurement, None if the backend has none.
         per_device: Measured stage costs of each device.
@@ -75,6 +125,7 @@ class PlacementFile:
     backend: str | None = None
     tables_file: str | None = None
     device_of: tuple[int, ...] | None = None
+    splits: tuple[SplitRecord, ...] = ()
     cost_ms: float | None = None
     rel_spread: float | None = None
     per_device: tuple[StageCosts, ...] | None = None
@@ -103,6 +154,10 @@ class PlacementFile:
             # Absolute, so the file still names it when read from another folder.
             tables_file=os.path.abspath(tables_file),
             device_of=tuple(placement.device_of),
+            splits=tuple(
+                SplitRecord(task.tables[s.table].name, s.kind, tuple(s.sizes))
+                for s in placement.splits
+            ),
             cost_ms=cost.cost_ms,
             rel_spread=cost.rel_spread,
             per_device=tuple(cost.per_device),
@@ -121,6 +176,9 @@ class PlacementFile:
             "devices": [{"name": d.name, "memory_bytes": d.memory_bytes} for d in self.devices],
             "placement": dict(self.placement),
             "device_of": list(self.device_of) if self.device_of is not None else None,
+            "splits": [
+                {"table": s.table, "kind": s.kind, "sizes": list(s.sizes)} for s in self.splits
+            ],
             "cost_ms": self.cost_ms,
             "rel_spread": self.rel_spread,
             "per_device": (
@@ -170,12 +228,86 @@ def placement_file_from_json(payload: Any, where: str) -> PlacementFile:
         backend=_optional_str(payload, "backend", where),
         tables_file=_optional_str(payload, "tables_file", where),
         device_of=_device_of(payload.get("device_of"), placement, devices, where),
+        splits=_splits(payload.get("splits"), placement, where),
         cost_ms=_optional_float(payload, "cost_ms", where),
         rel_spread=_optional_float(payload, "rel_spread", where),
         per_device=_per_device(payload.get("per_device"), where),
         place_time_ms=_optional_float(payload, "place_time_ms", where),
         version=version,
     )
+
+
+def placement_of(record: PlacementFile, task: Task, where: str, tables_file: str) -> Placement:
+    """The placement a file describes, of ``task`` (made from the file's tables and
+    devices), checked: every table placed once (whole, or as exactly the shards its
+    split names), each split covering its table (column shards in multiples of 4,
+    row shards in TorchRec's blocks), row block ``j`` on device ``j``, memory respected.
+
+    Args:
+        record: The file's content.
+        task: The task of the table file and the file's devices (device ``k`` of the
+            file is device ``k`` of the task).
+        where: The file, named in errors.
+        tables_file: The table file, named in errors.
+
+    Raises:
+        InputError: one line naming the file and the field, table or shard.
+    """
+    index_of = {t.name: i for i, t in enumerate(task.tables)}
+    splits = []
+    for k, split in enumerate(record.splits):
+        if split.table not in index_of:
+            raise InputError(
+                f"{where}: splits[{k}]: field 'table': table {split.table!r} is not in "
+                f"{tables_file}"
+            )
+        table = task.tables[index_of[split.table]]
+        resolved = TableSplit(index_of[split.table], split.kind, split.sizes)
+        try:
+            resolved.check(task)
+            if split.kind == "row":
+                expected = row_split_sizes(table.rows, task.num_devices)
+                if split.sizes != expected:
+                    raise InvalidPlacementError(
+                        f"table {table.name!r}: row shards of {list(split.sizes)} rows; "
+                        f"TorchRec's row-wise sharding cuts {table.rows} rows over "
+                        f"{task.num_devices} devices as {list(expected)}"
+                    )
+        except InvalidPlacementError as err:
+            raise InputError(f"{where}: splits[{k}]: field 'sizes': {err}") from None
+        splits.append(resolved)
+    splits.sort(key=lambda s: s.table)
+    units = Placement((), tuple(splits)).units(task)
+    names = record.placement
+    known = {u.name for u in units}
+    for name in names:
+        if name in known:
+            continue
+        base, sep, _ = name.rpartition(SHARD_NAME_SEPARATOR)
+        if sep and base in index_of:
+            raise InputError(
+                f"{where}: field 'placement': {name!r} is a shard of table {base!r}, which "
+                f"field 'splits' does not split"
+            )
+        raise InputError(f"{where}: table {name!r} is placed but not in {tables_file}")
+    rank_of = {d.name: k for k, d in enumerate(task.devices)}
+    device_of = []
+    for unit in units:
+        what = "shard" if unit.shard is not None else "table"
+        if unit.name not in names:
+            raise InputError(f"{where}: {what} {unit.name!r} of {tables_file} is not placed")
+        if names[unit.name] not in rank_of:
+            raise InputError(
+                f"{where}: {what} {unit.name!r} is on device {names[unit.name]!r}, which is not "
+                f"in 'devices'"
+            )
+        device_of.append(rank_of[names[unit.name]])
+    placement = Placement(tuple(device_of), tuple(splits))
+    try:
+        placement.validate(task)
+    except InvalidPlacementError as err:
+        raise InputError(f"{where}: {err}") from None
+    return placement
 
 
 def _version(payload: Mapping[str, Any], where: str) -> int:
@@ -274,6 +406,51 @@ def _device_of(
                 f"({devices[index].name!r}) but field 'placement' puts it on {device!r}"
             )
     return tuple(value)
+
+
+def _splits(value: Any, placement: Mapping[str, str], where: str) -> tuple[SplitRecord, ...]:
+    """``splits`` checked in itself and against ``placement``: each split table must be
+    placed as exactly its shards (``t#c0 .. t#c<n-1>``, not ``t``). Whether the sizes fit
+    the table needs the table file (:func:`placement_of`)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InputError(f"{where}: field 'splits' must be a list of split tables")
+    out: list[SplitRecord] = []
+    for k, record in enumerate(value):
+        loc = f"{where}: splits[{k}]"
+        if not isinstance(record, dict) or not isinstance(record.get("table"), str):
+            raise InputError(f"{loc}: field 'table' must name a table")
+        kind = record.get("kind")
+        if kind not in SHARD_KINDS:
+            raise InputError(
+                f"{loc}: field 'kind' must be one of {', '.join(SHARD_KINDS)}, got {kind!r}"
+            )
+        sizes = record.get("sizes")
+        if (
+            not isinstance(sizes, list)
+            or len(sizes) < 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
+        ):
+            raise InputError(
+                f"{loc}: field 'sizes' must list at least 2 positive shard sizes, got {sizes!r}"
+            )
+        split = SplitRecord(record["table"], kind, tuple(sizes))
+        if any(s.table == split.table for s in out):
+            raise InputError(f"{loc}: table {split.table!r} is split twice")
+        shards = split.shard_names()
+        what = f"{loc}: table {split.table!r} is split into {len(shards)} {kind} shards"
+        if split.table in placement:
+            raise InputError(f"{what}, but field 'placement' places it whole")
+        missing = [name for name in shards if name not in placement]
+        if missing:
+            raise InputError(f"{what}, but field 'placement' does not place {missing[0]!r}")
+        prefix = split.table + SHARD_NAME_SEPARATOR
+        extra = [n for n in placement if n.startswith(prefix) and n not in shards]
+        if extra:
+            raise InputError(f"{what}, but field 'placement' also places {extra[0]!r}")
+        out.append(split)
+    return tuple(out)
 
 
 def _per_device(value: Any, where: str) -> tuple[StageCosts, ...] | None:

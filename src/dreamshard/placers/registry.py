@@ -131,6 +131,12 @@ def _torchrec(options: PlacerOptions) -> Placer:
     return TorchRecPlacer(constraints=options.constraints)
 
 
+def _torchrec_all(options: PlacerOptions) -> Placer:
+    from dreamshard.placers.torchrec import TorchRecAllPlacer
+
+    return TorchRecAllPlacer(constraints=options.constraints)
+
+
 def _rnn(options: PlacerOptions) -> Placer:
     from dreamshard.backends import make_backend
     from dreamshard.placers.rnn import RnnConfig, RnnPlacer
@@ -173,6 +179,9 @@ PLACERS: dict[str, PlacerEntry] = {
         PlacerKind.LEARNED, _dreamshard, "DreamShard model (default: the packaged one) + search"
     ),
     "torchrec": PlacerEntry(PlacerKind.EXTERNAL, _torchrec, "TorchRec's planner, table-wise"),
+    "torchrec-all": PlacerEntry(
+        PlacerKind.EXTERNAL, _torchrec_all, "TorchRec's planner, table-, column- or row-wise"
+    ),
     "rnn": PlacerEntry(
         PlacerKind.MEASURED_SEARCH, _rnn, "RNN policy trained per task on measured costs"
     ),

@@ -1,28 +1,38 @@
-"""TorchRec's own planner as a placer (placer name ``torchrec``), and the adapters that
-describe a task to TorchRec: an ``EmbeddingBagCollection`` on the meta device, a
-``Topology`` of the task's devices and per-table ``ParameterConstraints``.
+"""TorchRec's own planner as a placer (placer names ``torchrec`` and ``torchrec-all``), and
+the adapters that describe a task to TorchRec: an ``EmbeddingBagCollection`` on the meta
+device, a ``Topology`` of the task's devices and per-table ``ParameterConstraints``.
 
 :class:`TorchRecPlacer` runs TorchRec's ``EmbeddingShardingPlanner`` restricted to
 table-wise sharding and the fused kernel, under the same per-device memory, and turns its
 plan back into a placement, so every comparison includes what users would otherwise pick.
+:class:`TorchRecAllPlacer` lets the planner also split tables column-wise and row-wise
+and turns its shards back into a split placement (:func:`placement_from_torchrec_plan`).
 
 TorchRec is imported lazily, inside these classes and functions.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEVICE_TYPES
 from dreamshard.data.constraints import ConstraintSpec
 from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
-from dreamshard.types import Placement, Task
+from dreamshard.types import Placement, TableSplit, Task, row_split_sizes
 
 if TYPE_CHECKING:
     from torch import nn
 
-#: TorchRec's name of the sharding type DreamShard plans use (a whole table on one rank).
+#: TorchRec's names of the sharding types DreamShard plans use: a whole table on one rank,
+#: column shards on chosen ranks, row blocks over every rank.
 TABLE_WISE = "table_wise"
+COLUMN_WISE = "column_wise"
+ROW_WISE = "row_wise"
+SHARDING_TYPES: tuple[str, ...] = (TABLE_WISE, COLUMN_WISE, ROW_WISE)
+
+log = logging.getLogger(__name__)
 
 #: TorchRec compute kernel of every table DreamShard plans: FBGEMM's fused TBE, optimizer
 #: fused into the backward pass (TorchRec's ``EmbeddingComputeKernel.FUSED``).
@@ -89,15 +99,18 @@ def torchrec_topology(task: Task, compute_device: str = "cpu") -> Any:
     return topology
 
 
-def torchrec_constraints(task: Task, table_wise_only: bool = True) -> dict[str, Any]:
+def torchrec_constraints(
+    task: Task, table_wise_only: bool = True, sharding_types: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Per-table ``ParameterConstraints``: pooling factors, and (by default) table-wise
-    sharding with the fused kernel only."""
+    sharding with the fused kernel only; ``sharding_types`` (with the fused kernel)
+    instead where given; TorchRec's own choice of both with ``table_wise_only=False``."""
     from torchrec.distributed.planner.types import ParameterConstraints
 
-    if table_wise_only:
+    if sharding_types is not None or table_wise_only:
         return {
             t.name: ParameterConstraints(
-                sharding_types=[TABLE_WISE],
+                sharding_types=list(sharding_types or (TABLE_WISE,)),
                 compute_kernels=[FUSED_KERNEL],
                 pooling_factors=[t.pooling_factor],
             )
@@ -112,9 +125,11 @@ def torchrec_planner(
     batch_size: int = DEFAULT_BATCH_SIZE,
     table_wise_only: bool = True,
     timeout_s: int | None = None,
+    sharding_types: Sequence[str] | None = None,
 ) -> Any:
     """TorchRec's ``EmbeddingShardingPlanner`` for ``task``: the same per-device memory,
-    no reserved share of it, ``batch_size`` global samples (TorchRec's batch is per rank)."""
+    no reserved share of it, ``batch_size`` global samples (TorchRec's batch is per rank),
+    the sharding types of :func:`torchrec_constraints`."""
     from torchrec.distributed.planner import EmbeddingShardingPlanner
     from torchrec.distributed.planner.storage_reservations import (
         FixedPercentageStorageReservation,
@@ -124,7 +139,7 @@ def torchrec_planner(
     return EmbeddingShardingPlanner(
         topology=topology,
         batch_size=max(1, batch_size // task.num_devices),
-        constraints=torchrec_constraints(task, table_wise_only),
+        constraints=torchrec_constraints(task, table_wise_only, sharding_types),
         storage_reservation=FixedPercentageStorageReservation(0.0),
         debug=False,
         timeout_seconds=timeout_s,
@@ -153,6 +168,8 @@ class TorchRecPlacer:
     """
 
     name = "torchrec"
+    #: The sharding types the planner may choose.
+    sharding_types: tuple[str, ...] = (TABLE_WISE,)
 
     def __init__(
         self,
@@ -164,7 +181,7 @@ class TorchRecPlacer:
             raise InputError(f"compute device {compute_device!r}: use one of {DEVICE_TYPES}")
         if constraints is not None and not constraints.is_empty:
             raise InputError(
-                "placer 'torchrec' cannot honour constraints (TorchRec's planner has no "
+                f"placer {self.name!r} cannot honour constraints (TorchRec's planner has no "
                 "per-rank pinning; see torchrec issue #2642)"
             )
         self.compute_device = compute_device
@@ -173,22 +190,100 @@ class TorchRecPlacer:
     def place(self, task: Task) -> Placement:
         from torchrec.distributed.planner.types import PlannerError
 
-        planner = torchrec_planner(task, self.compute_device, self.batch_size)
+        planner = torchrec_planner(
+            task, self.compute_device, self.batch_size, sharding_types=self.sharding_types
+        )
         try:
             plan = planner.plan(task_module(task), sharders())
         except PlannerError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise TorchRecPlannerError(f"TorchRec's planner found no plan: {first}") from None
-        module_plan = plan.plan.get("", {})
-        device_of = []
-        for t in task.tables:
-            sharding = module_plan.get(t.name)
-            if sharding is None or sharding.sharding_type != TABLE_WISE:
+        return placement_from_torchrec_plan(task, plan.plan.get("", {}), self.sharding_types)
+
+
+class TorchRecAllPlacer(TorchRecPlacer):
+    """TorchRec's ``EmbeddingShardingPlanner`` free to shard tables table-wise,
+    column-wise or row-wise (fused kernel) as a placer: its plan becomes a split
+    placement, so comparisons include TorchRec splitting tables as it would by default
+    (without data-parallel and table-row-wise sharding, which placements cannot express).
+
+    On ``compute_device="cpu"`` TorchRec 1.8's ``EmbeddingBagCollectionSharder`` offers
+    no row-wise sharding (only on ``cuda``), and its column-wise shards are at least 128
+    columns wide (``MIN_CW_DIM``), so there only tables of dim 256 and more can be split.
+    Arguments as :class:`TorchRecPlacer`.
+    """
+
+    name = "torchrec-all"
+    sharding_types = SHARDING_TYPES
+
+
+def placement_from_torchrec_plan(
+    task: Task, module_plan: Mapping[str, Any], sharding_types: Sequence[str] = SHARDING_TYPES
+) -> Placement:
+    """The placement of ``task`` a TorchRec module plan (table name -> ``ParameterSharding``)
+    describes, checked with :meth:`Placement.validate`.
+
+    ``table_wise`` tables stay whole on their rank; ``column_wise`` ones become column
+    splits (shards in column order, each on its rank; a single shard is the whole table,
+    logged); ``row_wise`` ones row splits, which must be TorchRec's blocks
+    (:func:`dreamshard.types.row_split_sizes`) on ranks ``0, 1, ...``.
+
+    Raises:
+        InvalidPlacementError: a table with no sharding or one not in ``sharding_types``,
+            or shards a placement cannot express (a column shard whose dim is not a
+            multiple of 4, an empty row block), naming the table.
+    """
+    device_of: list[int] = []
+    splits: list[TableSplit] = []
+    for i, t in enumerate(task.tables):
+        sharding = module_plan.get(t.name)
+        if sharding is None:
+            raise InvalidPlacementError(f"TorchRec's plan gives table {t.name!r} no sharding")
+        kind = sharding.sharding_type
+        if kind not in sharding_types:
+            raise InvalidPlacementError(
+                f"TorchRec's plan gives table {t.name!r} {kind} sharding; this placer takes "
+                f"{', '.join(sharding_types)}"
+            )
+        ranks = [int(r) for r in sharding.ranks]
+        if kind == TABLE_WISE:
+            (rank,) = ranks
+            device_of.append(rank)
+            continue
+        axis = 1 if kind == COLUMN_WISE else 0
+        shards = sorted(
+            zip(sharding.sharding_spec.shards, ranks, strict=True),
+            key=lambda shard_rank: shard_rank[0].shard_offsets[axis],
+        )
+        sizes = tuple(int(shard.shard_sizes[axis]) for shard, _ in shards)
+        shard_ranks = [rank for _, rank in shards]
+        if kind == COLUMN_WISE and len(shards) == 1:
+            log.info(
+                "TorchRec's plan shards table %r column-wise in one shard: the whole table "
+                "on rank %d (table-wise)",
+                t.name,
+                shard_ranks[0],
+            )
+            device_of.append(shard_ranks[0])
+            continue
+        split = TableSplit(i, "column" if kind == COLUMN_WISE else "row", sizes)
+        try:
+            split.check(task)
+        except InvalidPlacementError as err:
+            raise InvalidPlacementError(
+                f"TorchRec's plan shards table {t.name!r} {kind} in a way a placement cannot "
+                f"express: {err}"
+            ) from None
+        if kind == ROW_WISE:
+            expected = row_split_sizes(t.rows, task.num_devices)
+            if sizes != expected or shard_ranks != list(range(task.num_devices)):
                 raise InvalidPlacementError(
-                    f"TorchRec's plan gives table {t.name!r} no table-wise sharding"
+                    f"TorchRec's plan shards table {t.name!r} row-wise in blocks of "
+                    f"{list(sizes)} rows on ranks {shard_ranks}; placements take its blocks "
+                    f"{list(expected)} on ranks 0..{task.num_devices - 1}"
                 )
-            (rank,) = sharding.ranks
-            device_of.append(int(rank))
-        placement = Placement(tuple(device_of))
-        placement.validate(task)
-        return placement
+        splits.append(split)
+        device_of.extend(shard_ranks)
+    placement = Placement(tuple(device_of), tuple(splits))
+    placement.validate(task)
+    return placement

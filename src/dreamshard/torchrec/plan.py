@@ -1,22 +1,36 @@
 """Export: a placement as a TorchRec ``ShardingPlan``, and the plan file format.
 
-A placement puts each table on one device; in TorchRec terms that is *table-wise*
-sharding with the *fused* kernel (FBGEMM's TBE with the optimizer fused into backward),
-each table on the rank of its device (device ``k`` of a task is rank ``k``). The plan is
-built with TorchRec's public helpers ``construct_module_sharding_plan`` and
-``table_wise(rank=...)``, so what ``DistributedModelParallel`` receives is exactly what
-TorchRec's own planner would hand it.
+A placement puts each table, or each shard of a split table, on one device; device ``k``
+of a task is rank ``k``. In TorchRec terms a whole table is *table-wise* sharding, a
+column split *column-wise* (shard ``j``: the ``j``-th block of columns, on the rank of
+its device) and a row split *row-wise* (TorchRec's training layout: blocks of
+``ceil(rows / world_size)`` rows over every rank, block ``j`` on rank ``j``), all with the
+*fused* kernel (FBGEMM's TBE with the optimizer fused into backward). The plan is built
+with TorchRec's public helpers ``construct_module_sharding_plan``, ``table_wise(rank=)``,
+``column_wise(ranks=, size_per_rank=)`` and ``row_wise()``, so what
+``DistributedModelParallel`` receives is what TorchRec's own planner would hand it.
 
-Plan file (JSON), written by :func:`save_plan` and ``dreamshard export``::
+Plan file (JSON), version 2, written by :func:`save_plan` and ``dreamshard export``::
 
     {
-      "format": "dreamshard-torchrec-plan", "version": 1,
-      "world_size": 4,
+      "format": "dreamshard-torchrec-plan", "version": 2,
+      "world_size": 2, "compute_kernel": "fused",
       "modules": {
-        "sparse.ebc": {"tables": [{"name": "t0", "rank": 2, "rows": 1000, "dim": 16}, ...]}
+        "sparse.ebc": {"tables": [
+          {"name": "t0", "sharding": "table_wise", "rank": 1, "rows": 100, "dim": 8},
+          {"name": "t1", "sharding": "column_wise", "ranks": [0, 1], "shard_dims": [8, 8],
+           "rows": 60, "dim": 16},
+          {"name": "t2", "sharding": "row_wise", "ranks": [0, 1], "shard_rows": [20, 20],
+           "rows": 40, "dim": 8}
+        ]}
       },
       "source": {...}                       # optional: where the placement came from
     }
+
+Column-wise shards are listed in column order (``ranks[j]`` holds ``shard_dims[j]``
+columns; a rank may hold several); row-wise tables list every rank, in order, and
+TorchRec's blocks. Version 1 files (every table ``{"name", "rank", "rows", "dim"}``, a
+top-level ``"sharding_type": "table_wise"``) still load, as table-wise plans.
 
 Module paths are the fully qualified names of the ``EmbeddingBagCollection`` modules in
 the model handed to ``DistributedModelParallel`` (``""`` when the model *is* the
@@ -28,51 +42,151 @@ plan files (and the CLI's start-up) stay light.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dreamshard.constants import DEVICE_TYPES
+from dreamshard.constants import DEVICE_TYPES, DIM_MULTIPLE
 from dreamshard.errors import InputError, InvalidPlacementError
-from dreamshard.evaluation.placement_file import read_placement_file
+from dreamshard.evaluation.placement_file import placement_of, read_placement_file
 from dreamshard.fileio import read_json, write_json
-from dreamshard.placers.torchrec import FUSED_KERNEL
-from dreamshard.types import Placement, Task
+from dreamshard.placers.torchrec import (
+    COLUMN_WISE,
+    FUSED_KERNEL,
+    ROW_WISE,
+    SHARDING_TYPES,
+    TABLE_WISE,
+)
+from dreamshard.types import Placement, Task, row_split_sizes
 
 if TYPE_CHECKING:
     from torch import nn
-    from torchrec.distributed.types import ShardingPlan
+    from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
 PLAN_FORMAT = "dreamshard-torchrec-plan"
-PLAN_VERSION = 1
+#: Version 2 records each table's sharding; version 1 files are table-wise.
+PLAN_VERSION = 2
+#: The oldest plan file version that still loads.
+OLDEST_PLAN_VERSION = 1
+
+#: The JSON field holding the shard sizes of each split sharding type.
+_SIZES_FIELD = {COLUMN_WISE: "shard_dims", ROW_WISE: "shard_rows"}
 
 
 @dataclass(frozen=True)
 class PlannedTable:
-    """One table of a plan: its rank and the shape it was planned for.
+    """One table of a plan: its sharding, its ranks and the shape it was planned for.
 
     Attributes:
         name: Table name (the ``EmbeddingBagConfig`` name).
-        rank: Rank (device index) holding the whole table.
+        rank: ``table_wise``: rank holding the whole table; a split table: the rank of
+            its first shard (``shard_ranks[0]``).
         rows: Rows the table had when planned (``num_embeddings``).
         dim: Embedding dimension it had when planned.
+        sharding: ``table_wise``, ``column_wise`` or ``row_wise`` (TorchRec's names).
+        shard_ranks: Split tables: the rank of each shard, in column or row order
+            (``row_wise``: ``0 .. world_size - 1``); empty for ``table_wise``.
+        shard_sizes: Split tables: the dim (``column_wise``) or rows (``row_wise``) of each
+            shard, in the same order; empty for ``table_wise``.
     """
 
     name: str
     rank: int
     rows: int
     dim: int
+    sharding: str = TABLE_WISE
+    shard_ranks: tuple[int, ...] = ()
+    shard_sizes: tuple[int, ...] = ()
+
+    @classmethod
+    def split(
+        cls,
+        name: str,
+        rows: int,
+        dim: int,
+        sharding: str,
+        ranks: Sequence[int],
+        sizes: Sequence[int],
+    ) -> PlannedTable:
+        """A column- or row-wise table with shard ``j`` of ``sizes[j]`` on ``ranks[j]``."""
+        return cls(
+            name=name,
+            rank=ranks[0] if ranks else 0,
+            rows=rows,
+            dim=dim,
+            sharding=sharding,
+            shard_ranks=tuple(ranks),
+            shard_sizes=tuple(sizes),
+        )
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The rank of each shard (``table_wise``: the table's one rank)."""
+        return (self.rank,) if self.sharding == TABLE_WISE else self.shard_ranks
+
+    def check(self, world_size: int) -> None:
+        """Raise InputError (``table 'x': ...``, naming the field) unless the sharding is
+        one this package plans and its shards fit ``world_size`` ranks and the table."""
+        loc = f"table {self.name!r}"
+        if self.sharding not in SHARDING_TYPES:
+            raise InputError(
+                f"{loc}: field 'sharding' is {self.sharding!r}, use one of "
+                f"{', '.join(SHARDING_TYPES)}"
+            )
+        for rank in self.ranks:
+            if not 0 <= rank < world_size:
+                raise InputError(f"{loc} is on rank {rank}, the plan has ranks 0..{world_size - 1}")
+        if self.sharding == TABLE_WISE:
+            if self.shard_ranks or self.shard_sizes:
+                raise InputError(f"{loc}: a table_wise table has no shard ranks or sizes")
+            return
+        field = _SIZES_FIELD[self.sharding]
+        if len(self.shard_ranks) != len(self.shard_sizes) or len(self.shard_sizes) < 2:
+            raise InputError(
+                f"{loc}: {self.sharding} needs at least 2 shards, as many 'ranks' "
+                f"({len(self.shard_ranks)}) as {field!r} ({len(self.shard_sizes)})"
+            )
+        if self.rank != self.shard_ranks[0]:
+            raise InputError(f"{loc}: field 'rank' must be its first shard's rank")
+        if self.sharding == COLUMN_WISE:
+            if any(size < DIM_MULTIPLE or size % DIM_MULTIPLE for size in self.shard_sizes):
+                raise InputError(
+                    f"{loc}: field {field!r} is {list(self.shard_sizes)}; every column "
+                    f"shard's dim must be a positive multiple of {DIM_MULTIPLE}"
+                )
+            if sum(self.shard_sizes) != self.dim:
+                raise InputError(
+                    f"{loc}: field {field!r} is {list(self.shard_sizes)}, summing to "
+                    f"{sum(self.shard_sizes)}, not to its dim {self.dim}"
+                )
+            return
+        try:
+            blocks = row_split_sizes(self.rows, world_size)
+        except InvalidPlacementError as err:
+            raise InputError(f"{loc}: row_wise: {err}") from None
+        if self.shard_ranks != tuple(range(world_size)) or self.shard_sizes != blocks:
+            raise InputError(
+                f"{loc}: row_wise over ranks {list(self.shard_ranks)} in blocks of "
+                f"{list(self.shard_sizes)} rows ({field!r}), but TorchRec cuts {self.rows} "
+                f"rows over the plan's {world_size} ranks as {list(blocks)} on ranks "
+                f"0..{world_size - 1} (a plan for another world size?)"
+            )
 
 
 @dataclass(frozen=True)
 class PlanSpec:
-    """A table-wise plan for one or more embedding-bag collections of one model.
+    """A plan for one or more embedding-bag collections of one model.
 
     Attributes:
         world_size: Number of ranks the plan is for.
         modules: Module path -> the tables of that collection, in model order.
         source: Free-form facts about where the plan came from (placer, task, files).
+
+    Raises:
+        InputError: a table twice in a module, or a table whose shards do not fit the
+            ranks or the table (:meth:`PlannedTable.check`).
     """
 
     world_size: int
@@ -88,15 +202,34 @@ class PlanSpec:
                 if t.name in seen:
                     raise InputError(f"plan: module {path!r}: table {t.name!r} appears twice")
                 seen.add(t.name)
-                if not 0 <= t.rank < self.world_size:
-                    raise InputError(
-                        f"plan: module {path!r}: table {t.name!r} is on rank {t.rank}, the "
-                        f"plan has ranks 0..{self.world_size - 1}"
-                    )
+                try:
+                    t.check(self.world_size)
+                except InputError as err:
+                    raise InputError(f"plan: module {path!r}: {err}") from None
 
-    def ranks(self, module_path: str) -> dict[str, int]:
-        """Table name -> rank for one module."""
-        return {t.name: t.rank for t in self.modules[module_path]}
+    def ranks(self, module_path: str) -> dict[str, tuple[int, ...]]:
+        """Table name -> the ranks of its shards (one for a table-wise table), one module."""
+        return {t.name: t.ranks for t in self.modules[module_path]}
+
+
+def planned_tables(task: Task, placement: Placement) -> tuple[PlannedTable, ...]:
+    """The planned tables of ``placement`` (a valid placement of ``task``), in table
+    order: whole tables ``table_wise`` on their device's rank, column splits
+    ``column_wise`` with their shards' ranks and dims, row splits ``row_wise``."""
+    by_table = {s.table: s for s in placement.splits}
+    out = []
+    unit = 0  # index of the table's first unit in device_of
+    for i, t in enumerate(task.tables):
+        split = by_table.get(i)
+        if split is None:
+            out.append(PlannedTable(t.name, placement.device_of[unit], t.rows, t.dim))
+            unit += 1
+            continue
+        ranks = placement.device_of[unit : unit + len(split.sizes)]
+        unit += len(split.sizes)
+        sharding = COLUMN_WISE if split.kind == "column" else ROW_WISE
+        out.append(PlannedTable.split(t.name, t.rows, t.dim, sharding, ranks, split.sizes))
+    return tuple(out)
 
 
 def plan_from_placement(
@@ -105,11 +238,11 @@ def plan_from_placement(
     module_path: str = "",
     source: Mapping[str, Any] | None = None,
 ) -> PlanSpec:
-    """The plan that puts each table of ``task`` on the rank of its device.
+    """The plan that puts each table or shard of ``task`` on the rank of its device.
 
     Args:
         task: The task the placement is for; device ``k`` becomes rank ``k``.
-        placement: A valid placement of ``task`` (checked).
+        placement: A valid placement of ``task`` (checked), table-wise or split.
         module_path: Path of the ``EmbeddingBagCollection`` in the user's model.
         source: Facts to record in the plan file.
 
@@ -117,12 +250,10 @@ def plan_from_placement(
         InvalidPlacementError: if the placement does not fit the task.
     """
     placement.validate(task)
-    tables = tuple(
-        PlannedTable(name=t.name, rank=d, rows=t.rows, dim=t.dim)
-        for t, d in zip(task.tables, placement.device_of, strict=True)
-    )
     return PlanSpec(
-        world_size=task.num_devices, modules={module_path: tables}, source=dict(source or {})
+        world_size=task.num_devices,
+        modules={module_path: planned_tables(task, placement)},
+        source=dict(source or {}),
     )
 
 
@@ -134,7 +265,7 @@ def plan_from_placement_file(
     Args:
         path: The placement file (read with
             :func:`dreamshard.evaluation.placement_file.read_placement_file`; its
-            ``placement``, ``devices`` and ``tables_file`` fields are used).
+            ``placement``, ``splits``, ``devices`` and ``tables_file`` fields are used).
         tables_path: The table file the placement was made for; default: the file the
             placement names in ``tables_file`` (as written, else relative to the
             placement file's folder).
@@ -149,32 +280,18 @@ def plan_from_placement_file(
 
     where = str(path)
     record = read_placement_file(path)
-    names = record.placement
-    devices = list(record.devices)
     if tables_path is None:
         named = record.tables_file
         if named is None:
             raise InputError(f"{where}: no field 'tables_file': pass the table file (--tables)")
         tables_path = _named_tables_file(named, Path(path), where)
     tables = load_tables(tables_path)
-    known = {t.name for t in tables}
-    for name in names:
-        if name not in known:
-            raise InputError(f"{where}: table {name!r} is placed but not in {tables_path}")
-    rank_of = {d.name: k for k, d in enumerate(devices)}
-    device_of = []
-    for t in tables:
-        if t.name not in names:
-            raise InputError(f"{where}: table {t.name!r} of {tables_path} is not placed")
-        if names[t.name] not in rank_of:
-            raise InputError(
-                f"{where}: table {t.name!r} is on device {names[t.name]!r}, which is not in "
-                f"'devices'"
-            )
-        device_of.append(rank_of[names[t.name]])
     task = make_task(
-        record.task if record.task is not None else Path(tables_path).stem, tables, devices
+        record.task if record.task is not None else Path(tables_path).stem,
+        tables,
+        list(record.devices),
     )
+    placement = placement_of(record, task, where, str(tables_path))
     source = {
         "placement_file": where,
         "tables_file": str(tables_path),
@@ -182,7 +299,7 @@ def plan_from_placement_file(
         "task": task.name,
     }
     try:
-        return plan_from_placement(task, Placement(tuple(device_of)), module_path, source)
+        return plan_from_placement(task, placement, module_path, source)
     except InvalidPlacementError as err:
         raise InputError(f"{where}: {err}") from None
 
@@ -204,16 +321,35 @@ def _named_tables_file(named: str, placement_path: Path, where: str) -> Path:
 # -- plan files -------------------------------------------------------------------------
 
 
+def _table_to_json(t: PlannedTable) -> dict[str, Any]:
+    if t.sharding == TABLE_WISE:
+        return {
+            "name": t.name,
+            "sharding": t.sharding,
+            "rank": t.rank,
+            "rows": t.rows,
+            "dim": t.dim,
+        }
+    return {
+        "name": t.name,
+        "sharding": t.sharding,
+        "ranks": list(t.shard_ranks),
+        _SIZES_FIELD[t.sharding]: list(t.shard_sizes),
+        "rows": t.rows,
+        "dim": t.dim,
+    }
+
+
 def plan_to_json(spec: PlanSpec) -> dict[str, Any]:
-    """The JSON payload of a plan file."""
+    """The JSON payload of a plan file, at the current version."""
     return {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
         "world_size": spec.world_size,
         "compute_kernel": FUSED_KERNEL,
-        "sharding_type": "table_wise",
         "modules": {
-            path: {"tables": [vars(t) for t in tables]} for path, tables in spec.modules.items()
+            path: {"tables": [_table_to_json(t) for t in tables]}
+            for path, tables in spec.modules.items()
         },
         "source": dict(spec.source),
     }
@@ -225,7 +361,7 @@ def save_plan(path: str | Path, spec: PlanSpec) -> None:
 
 
 def load_plan_spec(path: str | Path) -> PlanSpec:
-    """Read and validate a plan file written by :func:`save_plan`.
+    """Read and validate a plan file written by :func:`save_plan` (this version or 1).
 
     Raises:
         InputError: naming the file and the bad field, module or table.
@@ -234,10 +370,15 @@ def load_plan_spec(path: str | Path) -> PlanSpec:
     payload = read_json(path)
     if not isinstance(payload, dict) or payload.get("format") != PLAN_FORMAT:
         raise InputError(f"{where}: not a plan file (field 'format' must be {PLAN_FORMAT!r})")
-    if payload.get("version") != PLAN_VERSION:
+    version = payload.get("version")
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not OLDEST_PLAN_VERSION <= version <= PLAN_VERSION
+    ):
         raise InputError(
-            f"{where}: plan file version {payload.get('version')!r}, this program reads "
-            f"version {PLAN_VERSION}"
+            f"{where}: plan file version {version!r} (field 'version'), this program reads "
+            f"versions {OLDEST_PLAN_VERSION} to {PLAN_VERSION}"
         )
     world_size = _int_field(payload, "world_size", where)
     modules_raw = payload.get("modules")
@@ -253,15 +394,7 @@ def load_plan_spec(path: str | Path) -> PlanSpec:
         for i, record in enumerate(records):
             if not isinstance(record, dict) or not isinstance(record.get("name"), str):
                 raise InputError(f"{loc}: tables[{i}]: field 'name' is missing")
-            tloc = f"{loc}: table {record['name']!r}"
-            tables.append(
-                PlannedTable(
-                    name=record["name"],
-                    rank=_int_field(record, "rank", tloc, minimum=0),
-                    rows=_int_field(record, "rows", tloc),
-                    dim=_int_field(record, "dim", tloc),
-                )
-            )
+            tables.append(_table_from_json(record, version, f"{loc}: table {record['name']!r}"))
         modules[str(module_path)] = tuple(tables)
     source = payload.get("source", {})
     try:
@@ -274,12 +407,42 @@ def load_plan_spec(path: str | Path) -> PlanSpec:
         raise InputError(f"{where}: {err}") from None
 
 
+def _table_from_json(record: Mapping[str, Any], version: int, where: str) -> PlannedTable:
+    """One table of a plan file; version 1 tables are table-wise (no ``sharding``)."""
+    rows = _int_field(record, "rows", where)
+    dim = _int_field(record, "dim", where)
+    sharding = record.get("sharding") if version >= 2 else TABLE_WISE
+    if sharding == TABLE_WISE:
+        return PlannedTable(record["name"], _int_field(record, "rank", where, 0), rows, dim)
+    if sharding not in _SIZES_FIELD:
+        raise InputError(
+            f"{where}: field 'sharding' is {sharding!r}, use one of {', '.join(SHARDING_TYPES)}"
+        )
+    ranks = _int_list(record, "ranks", where, 0)
+    sizes = _int_list(record, _SIZES_FIELD[sharding], where, 1)
+    return PlannedTable.split(record["name"], rows, dim, sharding, ranks, sizes)
+
+
 def _int_field(record: Mapping[str, Any], field: str, where: str, minimum: int = 1) -> int:
     value = record.get(field)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InputError(f"{where}: field {field!r} must be an integer, got {value!r}")
     if value < minimum:
         raise InputError(f"{where}: field {field!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _int_list(record: Mapping[str, Any], field: str, where: str, minimum: int) -> list[int]:
+    value = record.get(field)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+    ):
+        raise InputError(
+            f"{where}: field {field!r} must be a non-empty list of integers >= {minimum}, "
+            f"got {value!r}"
+        )
     return value
 
 
@@ -372,8 +535,15 @@ def check_plan_fits_model(spec: PlanSpec, model: nn.Module, world_size: int | No
     the rows and dims they were planned for.
     """
     if world_size is not None and world_size != spec.world_size:
+        row_wise = [t.name for ts in spec.modules.values() for t in ts if t.sharding == ROW_WISE]
+        cut = (
+            f" (row-wise table {row_wise[0]!r} is cut into {spec.world_size} blocks)"
+            if row_wise
+            else ""
+        )
         raise InputError(
-            f"plan: field 'world_size' is {spec.world_size} but the job runs on {world_size} ranks"
+            f"plan: field 'world_size' is {spec.world_size} but the job runs on {world_size} "
+            f"ranks{cut}"
         )
     tables = model_tables(model)
     paths = {t.module_path for t in tables}
@@ -417,8 +587,9 @@ def build_sharding_plan(
 ) -> ShardingPlan:
     """The TorchRec ``ShardingPlan`` of ``spec`` for ``model`` (validated first).
 
-    Each table gets ``table_wise(rank=..., compute_kernel="fused")``, assembled per
-    collection by ``construct_module_sharding_plan``.
+    Each table gets ``table_wise(rank=)``, ``column_wise(ranks=, size_per_rank=)`` or
+    ``row_wise()``, with ``compute_kernel="fused"``, assembled per collection by
+    ``construct_module_sharding_plan``.
 
     Args:
         spec: The plan.
@@ -431,7 +602,7 @@ def build_sharding_plan(
     Raises:
         InputError: the plan does not fit the model or the world size, or a bad option.
     """
-    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan
     from torchrec.distributed.types import ShardingPlan
 
     if device_type not in DEVICE_TYPES:
@@ -447,12 +618,65 @@ def build_sharding_plan(
     for path, tables in spec.modules.items():
         plan[path] = construct_module_sharding_plan(
             collections[path],
-            {t.name: table_wise(rank=t.rank, compute_kernel=FUSED_KERNEL) for t in tables},
+            {t.name: _parameter_sharding(t) for t in tables},
             local_size=local,
             world_size=spec.world_size,
             device_type=device_type,
         )
     return ShardingPlan(plan=plan)
+
+
+def _parameter_sharding(table: PlannedTable) -> Any:
+    """TorchRec's ``ParameterShardingGenerator`` of one planned table."""
+    from torchrec.distributed.sharding_plan import column_wise, row_wise, table_wise
+
+    if table.sharding == TABLE_WISE:
+        return table_wise(rank=table.rank, compute_kernel=FUSED_KERNEL)
+    if table.sharding == ROW_WISE:
+        return row_wise(compute_kernel=FUSED_KERNEL)
+    generate = column_wise(
+        ranks=list(table.shard_ranks),
+        size_per_rank=list(table.shard_sizes),
+        compute_kernel=FUSED_KERNEL,
+    )
+
+    def generator(
+        param: Any, local_size: int, world_size: int, device_type: str, sharder: Any
+    ) -> ParameterSharding:
+        # TorchRec 1.8's column_wise puts shard j on rank j when given size_per_rank (its
+        # ranks are then unused): keep its shard sizes and offsets, and put each shard
+        # on its planned rank.
+        return _on_ranks(
+            generate(param, local_size, world_size, device_type, sharder),
+            table.shard_ranks,
+            local_size,
+            device_type,
+        )
+
+    return generator
+
+
+def _on_ranks(
+    sharding: ParameterSharding, ranks: Sequence[int], local_size: int, device_type: str
+) -> ParameterSharding:
+    """``sharding`` with shard ``j`` placed on ``ranks[j]`` (TorchRec's placement names)."""
+    from torchrec.distributed.sharding_plan import placement
+    from torchrec.distributed.types import EnumerableShardingSpec, ShardMetadata
+
+    spec = sharding.sharding_spec
+    if not isinstance(spec, EnumerableShardingSpec) or len(spec.shards) != len(ranks):
+        raise InputError(f"TorchRec's column_wise made no {len(ranks)} shards to place")
+    shards = [
+        ShardMetadata(
+            shard_offsets=list(shard.shard_offsets),
+            shard_sizes=list(shard.shard_sizes),
+            placement=placement(device_type, rank, local_size),
+        )
+        for shard, rank in zip(spec.shards, ranks, strict=True)
+    ]
+    return dataclasses.replace(
+        sharding, ranks=list(ranks), sharding_spec=EnumerableShardingSpec(shards)
+    )
 
 
 def load_sharding_plan(
