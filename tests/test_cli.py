@@ -238,9 +238,10 @@ def test_place_writes_json(tmp_path: Path, tables_csv: Path) -> None:
     assert set(payload) == {
         "format", "version",
         "task", "placer", "backend", "tables_file", "devices", "placement", "device_of",
-        "cost_ms", "rel_spread", "per_device", "place_time_ms",
+        "splits", "cost_ms", "rel_spread", "per_device", "place_time_ms",
     }  # fmt: skip
-    assert (payload["format"], payload["version"]) == ("dreamshard-placement", 1)
+    assert (payload["format"], payload["version"]) == ("dreamshard-placement", 2)
+    assert payload["splits"] == []
     assert payload["task"] == "pool"
     assert payload["placer"] == "size-lookup"
     assert payload["backend"] == "fbgemm"

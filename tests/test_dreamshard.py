@@ -82,7 +82,7 @@ def test_dead_ended_policy_falls_back_to_a_memory_packing(
     monkeypatch.setattr(propose_module, "rollout", dead_ends)
     monkeypatch.setattr(propose_module, "greedy_rollout", greedy_dead_ends)
     t = task([10**9, 10**9])
-    placer = DreamShardPlacer(model, search="none")
+    placer = DreamShardPlacer(model, search="none", sharding="table")
     assert placer.place(t) == first_fit_decreasing(t)
     assert placer.last_report is not None and placer.last_report.chosen == "memory-packing"
     # The search starts from the packing (or its own greedy) and keeps memory.
@@ -91,6 +91,6 @@ def test_dead_ended_policy_falls_back_to_a_memory_packing(
     # With constraints the packing (which ignores them) is no way out: still an error.
     pinned = parse_constraints({"pin": {"a": 1}})
     with pytest.raises(InfeasiblePlacementError):
-        DreamShardPlacer(model, constraints=pinned, search="none").place(t)
+        DreamShardPlacer(model, constraints=pinned, search="none", sharding="table").place(t)
     # The cost-guided greedy honours the pin.
     assert DreamShardPlacer(model, constraints=pinned).place(t).device_of[0] == 1

@@ -34,7 +34,7 @@ def test_kinds_of_the_registered_placers() -> None:
 
 def test_default_lists_come_from_the_kinds() -> None:
     assert BASELINE_PLACERS == ("random", "size", "dim", "lookup", "size-lookup")
-    assert (*BASELINE_PLACERS, "torchrec", "torchrec-all") == COMPARISON_PLACERS
+    assert (*BASELINE_PLACERS, "torchrec") == COMPARISON_PLACERS
     assert LEARNED_PLACER in PLACERS
 
 

@@ -177,7 +177,8 @@ def test_distributed_model_parallel_runs_our_plan(tmp_path: Path) -> None:
     collective = results[0]["collective_plan"]
     assert results[1]["collective_plan"] == collective
     assert sorted(collective["sparse.ebc"]) == sorted(n for n, _, _ in TABLES)
-    assert all(r in ([0], [1]) for r in collective["sparse.ebc"].values())
+    # (Whole tables on one rank; a table the default sharding="auto" splits on both.)
+    assert all(r and set(r) <= {0, 1} for r in collective["sparse.ebc"].values())
     # A topology for another world size is refused on every rank, naming the field.
     for result in results:
         assert result["world_size_error"] == ("topology: world size 3, but the job runs on 2 ranks")

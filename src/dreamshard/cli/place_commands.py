@@ -221,7 +221,8 @@ def export(
         ),
     ] = "",
 ) -> None:
-    """Export a placement as a TorchRec plan file (table-wise, fused kernel).
+    """Export a placement as a TorchRec plan file (fused kernel; table-, column- or row-wise
+    per table as the placement splits it).
 
     Device k of the placement becomes rank k. Load the plan in the training job with
     dreamshard.torchrec.plan.load_sharding_plan(FILE, model, world_size) and pass it to

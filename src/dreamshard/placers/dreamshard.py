@@ -35,7 +35,7 @@ import torch
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
 from dreamshard.data.tasks import first_fit_decreasing
-from dreamshard.errors import InputError
+from dreamshard.errors import InfeasiblePlacementError, InputError
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.costnet import CostNetStageModel
 from dreamshard.method.propose import Proposals, SearchSettings, propose
@@ -140,13 +140,25 @@ class DreamShardPlacer:
                 self.split,
                 self.constraints,
             )
-        plans = [base] if best == base else [base, best]
         placed = [
             self._place_units(
-                units_of(task, p), unit_constraints(task, p, self.constraints), p, start
+                units_of(task, base), unit_constraints(task, base, self.constraints), base, start
             )
-            for p in plans
         ]
+        if best != base:
+            try:
+                placed.append(
+                    self._place_units(
+                        units_of(task, best),
+                        unit_constraints(task, best, self.constraints),
+                        best,
+                        start,
+                    )
+                )
+            except InfeasiblePlacementError as err:  # the plan with fewer splits stands
+                log.info(
+                    "task %r: the plan with more splits found no placement: %s", task.name, err
+                )
         k = 0
         if len(placed) > 1 and placed[1][0] < placed[0][0] * (1 - self.split.min_gain):
             k = 1

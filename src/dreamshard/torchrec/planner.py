@@ -44,11 +44,11 @@ from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
 from dreamshard.torchrec.plan import (
     ModelTable,
-    PlannedTable,
     PlanSpec,
     build_sharding_plan,
     model_tables,
     module_paths,
+    planned_tables,
 )
 from dreamshard.types import Device, Placement, TableSpec, Task
 
@@ -419,12 +419,10 @@ class DreamShardPlanner:
         optimizer = self.optimizer or detect_fused_optimizer(model, sharders)
         task = make_task("model", specs, self.topology.devices(), optimizer)
         placement = self._placer.place(task)
+        # Planned tables come in the task's table order, which is the model's.
+        planned = planned_tables(task, placement)
         modules = {
-            path: tuple(
-                PlannedTable(t.name, d, t.rows, t.dim)
-                for t, d in zip(tables, placement.device_of, strict=True)
-                if t.module_path == path
-            )
+            path: tuple(p for t, p in zip(tables, planned, strict=True) if t.module_path == path)
             for path in module_paths(tables)
         }
         spec = PlanSpec(
@@ -438,7 +436,8 @@ class DreamShardPlanner:
     def plan(
         self, module: nn.Module, sharders: Sequence[ModuleSharder[Any]] | None = None
     ) -> ShardingPlan:
-        """A table-wise, fused-kernel ``ShardingPlan`` for every collection in ``module``.
+        """A fused-kernel ``ShardingPlan`` for every collection in ``module``: table-wise,
+        column-wise or row-wise per table as the placement splits it.
 
         Raises:
             InputError: as :meth:`place`, or a job whose world size is not the topology's.
