@@ -56,7 +56,7 @@ from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.placers.registry import PLACERS, make_placer
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.placers.torchrec import TorchRecPlacer
-from dreamshard.types import Device, Placer, Task, TableSpec
+from dreamshard.types import Device, Placer, TableSpec, Task
 from dreamshard.units import parse_memory
 
 POOL_SEED = 4242
@@ -113,6 +113,7 @@ def competitors(model: DreamShardModel) -> list[Placer]:
         TorchRecPlacer(),
         named(DreamShardPlacer(model, sharding="table"), "dreamshard-table"),
         named(DreamShardPlacer(model, sharding="auto"), "dreamshard-auto"),
+        named(DreamShardPlacer(model, sharding="auto", split_scorer="sim"), "dreamshard-auto-sim"),
     ]
     if "torchrec-all" in PLACERS:
         out.insert(2, make_placer("torchrec-all"))
@@ -133,8 +134,8 @@ def run_sim(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str
         tasks = suite_tasks(suite, count)
         placers = [
             *competitors(model),
-            named(OraclePlacer(sim, sharding="table"), "oracle-table"),
-            named(OraclePlacer(sim, sharding="auto"), "oracle-auto"),
+            named(OraclePlacer(sim, 10_000, 2, sharding="table"), "oracle-table"),
+            named(OraclePlacer(sim, 10_000, 2, sharding="auto"), "oracle-auto"),
         ]
         start = time.perf_counter()
         evaluation = evaluate(tasks, placers, sim)
@@ -144,7 +145,7 @@ def run_sim(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str
         print(f"\n{suite.name} (sim, simulated; {len(common)} of {len(tasks)} tasks)")
         for p in evaluation.placers:
             costs = [evaluation.result(p, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
-            above[p] = 100 * (geomean([c / ref[t] for c, t in zip(costs, common)]) - 1)
+            above[p] = 100 * (geomean([c / ref[t] for c, t in zip(costs, common, strict=True)]) - 1)
             split = sum(
                 1
                 for t in common
@@ -200,7 +201,9 @@ def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[st
             tasks,
             competitors(model),
             backend,
-            on_task_done=lambda d, n: print(f"  {suite.name}: measured {d}/{n}", flush=True),
+            on_task_done=lambda d, n, name=suite.name: print(
+                f"  {name}: measured {d}/{n}", flush=True
+            ),
         )
         common = evaluation.common_tasks()
         print(f"\n{suite.name} (real FBGEMM, measured; {len(common)} of {len(tasks)} tasks)")
@@ -212,6 +215,8 @@ def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[st
         comparisons = {
             "auto_vs_table": _paired(evaluation, "dreamshard-auto", "dreamshard-table"),
             "auto_vs_best_table_wise": _vs_best_table_wise(evaluation, "dreamshard-auto"),
+            "auto_sim_vs_table": _paired(evaluation, "dreamshard-auto-sim", "dreamshard-table"),
+            "auto_sim_vs_best_table_wise": _vs_best_table_wise(evaluation, "dreamshard-auto-sim"),
         }
         if "torchrec-all" in evaluation.placers:
             comparisons["torchrec_all_vs_best_table_wise"] = _vs_best_table_wise(
@@ -228,14 +233,58 @@ def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[st
         conditions = evaluation.conditions
         if conditions is not None and conditions.warnings:
             print("  LOADED MACHINE: " + "; ".join(conditions.warnings))
+        sim_error = _sim_error(evaluation, tasks)
+        for kind, e in sim_error.items():
+            print(
+                f"  simulator on {kind} placements (held out): placement MAPE "
+                f"{e['placement_mape']:.1f}% ({e['placements']}), device compute MAPE "
+                f"{e['device_compute_mape']:.1f}% ({e['devices']} device operators)"
+            )
         out[suite.name] = {
             "tasks": len(common),
             "mean_cost_ms": means,
             "paired": comparisons,
+            "sim_error": sim_error,
             "wall_s": time.perf_counter() - start,
             "evaluation": evaluation.to_json(),
         }
     return out
+
+
+def _sim_error(evaluation: Evaluation, tasks: list[Task]) -> dict[str, dict[str, Any]]:
+    """The calibrated simulator's error on the measured placements (it was fitted on
+    whole tables only, so split placements are held out): overall cost, and forward plus
+    backward computation per device operator, split and table-wise apart."""
+    sim = SimBackend()
+    by_name = {t.name: t for t in tasks}
+    errors: dict[str, dict[str, list[float]]] = {
+        "split": {"placement": [], "device": []},
+        "table-wise": {"placement": [], "device": []},
+    }
+    seen: set[tuple[str, object]] = set()
+    for r in evaluation.results:
+        if r.placement is None or r.cost is None or (r.task, r.placement) in seen:
+            continue
+        seen.add((r.task, r.placement))
+        kind = "table-wise" if r.placement.is_table_wise else "split"
+        (predicted,) = sim.measure(by_name[r.task], [r.placement])
+        errors[kind]["placement"].append(abs(predicted.cost_ms / r.cost.cost_ms - 1) * 100)
+        for p, m in zip(predicted.per_device, r.cost.per_device, strict=True):
+            measured = m.fwd_comp_ms + m.bwd_comp_ms
+            if measured > 0:
+                errors[kind]["device"].append(
+                    abs((p.fwd_comp_ms + p.bwd_comp_ms) / measured - 1) * 100
+                )
+    return {
+        kind: {
+            "placements": len(e["placement"]),
+            "placement_mape": statistics.fmean(e["placement"]),
+            "devices": len(e["device"]),
+            "device_compute_mape": statistics.fmean(e["device"]),
+        }
+        for kind, e in errors.items()
+        if e["placement"]
+    }
 
 
 def planning_time(model: DreamShardModel, repeats: int = 3) -> dict[str, Any]:

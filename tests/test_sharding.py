@@ -226,7 +226,8 @@ def test_a_dominating_table_is_split_and_the_oracle_gains() -> None:
     ]
     job = task(tables, [10**10] * 4)
     sim = SimBackend()
-    assert split_candidates(job, sim.stage_model(job), SplitSettings()) == [0]
+    load = SimBackend().cost_ms(job, OraclePlacer(sim, evaluations=0, restarts=0).place(job))
+    assert split_candidates(job, sim.stage_model(job), SplitSettings(), load) == [0]
     best, base = choose_splits(
         job, greedy_score(sim.stage_model), sim.stage_model(job), SplitSettings()
     )
@@ -238,9 +239,10 @@ def test_a_dominating_table_is_split_and_the_oracle_gains() -> None:
 
 
 def test_light_tables_stay_whole() -> None:
-    job = task([table(f"t{i}", rows=1000, dim=16, pooling=2.0) for i in range(8)], [10**9] * 4)
+    job = task([table(f"t{i}", rows=1000, dim=16, pooling=2.0) for i in range(12)], [10**9] * 4)
     sim = SimBackend()
-    assert split_candidates(job, sim.stage_model(job), SplitSettings()) == []
+    load = SimBackend().cost_ms(job, OraclePlacer(sim, evaluations=0, restarts=0).place(job))
+    assert split_candidates(job, sim.stage_model(job), SplitSettings(), load) == []
     placed = OraclePlacer(sim, evaluations=100, restarts=1, sharding="auto").place(job)
     assert placed.is_table_wise
 
@@ -249,4 +251,4 @@ def test_table_mode_never_splits() -> None:
     tables = [table("hot", rows=200_000, dim=128, pooling=400.0), table("t0"), table("t1")]
     job = task(tables, [10**10] * 4)
     sim = SimBackend()
-    assert split_candidates(job, sim.stage_model(job), SplitSettings(sharding="table")) == []
+    assert split_candidates(job, sim.stage_model(job), SplitSettings(sharding="table"), 1.0) == []

@@ -69,8 +69,8 @@ class SplitSettings:
         max_column_shards: Most column shards of one table (powers of 2 are tried).
         candidates: Heaviest tables considered for a split that is not needed to fit.
         dominance: A table is a candidate when its cost alone on a device is at least
-            this share of the mean device load (sum of every table's cost alone over
-            the devices).
+            this share of the cost of the plan with only the required splits (it then
+            nearly sets the slowest device by itself).
         beam_width: Split plans kept per round of the beam search.
         max_rounds: Rounds of the beam search (each adds one split or halving).
         min_gain: A plan with more splits than needed to fit is kept only if its
@@ -83,7 +83,7 @@ class SplitSettings:
     candidates: int = 8
     dominance: float = 0.75
     beam_width: int = 2
-    max_rounds: int = 4
+    max_rounds: int = 6
     min_gain: float = 0.02
 
     def __post_init__(self) -> None:
@@ -250,20 +250,24 @@ def alone_costs(model: StageCostModel) -> np.ndarray:
 
 
 def split_candidates(
-    task: Task, model: StageCostModel, settings: SplitSettings, protected: Iterable[int] = ()
+    task: Task,
+    model: StageCostModel,
+    settings: SplitSettings,
+    load_ms: float,
+    protected: Iterable[int] = (),
 ) -> list[int]:
-    """The heaviest tables whose cost alone dominates the mean device load (at least
-    ``settings.dominance`` of it), heaviest first, at most ``settings.candidates``."""
+    """The heaviest tables whose cost alone is at least ``settings.dominance`` of
+    ``load_ms`` (the cost of the plan so far: such a table nearly sets the slowest
+    device by itself), heaviest first, at most ``settings.candidates``."""
     if settings.sharding == "table" or task.num_devices < 2:
         return []
     alone = alone_costs(model)
-    mean_load = float(alone.sum()) / task.num_devices
     protected = set(protected)
     order = np.argsort(-alone, kind="stable")
     out = [
         int(i)
         for i in order
-        if int(i) not in protected and alone[i] >= settings.dominance * mean_load
+        if int(i) not in protected and alone[i] >= settings.dominance * load_ms
     ]
     return out[: settings.candidates]
 
@@ -292,7 +296,8 @@ def choose_splits(
     user: ConstraintSpec | None = None,
 ) -> tuple[dict[int, TableSplit], dict[int, TableSplit]]:
     """The split plan with the lowest score: a beam search from the required splits over
-    one more split or halving of a candidate table per round.
+    one more split or halving of a candidate table per round, for ``max_rounds`` rounds
+    (plateaus included) or until no plan grows.
 
     Args:
         task: The task (whole tables).
@@ -310,13 +315,16 @@ def choose_splits(
     """
     protected = protected_tables(task, user)
     base = required_splits(task, settings, protected)
-    candidates = [i for i in split_candidates(task, model, settings, protected) if i not in base]
 
     def scored(splits: dict[int, TableSplit]) -> float | None:
         units = units_of(task, splits)
         return score(units, unit_constraints(task, splits, user))
 
     best, best_score = base, scored(base)
+    load = best_score if best_score is not None else float(alone_costs(model).max())
+    candidates = [
+        i for i in split_candidates(task, model, settings, load, protected) if i not in base
+    ]
     beam: list[tuple[float | None, dict[int, TableSplit]]] = [(best_score, base)]
     seen = {_key(base)}
     for _ in range(settings.max_rounds if candidates else 0):
@@ -335,9 +343,10 @@ def choose_splits(
             break
         grown.sort(key=lambda vp: vp[0])
         top_score, top = grown[0]
-        if best_score is not None and top_score >= best_score * (1 - 1e-6):
-            break
-        best_score, best = top_score, top
+        if best_score is None or top_score < best_score * (1 - 1e-6):
+            best_score, best = top_score, top
+        # Plateaus continue: with several heavy tables, splitting one leaves the others
+        # setting the maximum, and only splitting them all lowers it.
         beam = [(v, p) for v, p in grown[: settings.beam_width]]
     return best, base
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from dreamshard.backends.sim.model import SimBackend
+from dreamshard.backends.sim.profile import DEFAULT_PROFILE_NAME, load_profile
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.constraints import ConstraintSpec, ConstraintTracker, constraints_for
 from dreamshard.data.tasks import first_fit_decreasing
@@ -49,9 +51,12 @@ from dreamshard.method.split import (
     units_of,
 )
 from dreamshard.runtime import one_thread
-from dreamshard.types import CostBackend, Placement, TableSplit, Task
+from dreamshard.types import CostBackend, Placement, StageCostModel, TableSplit, Task
 
 log = logging.getLogger(__name__)
+
+#: What may decide a placement's splits (``DreamShardPlacer(split_scorer=...)``).
+SPLIT_SCORERS: tuple[str, ...] = ("costnet", "sim")
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ class DreamShardPlacer:
         refine: Candidates to measure on ``backend`` (0: the cost network decides).
         backend: Where ``refine`` measures.
         sharding: ``table``, ``column``, ``row`` or ``auto`` (:class:`SplitSettings`).
+        split_scorer: What decides the splits (and which plan is kept): ``costnet`` (the
+            cost network, default) or ``sim`` (the calibrated simulator of ``profile``;
+            the cost network still places the shards).
+        profile: Hardware profile of the ``sim`` split scorer (None: the default one).
     """
 
     name = "dreamshard"
@@ -112,8 +121,20 @@ class DreamShardPlacer:
         refine: int = 0,
         backend: CostBackend | None = None,
         sharding: str = "auto",
+        split_scorer: str = "costnet",
+        profile: str | None = None,
     ) -> None:
         self.split = SplitSettings(sharding=sharding)
+        if split_scorer not in SPLIT_SCORERS:
+            raise InputError(
+                f"unknown split scorer {split_scorer!r} (use {', '.join(SPLIT_SCORERS)})"
+            )
+        self.split_scorer = split_scorer
+        self._sim = (
+            SimBackend(load_profile(profile or DEFAULT_PROFILE_NAME))
+            if split_scorer == "sim"
+            else None
+        )
         self.settings = SearchSettings(
             search=search, samples=samples, seed=seed, time_budget_ms=time_budget_ms
         )
@@ -135,8 +156,8 @@ class DreamShardPlacer:
         with one_thread():
             best, base = choose_splits(
                 task,
-                greedy_score(self._stage_model),
-                self._stage_model(task),
+                greedy_score(self._split_model),
+                self._split_model(task),
                 self.split,
                 self.constraints,
             )
@@ -159,6 +180,8 @@ class DreamShardPlacer:
                 log.info(
                     "task %r: the plan with more splits found no placement: %s", task.name, err
                 )
+        if self._sim is not None:  # the simulator decides which plan is kept
+            placed = [(self._sim.cost_ms(task, p), p, r) for _, p, r in placed]
         k = 0
         if len(placed) > 1 and placed[1][0] < placed[0][0] * (1 - self.split.min_gain):
             k = 1
@@ -166,6 +189,12 @@ class DreamShardPlacer:
         if k == 1:
             self.last_report = replace(report, base_cost_ms=placed[0][0])
         return placed[k][1]
+
+    def _split_model(self, task: Task) -> StageCostModel:
+        """What scores split plans: the cost network, or the simulator."""
+        if self._sim is not None:
+            return self._sim.stage_model(task)
+        return self._stage_model(task)
 
     def _stage_model(self, task: Task) -> CostNetStageModel:
         """The cost network's stage model of ``task``'s tables (memory not checked)."""
