@@ -556,3 +556,29 @@ def test_os_errors_are_one_line(tables_csv: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("dreamshard.cli.place_commands.load_tables", failing)
     result = run("place", "--tables", tables_csv, "--devices", 2, "--memory", "1GB", *SIM)
     assert assert_one_line_error(result) == f"error: {tables_csv}: Input/output error"
+
+
+# -- split tables ------------------------------------------------------------------------
+
+
+def test_place_splits_a_table_no_device_holds_and_exports_it(
+    tables_csv: Path, tmp_path: Path
+) -> None:
+    # t2 (128,000 bytes) fits no 100 KB device; row blocks of 64,000 do.
+    out, plan = tmp_path / "placement.json", tmp_path / "plan.json"
+    args = ["place", "--tables", tables_csv, "--devices", "2", "--memory", "100KB"]
+    result = run(*args, "--placer", "dreamshard", "--backend", "sim", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "t2#r0" in result.stdout and "t2 (4,000 rows) row-wise: 2 blocks" in result.stdout
+    payload = json.loads(out.read_text())
+    assert {"table": "t2", "kind": "row", "sizes": [2000, 2000]} in payload["splits"]
+    exported = run("export", "--placement", out, "--out", plan)
+    assert exported.exit_code == 0, exported.output
+    tables = json.loads(plan.read_text())["modules"][""]["tables"]
+    (t2,) = [t for t in tables if t["name"] == "t2"]
+    assert (t2["sharding"], t2["ranks"], t2["shard_rows"]) == ("row_wise", [0, 1], [2000, 2000])
+    # Whole tables only: the table is named with what it needs and how to allow splits.
+    whole = run(*args, "--placer", "dreamshard", "--backend", "sim", "--sharding", "table")
+    assert_one_line_error(whole, "table 't2' needs 128,000 bytes", "--sharding auto")
+    bad = run(*args, "--placer", "dreamshard", "--backend", "sim", "--sharding", "diagonal")
+    assert_one_line_error(bad, "unknown sharding 'diagonal'")
