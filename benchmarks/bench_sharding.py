@@ -81,11 +81,11 @@ SUITES = (
 )
 
 
-def pool(heavy: bool, max_rows: int | None = None) -> list[TableSpec]:
+def pool(heavy: bool, size: int = 856) -> list[TableSpec]:
     if heavy:
-        base = generate_table_pool(856, seed=POOL_SEED, dims=(16, 32, 64, 128), max_rows=max_rows)
+        base = generate_table_pool(size, seed=POOL_SEED, dims=(16, 32, 64, 128))
         return with_heavy_tables(base, HEAVY_SHARE, HEAVY_SEED)
-    return generate_table_pool(856, seed=POOL_SEED, dim=16, max_rows=max_rows)
+    return generate_table_pool(size, seed=POOL_SEED, dim=16)
 
 
 def suite_tasks(suite: Suite, count: int) -> list[Task]:
@@ -298,7 +298,7 @@ def planning_time(model: DreamShardModel, repeats: int = 3) -> dict[str, Any]:
         memory_bytes=parse_memory("64GB", "memory"),
         seed=SUITE_SEED,
     )
-    task = next(iter(generate_suite(pool(True), config).split("test")))
+    task = next(iter(generate_suite(pool(True, 2400), config).split("test")))
     out: dict[str, Any] = {}
     for sharding in ("table", "auto"):
         placer = DreamShardPlacer(model, sharding=sharding)
@@ -350,16 +350,23 @@ def main() -> None:
     chosen = [s for s in SUITES if s.name in args.suites.split(",")]
     model = DreamShardModel.load(packaged_model_dir("cpu-zen4"))
     results: dict[str, Any] = {"command": "benchmarks/bench_sharding.py", "args": vars(args)}
+
+    def save() -> None:  # after every part, so a late failure loses nothing before it
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
     results["big_table"] = big_table_check(model)
-    if args.sim:
-        results["sim"] = run_sim(model, chosen, args.tasks)
-    if args.real:
-        results["real"] = run_real(model, chosen, args.tasks)
     if not args.no_timing:
         results["planning"] = planning_time(model)
+        save()
+    if args.sim:
+        results["sim"] = run_sim(model, chosen, args.tasks)
+        save()
+    if args.real:
+        results["real"] = run_real(model, chosen, args.tasks)
+        save()
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {args.out}")
 
 

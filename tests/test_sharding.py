@@ -16,7 +16,6 @@ from dreamshard.method.split import (
     SplitSettings,
     UnsplittableTableError,
     choose_splits,
-    greedy_score,
     required_splits,
     split_candidates,
     unit_constraints,
@@ -193,15 +192,12 @@ def test_a_table_that_fits_no_split_is_named_with_what_it_needs() -> None:
 def test_tables_named_in_constraints_are_never_split() -> None:
     job = task([table("big", rows=1000, dim=16), table("b", rows=10)], [40_000, 40_000])
     spec = ConstraintSpec(pins=(("big", 0),))
-    best, _ = choose_splits(
-        job, greedy_score(SimBackend().stage_model), SimBackend().stage_model(job), SplitSettings()
-    )
+    best, _ = choose_splits(job, SimBackend().stage_model, SplitSettings())
     assert 0 in best
     with pytest.raises(UnsplittableTableError, match="never split"):
         choose_splits(
             job,
-            greedy_score(SimBackend().stage_model),
-            SimBackend().stage_model(job),
+            SimBackend().stage_model,
             SplitSettings(),
             spec,
         )
@@ -228,9 +224,7 @@ def test_a_dominating_table_is_split_and_the_oracle_gains() -> None:
     sim = SimBackend()
     load = SimBackend().cost_ms(job, OraclePlacer(sim, evaluations=0, restarts=0).place(job))
     assert split_candidates(job, sim.stage_model(job), SplitSettings(), load) == [0]
-    best, base = choose_splits(
-        job, greedy_score(sim.stage_model), sim.stage_model(job), SplitSettings()
-    )
+    best, base = choose_splits(job, sim.stage_model, SplitSettings())
     assert base == {} and set(best) == {0}
     whole = OraclePlacer(sim, evaluations=200, restarts=1, sharding="table").place(job)
     split = OraclePlacer(sim, evaluations=200, restarts=1, sharding="auto").place(job)

@@ -24,6 +24,7 @@ user's constraints name are never split.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from dreamshard.types import (
     SHARDING_MODES,
     Placement,
     StageCostModel,
+    TableSpec,
     TableSplit,
     Task,
     column_split_sizes,
@@ -237,9 +239,101 @@ def required_splits(
     return out
 
 
-#: What scores a split plan: the units task and their constraints -> predicted cost (ms),
-#: or None where the units find no placement.
-SplitScore = Callable[[Task, ConstraintSpec], float | None]
+#: A stage cost model of any task (the cost network's or the simulator's): what scores
+#: split plans.
+ModelFor = Callable[[Task], StageCostModel]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A split plan with the units' task, their greedy placement and its cost (None
+    where the greedy found no placement)."""
+
+    splits: dict[int, TableSplit]
+    units: Task
+    placement: Placement | None
+    cost: float | None
+
+
+def _evaluate(
+    task: Task,
+    splits: dict[int, TableSplit],
+    model_for: ModelFor,
+    user: ConstraintSpec | None,
+    parent: _Plan | None = None,
+    changed: int | None = None,
+) -> _Plan:
+    """Score a split plan by the cost-guided greedy placement of its units. From a
+    parent plan only the shards of the ``changed`` table are placed (the other units keep
+    the parent's devices; :func:`_insert_shards`), so a child costs O(shards x devices),
+    not a whole greedy; without a parent, or if that finds no room, the whole greedy
+    runs."""
+    units = units_of(task, splits)
+    model = model_for(units)
+    placement = None
+    if parent is not None and parent.placement is not None and changed is not None:
+        placement = _insert_shards(units, model, parent, task.tables[changed])
+    if placement is None:
+        constraints = constraints_for(unit_constraints(task, splits, user), units)
+        placement = greedy_placement(units, model, None, constraints)
+    cost = None if placement is None else placement_cost(model, units, placement.device_of)
+    return _Plan(splits, units, placement, cost)
+
+
+def _insert_shards(
+    units: Task, model: StageCostModel, parent: _Plan, table: TableSpec
+) -> Placement | None:
+    """The parent's placement with ``table``'s units replaced by its new shards: row
+    block j on device j, each column shard (largest cost alone first) onto the device
+    with room and none of its siblings that minimises the cost of the placement so far
+    (ties: the more balanced). None where a shard finds no such device."""
+    assert parent.placement is not None
+    where = {
+        u.name: d for u, d in zip(parent.units.tables, parent.placement.device_of, strict=True)
+    }
+    device_of = np.array(
+        [-1 if u.whole is table else where[u.name] for u in units.tables], dtype=np.int64
+    )
+    num_devices = units.num_devices
+    vectors = model.table_vectors
+    memory = np.array([units.table_memory_bytes(u) for u in units.tables], dtype=np.float64)
+    capacity = np.array([d.memory_bytes for d in units.devices], dtype=np.float64)
+    placed = device_of >= 0
+    used = np.bincount(device_of[placed], memory[placed], minlength=num_devices)
+    sums = np.zeros((num_devices, vectors.shape[1]))
+    np.add.at(sums, device_of[placed], vectors[placed])
+    counts = np.bincount(device_of[placed], minlength=num_devices).astype(np.float64)
+    new = np.flatnonzero(~placed)
+    alone = model.stage_costs(vectors[new], np.ones(len(new))).sum(axis=-1)
+    for i in new[np.argsort(-alone, kind="stable")]:
+        shard = units.tables[i].shard
+        legal = used + memory[i] <= capacity
+        if shard is not None and shard.kind == "row":  # its device is fixed
+            d = shard.index
+            if not legal[d]:
+                return None
+        else:
+            legal[device_of[[k for k in new if device_of[k] >= 0]]] = False  # siblings apart
+            options = np.flatnonzero(legal)
+            if len(options) == 0:
+                return None
+            costs = model.stage_costs(sums, counts)  # [D, S]
+            new_costs = model.stage_costs(sums[options] + vectors[i], counts[options] + 1)
+            # Per stage, the largest cost of the devices other than each option.
+            order = np.argsort(-costs, axis=0, kind="stable")
+            stages = np.arange(costs.shape[1])
+            top = costs[order[0], stages]
+            second = costs[order[1], stages] if num_devices > 1 else np.full_like(top, -np.inf)
+            others = np.where(options[:, None] == order[0][None, :], second[None, :], top[None, :])
+            partial = np.maximum(others, new_costs).sum(axis=-1)
+            growth = (new_costs**2).sum(-1) - (costs[options] ** 2).sum(-1)
+            near = np.flatnonzero(partial <= partial.min() + 1e-9 * abs(float(partial.min())))
+            d = int(options[near[np.argmin(growth[near])]])
+        device_of[i] = d
+        used[d] += memory[i]
+        sums[d] += vectors[i]
+        counts[d] += 1
+    return Placement(tuple(int(d) for d in device_of))
 
 
 def alone_costs(model: StageCostModel) -> np.ndarray:
@@ -290,19 +384,19 @@ def _next_splits(
 
 def choose_splits(
     task: Task,
-    score: SplitScore,
-    model: StageCostModel,
+    model_for: ModelFor,
     settings: SplitSettings,
     user: ConstraintSpec | None = None,
 ) -> tuple[dict[int, TableSplit], dict[int, TableSplit]]:
     """The split plan with the lowest score: a beam search from the required splits over
     one more split or halving of a candidate table per round, for ``max_rounds`` rounds
-    (plateaus included) or until no plan grows.
+    (plateaus included) or until no plan grows. A plan's score is the cost, on
+    ``model_for(units)``, of the cost-guided greedy placement of its units (a child
+    re-places only the table it splits; :func:`_evaluate`).
 
     Args:
         task: The task (whole tables).
-        score: Scores a plan's units (the cost-guided greedy on the caller's model).
-        model: Stage cost model of ``task``'s whole tables (picks the candidates).
+        model_for: The stage cost model of a task (the cost network's or the simulator's).
         settings: Split mode and effort.
         user: The user's constraints (their tables stay whole).
 
@@ -314,41 +408,38 @@ def choose_splits(
         UnsplittableTableError: From :func:`required_splits`.
     """
     protected = protected_tables(task, user)
-    base = required_splits(task, settings, protected)
-
-    def scored(splits: dict[int, TableSplit]) -> float | None:
-        units = units_of(task, splits)
-        return score(units, unit_constraints(task, splits, user))
-
-    best, best_score = base, scored(base)
-    load = best_score if best_score is not None else float(alone_costs(model).max())
+    base = _evaluate(task, required_splits(task, settings, protected), model_for, user)
+    model = model_for(task)  # the whole tables' costs alone pick the candidates
+    load = base.cost if base.cost is not None else float(alone_costs(model).max())
     candidates = [
-        i for i in split_candidates(task, model, settings, load, protected) if i not in base
+        i for i in split_candidates(task, model, settings, load, protected) if i not in base.splits
     ]
-    beam: list[tuple[float | None, dict[int, TableSplit]]] = [(best_score, base)]
-    seen = {_key(base)}
+    best = base
+    beam = [base]
+    seen = {_key(base.splits)}
     for _ in range(settings.max_rounds if candidates else 0):
-        grown: list[tuple[float, dict[int, TableSplit]]] = []
-        for _, plan in beam:
+        grown: list[_Plan] = []
+        for plan in beam:
             for i in candidates:
-                for nxt in _next_splits(task, plan.get(i), i, settings):
-                    child = {**plan, i: nxt}
+                for nxt in _next_splits(task, plan.splits.get(i), i, settings):
+                    child = {**plan.splits, i: nxt}
                     if _key(child) in seen:
                         continue
                     seen.add(_key(child))
-                    value = scored(child)
-                    if value is not None:
-                        grown.append((value, child))
+                    scored = _evaluate(task, child, model_for, user, plan, i)
+                    if scored.cost is not None:
+                        grown.append(scored)
         if not grown:
             break
-        grown.sort(key=lambda vp: vp[0])
-        top_score, top = grown[0]
-        if best_score is None or top_score < best_score * (1 - 1e-6):
-            best_score, best = top_score, top
+        grown.sort(key=lambda p: p.cost if p.cost is not None else math.inf)
+        top = grown[0]
+        assert top.cost is not None
+        if best.cost is None or top.cost < best.cost * (1 - 1e-6):
+            best = top
         # Plateaus continue: with several heavy tables, splitting one leaves the others
         # setting the maximum, and only splitting them all lowers it.
-        beam = [(v, p) for v, p in grown[: settings.beam_width]]
-    return best, base
+        beam = grown[: settings.beam_width]
+    return best.splits, base.splits
 
 
 def _key(splits: Splits) -> tuple[tuple[int, str, tuple[int, ...]], ...]:
@@ -363,17 +454,3 @@ def ordered(splits: Splits) -> tuple[TableSplit, ...]:
 def split_placement(splits: Splits, units_placement: Placement) -> Placement:
     """A placement of the whole task from a table-wise placement of its units."""
     return Placement(units_placement.device_of, ordered(splits))
-
-
-def greedy_score(model_for: Callable[[Task], StageCostModel]) -> SplitScore:
-    """A :data:`SplitScore`: the cost, on ``model_for(units)``, of the cost-guided greedy
-    placement of the units (largest alone first) under their constraints."""
-
-    def score(units: Task, spec: ConstraintSpec) -> float | None:
-        model = model_for(units)
-        placement = greedy_placement(units, model, None, constraints_for(spec, units))
-        if placement is None:
-            return None
-        return placement_cost(model, units, placement.device_of)
-
-    return score

@@ -44,7 +44,6 @@ from dreamshard.method.propose import Proposals, SearchSettings, propose
 from dreamshard.method.split import (
     SplitSettings,
     choose_splits,
-    greedy_score,
     required_splits,
     split_placement,
     unit_constraints,
@@ -156,8 +155,7 @@ class DreamShardPlacer:
         with one_thread():
             best, base = choose_splits(
                 task,
-                greedy_score(self._split_model),
-                self._split_model(task),
+                self._split_model,
                 self.split,
                 self.constraints,
             )

@@ -27,7 +27,6 @@ from dreamshard.method.search import anneal, greedy_placement, local_search
 from dreamshard.method.split import (
     SplitSettings,
     choose_splits,
-    greedy_score,
     split_placement,
     unit_constraints,
     units_of,
@@ -85,8 +84,7 @@ class OraclePlacer:
             return self._place_units(task, self.constraints)[1]
         best, base = choose_splits(
             task,
-            greedy_score(self.backend.stage_model),
-            self.backend.stage_model(task),
+            self.backend.stage_model,
             self.split,
             self.constraints,
         )
