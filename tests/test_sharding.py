@@ -246,3 +246,16 @@ def test_table_mode_never_splits() -> None:
     job = task(tables, [10**10] * 4)
     sim = SimBackend()
     assert split_candidates(job, sim.stage_model(job), SplitSettings(sharding="table"), 1.0) == []
+
+
+def test_the_cost_network_rates_a_split_placement_as_its_units(four_tables: list) -> None:
+    from dreamshard.data.features import FeatureNormalizer
+    from dreamshard.method.checkpoint import DreamShardModel
+
+    model = DreamShardModel(normalizer=FeatureNormalizer.fit(four_tables))
+    job = task(four_tables, [10**9] * 2)
+    split = Placement((0, 1, 0, 1, 0), (TableSplit(0, "row", (500, 500)),))
+    units, flat = split.resolve(job)
+    np.testing.assert_allclose(
+        model.predict_cost_ms([job], [split]), model.predict_cost_ms([units], [flat])
+    )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dreamshard.constants import DEFAULT_BATCH_SIZE
+from dreamshard.errors import InvalidPlacementError
 from dreamshard.evaluation.evaluate import Evaluation
 from dreamshard.placers.torchrec import (
     sharders,
@@ -64,6 +65,11 @@ def torchrec_estimate(
     )
 
     placement.validate(task)
+    if not placement.is_table_wise:
+        raise InvalidPlacementError(
+            f"task {task.name!r}: TorchRec's estimate here rates table-wise placements; "
+            f"this one splits {len(placement.splits)} tables"
+        )
     topology = torchrec_topology(task, compute_device)
     constraints = torchrec_constraints(task)
     enumerator = EmbeddingEnumerator(

@@ -101,12 +101,16 @@ class DreamShardModel:
         """The cost network's estimate of each placement's overall cost, in ms.
 
         ``tasks[i]`` is the task ``placements[i]`` places; all go through one forward
-        pass (no gradients, one thread).
+        pass (no gradients, one thread). A split placement is rated as the table-wise
+        placement of its units (``Placement.resolve``).
         """
         if len(tasks) != len(placements):
             raise ValueError(f"{len(tasks)} tasks for {len(placements)} placements")
         if not placements:
             return np.zeros(0)
+        resolved = [p.resolve(t) for t, p in zip(tasks, placements, strict=True)]
+        tasks = [t for t, _ in resolved]
+        placements = [p for _, p in resolved]
         features: dict[int, np.ndarray] = {}
         for task in tasks:
             if id(task) not in features:
