@@ -24,6 +24,7 @@ user's constraints name are never split.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -110,10 +111,20 @@ class SplitSettings:
 
 def units_of(task: Task, splits: Splits) -> Task:
     """The task whose tables are ``task``'s units under ``splits`` (split tables
-    replaced by their shards)."""
-    ordered = tuple(splits[i] for i in sorted(splits))
-    units, _ = Placement(device_of=(), splits=ordered).resolve(task)
-    return units
+    replaced by their shards, as ``Placement.units`` orders them)."""
+    tables: list[TableSpec] = []
+    for i, table in enumerate(task.tables):
+        split = splits.get(i)
+        tables.extend(_shards(split, table) if split is not None else (table,))
+    return Task(
+        name=task.name, tables=tuple(tables), devices=task.devices, optimizer=task.optimizer
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _shards(split: TableSplit, table: TableSpec) -> tuple[TableSpec, ...]:
+    # The beam search builds the same shards for many plans.
+    return split.shards(table)
 
 
 def unit_constraints(task: Task, splits: Splits, user: ConstraintSpec | None) -> ConstraintSpec:

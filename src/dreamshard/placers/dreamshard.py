@@ -146,9 +146,12 @@ class DreamShardPlacer:
         self.refine = refine
         self.backend = backend
         self.last_report: PlacementReport | None = None
+        #: Normalised features by (name, rows, dim), for the current :meth:`place` only.
+        self._features: dict[tuple[str, int, int], np.ndarray] = {}
 
     def place(self, task: Task) -> Placement:
         start = time.perf_counter()
+        self._features.clear()
         if self.split.sharding == "table":
             required_splits(task, self.split)  # a table too large for any device: one line
             return self._place_units(task, self.constraints, {}, start)[1]
@@ -195,8 +198,19 @@ class DreamShardPlacer:
         return self._stage_model(task)
 
     def _stage_model(self, task: Task) -> CostNetStageModel:
-        """The cost network's stage model of ``task``'s tables (memory not checked)."""
-        features = torch.from_numpy(self.model.normalizer.transform(task.tables))
+        """The cost network's stage model of ``task``'s tables (memory not checked).
+
+        A table's normalised features depend on it alone; within one :meth:`place` they
+        are kept by (name, rows, dim), which tell the task's tables and shards apart, as
+        the split search scores many plans that share most of their units."""
+        key = [(t.name, t.rows, t.dim) for t in task.tables]
+        missing = [t for t, k in zip(task.tables, key, strict=True) if k not in self._features]
+        if missing:
+            rows = self.model.normalizer.transform(missing)
+            self._features.update(
+                ((t.name, t.rows, t.dim), row) for t, row in zip(missing, rows, strict=True)
+            )
+        features = torch.from_numpy(np.stack([self._features[k] for k in key]))
         return CostNetStageModel(self.model.costnet, features, task.num_devices)
 
     def _place_units(
