@@ -582,3 +582,5 @@ def test_place_splits_a_table_no_device_holds_and_exports_it(
     assert_one_line_error(whole, "table 't2' needs 128,000 bytes", "--sharding auto")
     bad = run(*args, "--placer", "dreamshard", "--backend", "sim", "--sharding", "diagonal")
     assert_one_line_error(bad, "unknown sharding 'diagonal'")
+    rule = run(*args, "--placer", "size-lookup", "--backend", "sim", "--sharding", "row")
+    assert_one_line_error(rule, "placer 'size-lookup' places whole tables", "torchrec-all")

@@ -38,7 +38,7 @@ from dreamshard.data.tasks import load_suite, make_task
 from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
 from dreamshard.fileio import write_json
-from dreamshard.placers.registry import COMPARISON_PLACERS, LEARNED_PLACER
+from dreamshard.placers.registry import COMPARISON_PLACERS, LEARNED_PLACER, SPLITTING_PLACERS
 
 
 @backend_options(windows=8, calls=8)
@@ -72,6 +72,12 @@ def place(
     from dreamshard.workflows.experiment import place_and_measure
 
     check_out(out, tables, topology, constraints)
+    if sharding in ("column", "row") and placer not in SPLITTING_PLACERS:
+        raise InputError(
+            f"--sharding {sharding}: placer {placer!r} places whole tables (splits: "
+            f"{', '.join(SPLITTING_PLACERS)}; TorchRec's planner with every sharding type: "
+            "torchrec-all)"
+        )
     task = make_task(tables.stem, load_tables(tables), task_devices(devices, memory, topology))
     spec = read_constraints(constraints) if constraints is not None else None
     if spec is not None:

@@ -192,6 +192,9 @@ PLACERS: dict[str, PlacerEntry] = {
     ),
 }
 
+#: The placers that honour ``PlacerOptions.sharding`` (the others place whole tables).
+SPLITTING_PLACERS: tuple[str, ...] = ("dreamshard", "oracle")
+
 #: The name of DreamShard itself (variants are named ``dreamshard@<family>``).
 LEARNED_PLACER = "dreamshard"
 
