@@ -25,6 +25,7 @@ from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.types import (
     Placement,
     TableSplit,
+    Task,
     column_split_sizes,
     row_split_sizes,
 )
@@ -259,3 +260,19 @@ def test_the_cost_network_rates_a_split_placement_as_its_units(four_tables: list
     np.testing.assert_allclose(
         model.predict_cost_ms([job], [split]), model.predict_cost_ms([units], [flat])
     )
+
+
+def test_the_split_search_gives_equal_tables_equal_plans() -> None:
+    # Shards are cached by value: an equal task built anew (new TableSpec objects) must
+    # be split and placed exactly as the first.
+    def build() -> Task:
+        tables = [table("hot", rows=200_000, dim=128, pooling=400.0)] + [
+            table(f"t{i}", rows=10_000, dim=16, pooling=2.0) for i in range(6)
+        ]
+        return task(tables, [10**10] * 4)
+
+    sim = SimBackend()
+    first = choose_splits(build(), sim.stage_model, SplitSettings())
+    assert choose_splits(build(), sim.stage_model, SplitSettings()) == first
+    placed = OraclePlacer(sim, evaluations=100, restarts=1, sharding="auto")
+    assert placed.place(build()) == placed.place(build())

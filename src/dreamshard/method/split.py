@@ -303,7 +303,7 @@ def _insert_shards(
         u.name: d for u, d in zip(parent.units.tables, parent.placement.device_of, strict=True)
     }
     device_of = np.array(
-        [-1 if u.whole is table else where[u.name] for u in units.tables], dtype=np.int64
+        [-1 if u.whole.name == table.name else where[u.name] for u in units.tables], dtype=np.int64
     )
     num_devices = units.num_devices
     vectors = model.table_vectors
