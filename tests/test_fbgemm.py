@@ -127,3 +127,18 @@ def test_conditions_compare_the_interleaved_reference_with_its_nominal() -> None
     assert any("slower than nominal" in w for w in conditions.warnings)
     # Without a reference there is nothing to compare.
     assert backend(reference=False).conditions().reference_slowdown is None
+
+
+def test_two_splits_of_one_table_run_their_own_operators() -> None:
+    # t#c0 has 32 columns in the 2-way split and 16 in the 4-way one: one name, two
+    # operators. Each device's operator must hold its own shards' dims.
+    from dreamshard.types import TableSplit
+
+    t = task([table("t", rows=1000, dim=64), table("u")], [10**9] * 4)
+    halves = Placement((0, 1, 0), (TableSplit(0, "column", (32, 32)),))
+    quarters = Placement((0, 1, 2, 3, 0), (TableSplit(0, "column", (16, 16, 16, 16)),))
+    b = backend()
+    b.measure(t, [halves, quarters])
+    dims = {tuple((u.name, u.dim) for u in key) for key in b._ops}
+    assert (("t#c0", 32), ("u", 16)) in dims and (("t#c0", 16), ("u", 16)) in dims
+    assert (("t#c0", 32),) not in dims and (("t#c1", 32),) in dims and (("t#c1", 16),) in dims

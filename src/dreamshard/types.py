@@ -141,7 +141,8 @@ class TableSplit:
     sizes: tuple[int, ...]
 
     def check(self, task: Task) -> None:
-        """Raise InvalidPlacementError unless the shards cover the table exactly once."""
+        """Raise InvalidPlacementError unless the shards cover the table exactly once and,
+        row-wise, are TorchRec's blocks for the task's devices (:func:`row_split_sizes`)."""
         if not 0 <= self.table < task.num_tables:
             raise InvalidPlacementError(
                 f"a split names table {self.table}, task {task.name!r} has tables "
@@ -170,6 +171,14 @@ class TableSplit:
                 f"table {table.name!r}: column shards of {list(self.sizes)} columns; every "
                 f"shard's dim must be a multiple of {DIM_MULTIPLE}"
             )
+        if self.kind == "row":
+            expected = row_split_sizes(table.rows, task.num_devices)
+            if self.sizes != expected:
+                raise InvalidPlacementError(
+                    f"table {table.name!r}: row shards of {list(self.sizes)} rows; "
+                    f"TorchRec's row-wise sharding cuts {table.rows} rows over "
+                    f"{task.num_devices} devices as {list(expected)}"
+                )
 
     def shards(self, table: TableSpec) -> tuple[TableSpec, ...]:
         """The shards of ``table`` as tables: a column shard keeps the rows and ids with a
@@ -316,15 +325,6 @@ class Placement:
             )
         for split in self.splits:
             split.check(task)
-            if split.kind == "row":
-                table = task.tables[split.table]
-                expected = row_split_sizes(table.rows, task.num_devices)
-                if split.sizes != expected:
-                    raise InvalidPlacementError(
-                        f"table {table.name!r}: row shards of {list(split.sizes)} rows; "
-                        f"TorchRec's row-wise sharding cuts {table.rows} rows over "
-                        f"{task.num_devices} devices as {list(expected)}"
-                    )
         units = self.units(task)
         if len(self.device_of) != len(units):
             what = "tables" if not self.splits else "tables and shards"

@@ -176,7 +176,7 @@ class FbgemmBackend:
             self.name = f"fbgemm[{self.kernel}]"
             log.info("fused operators run on kernel %r on %s", self.kernel, self.config.device)
         self.progress = progress
-        self._ops: OrderedDict[tuple[str, ...], FusedShard] = OrderedDict()
+        self._ops: OrderedDict[tuple[TableSpec, ...], FusedShard] = OrderedDict()
         self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._scaled_logged: set[str] = set()
         self._anchor: tuple[float, float] | None = None
@@ -198,7 +198,7 @@ class FbgemmBackend:
             shard_lists.append(
                 [tuple(units[i] for i in idx) for idx in placement.shards(task.num_devices)]
             )
-        unique: dict[tuple[str, ...], tuple[TableSpec, ...]] = {}
+        unique: dict[tuple[TableSpec, ...], tuple[TableSpec, ...]] = {}
         for shards in shard_lists:
             for tables in shards:
                 if tables:
@@ -258,7 +258,7 @@ class FbgemmBackend:
 
     def _time_shards(
         self, shards: list[tuple[TableSpec, ...]]
-    ) -> dict[tuple[str, ...], _ShardTimes]:
+    ) -> dict[tuple[TableSpec, ...], _ShardTimes]:
         """Time every shard in every window; groups run separately if RAM forces it."""
         cfg = self.config
         groups = self._memory_groups(shards)
@@ -269,7 +269,7 @@ class FbgemmBackend:
                 format_bytes(cfg.memory_budget_bytes),
                 len(groups),
             )
-        out: dict[tuple[str, ...], _ShardTimes] = {}
+        out: dict[tuple[TableSpec, ...], _ShardTimes] = {}
         total = len(shards) * cfg.windows
         done = 0
         for group in groups:
@@ -405,8 +405,10 @@ class FbgemmBackend:
         return build_fused(run_tables, ids, self.config.batch_size, self.config.device, self.kernel)
 
 
-def _key(tables: Sequence[TableSpec]) -> tuple[str, ...]:
-    return tuple(t.name for t in tables)
+def _key(tables: Sequence[TableSpec]) -> tuple[TableSpec, ...]:
+    """A device's operator is known by its tables themselves: a name alone would mix up
+    the shards of two different splits of one table (``t#c0`` of 64 and of 32 columns)."""
+    return tuple(tables)
 
 
 def default_comm(device: str, profile: str | None = None) -> AllToAllModel:

@@ -58,7 +58,6 @@ from dreamshard.types import (
     StageCosts,
     TableSplit,
     Task,
-    row_split_sizes,
 )
 
 PLACEMENT_FORMAT = "dreamshard-placement"
@@ -261,18 +260,9 @@ def placement_of(record: PlacementFile, task: Task, where: str, tables_file: str
                 f"{where}: splits[{k}]: field 'table': table {split.table!r} is not in "
                 f"{tables_file}"
             )
-        table = task.tables[index_of[split.table]]
         resolved = TableSplit(index_of[split.table], split.kind, split.sizes)
         try:
             resolved.check(task)
-            if split.kind == "row":
-                expected = row_split_sizes(table.rows, task.num_devices)
-                if split.sizes != expected:
-                    raise InvalidPlacementError(
-                        f"table {table.name!r}: row shards of {list(split.sizes)} rows; "
-                        f"TorchRec's row-wise sharding cuts {table.rows} rows over "
-                        f"{task.num_devices} devices as {list(expected)}"
-                    )
         except InvalidPlacementError as err:
             raise InputError(f"{where}: splits[{k}]: field 'sizes': {err}") from None
         splits.append(resolved)

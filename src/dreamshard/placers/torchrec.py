@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEVICE_TYPES
 from dreamshard.data.constraints import ConstraintSpec
 from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
-from dreamshard.types import Placement, TableSplit, Task, row_split_sizes
+from dreamshard.types import Placement, TableSplit, Task
 
 if TYPE_CHECKING:
     from torch import nn
@@ -274,14 +274,13 @@ def placement_from_torchrec_plan(
                 f"TorchRec's plan shards table {t.name!r} {kind} in a way a placement cannot "
                 f"express: {err}"
             ) from None
-        if kind == ROW_WISE:
-            expected = row_split_sizes(t.rows, task.num_devices)
-            if sizes != expected or shard_ranks != list(range(task.num_devices)):
-                raise InvalidPlacementError(
-                    f"TorchRec's plan shards table {t.name!r} row-wise in blocks of "
-                    f"{list(sizes)} rows on ranks {shard_ranks}; placements take its blocks "
-                    f"{list(expected)} on ranks 0..{task.num_devices - 1}"
-                )
+        # (check() has refused blocks other than TorchRec's; their ranks must be 0, 1, ...)
+        if kind == ROW_WISE and shard_ranks != list(range(task.num_devices)):
+            raise InvalidPlacementError(
+                f"TorchRec's plan shards table {t.name!r} row-wise in blocks of "
+                f"{list(sizes)} rows on ranks {shard_ranks}; placements take block j on "
+                f"rank j (ranks 0..{task.num_devices - 1})"
+            )
         splits.append(split)
         device_of.extend(shard_ranks)
     placement = Placement(tuple(device_of), tuple(splits))

@@ -83,7 +83,14 @@ from dreamshard.backends.distributed.worker import (
 from dreamshard.backends.kernels import FBGEMM_KERNEL, select_kernel
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEVICE_TYPES
 from dreamshard.errors import BackendError, InputError, ServedAsWorker
-from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts, Task
+from dreamshard.types import (
+    MeasurementConditions,
+    Placement,
+    PlacementCost,
+    StageCosts,
+    TableSpec,
+    Task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -359,13 +366,14 @@ class DistributedBackend:
         """Placements in rounds whose distinct shards fit the memory budget together."""
         budget = self.config.memory_budget_bytes
         rounds: list[list[Placement]] = [[]]
-        # A device's operator is known by its device and the names of its tables and shards.
-        seen: set[tuple[int, tuple[str, ...]]] = set()
+        # A device's operator is known by its device and its tables and shards (not their
+        # names: two splits of one table share shard names).
+        seen: set[tuple[int, tuple[TableSpec, ...]]] = set()
         used = 0
         for placement in placements:
             units = placement.units(task)
             ops = {
-                (d, tuple(units[i].name for i in idx)): sum(units[i].size_bytes for i in idx)
+                (d, tuple(units[i] for i in idx)): sum(units[i].size_bytes for i in idx)
                 for d, idx in enumerate(placement.shards(task.num_devices))
                 if idx
             }

@@ -250,7 +250,7 @@ def placement_exchange(
 
 def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedShard | None]:
     """This rank's fused operator for each placement (None where it holds no table)."""
-    built: dict[tuple[str, ...], FusedShard] = {}
+    built: dict[tuple[TableSpec, ...], FusedShard] = {}
     out: list[FusedShard | None] = []
     for placement in command.placements:
         units = rank_units(command.task, placement, group.rank)
@@ -258,7 +258,7 @@ def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedS
         if not tables:
             out.append(None)
             continue
-        key = tuple(t.name for t in tables)
+        key = tuple(tables)  # not names: two splits of one table share shard names
         if key not in built:
             ids = [_ID_CACHE.get(t, command.batch_size, command.seed) for t in tables]
             built[key] = build_fused(
