@@ -17,8 +17,10 @@ from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.costnet import CostNetStageModel
 from dreamshard.method.search import (
     anneal,
+    device_sums,
     greedy_placement,
     local_search,
+    others_max,
     perturb,
     placement_cost,
 )
@@ -63,6 +65,42 @@ def test_costnet_stage_model_gives_the_networks_prediction() -> None:
     predicted = model.predict_cost_ms([t] * len(placements), placements)
     ours = [placement_cost(stage, t, p.device_of) for p in placements]
     np.testing.assert_allclose(ours, predicted, rtol=1e-5)
+
+
+def test_costnet_stage_model_from_cached_vectors_is_the_same_model() -> None:
+    t = sim_task()
+    torch.manual_seed(0)
+    model = DreamShardModel(normalizer=FeatureNormalizer.fit(list(t.tables)))
+    model.costnet.eval()
+    features = torch.from_numpy(model.normalizer.transform(t.tables))
+    direct = CostNetStageModel(model.costnet, features, t.num_devices)
+    with torch.no_grad():
+        encodings = model.costnet.encoder(features)
+    vectors = CostNetStageModel.project(model.costnet, encodings.double().numpy())
+    cached = CostNetStageModel.from_vectors(
+        model.costnet, vectors, encodings.sum(dim=0), t.num_devices
+    )
+    for p in random_placements(t, 5):
+        assert placement_cost(cached, t, p.device_of) == placement_cost(direct, t, p.device_of)
+
+
+def test_device_sums_and_others_max_match_their_definitions() -> None:
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(50, 6))
+    dev = rng.integers(0, 7, 50)
+    dev[dev == 3] = 4  # device 3 empty
+    sums, counts = device_sums(vectors, dev, 8)
+    expected = np.zeros((8, 6))
+    np.add.at(expected, dev, vectors)
+    np.testing.assert_allclose(sums, expected, atol=1e-12)
+    assert counts.tolist() == np.bincount(dev, minlength=8).tolist()
+    costs = rng.normal(size=(5, 3))
+    costs[1, 2] = costs[4, 2] = 9.0  # a tie at the top: the other holds the maximum
+    options = np.array([0, 1, 4, 2])
+    got = others_max(costs, options)
+    for k, d in enumerate(options):
+        np.testing.assert_array_equal(got[k], np.delete(costs, d, axis=0).max(axis=0))
+    assert np.isneginf(others_max(costs[:1], np.array([0]))).all()
 
 
 def brute_force_best(t: Task, model: object) -> float:

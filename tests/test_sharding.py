@@ -16,6 +16,7 @@ from dreamshard.method.split import (
     SplitSettings,
     UnsplittableTableError,
     choose_splits,
+    ordered,
     required_splits,
     split_candidates,
     unit_constraints,
@@ -193,7 +194,7 @@ def test_a_table_that_fits_no_split_is_named_with_what_it_needs() -> None:
 def test_tables_named_in_constraints_are_never_split() -> None:
     job = task([table("big", rows=1000, dim=16), table("b", rows=10)], [40_000, 40_000])
     spec = ConstraintSpec(pins=(("big", 0),))
-    best, _ = choose_splits(job, SimBackend().stage_model, SplitSettings())
+    best = choose_splits(job, SimBackend().stage_model, SplitSettings()).best
     assert 0 in best
     with pytest.raises(UnsplittableTableError, match="never split"):
         choose_splits(
@@ -225,8 +226,9 @@ def test_a_dominating_table_is_split_and_the_oracle_gains() -> None:
     sim = SimBackend()
     load = SimBackend().cost_ms(job, OraclePlacer(sim, evaluations=0, restarts=0).place(job))
     assert split_candidates(job, sim.stage_model(job), SplitSettings(), load) == [0]
-    best, base = choose_splits(job, sim.stage_model, SplitSettings())
-    assert base == {} and set(best) == {0}
+    choice = choose_splits(job, sim.stage_model, SplitSettings())
+    assert choice.base == {} and set(choice.best) == {0}
+    assert choice.splits_pay(0.2)
     whole = OraclePlacer(sim, evaluations=200, restarts=1, sharding="table").place(job)
     split = OraclePlacer(sim, evaluations=200, restarts=1, sharding="auto").place(job)
     assert whole.is_table_wise and not split.is_table_wise
@@ -276,3 +278,47 @@ def test_the_split_search_gives_equal_tables_equal_plans() -> None:
     assert choose_splits(build(), sim.stage_model, SplitSettings()) == first
     placed = OraclePlacer(sim, evaluations=100, restarts=1, sharding="auto")
     assert placed.place(build()) == placed.place(build())
+
+
+def test_the_split_search_scores_are_the_costs_of_its_placements() -> None:
+    # A child plan updates its parent's device sums; the score must equal the cost of
+    # its placement computed afresh.
+    tables = [table(f"hot{k}", rows=200_000, dim=128, pooling=400.0) for k in range(2)] + [
+        table(f"t{i}", rows=10_000, dim=16, pooling=2.0) for i in range(8)
+    ]
+    job = task(tables, [10**10] * 4)
+    sim = SimBackend()
+    choice = choose_splits(job, sim.stage_model, SplitSettings())
+    assert set(choice.best) == {0, 1} and choice.splits_pay(0.02)
+    for splits, placement, cost in (
+        (choice.best, choice.best_placement, choice.best_cost),
+        (choice.base, choice.base_placement, choice.base_cost),
+    ):
+        units = units_of(job, splits)
+        assert placement is not None
+        Placement(placement.device_of, ordered(splits)).validate(job)
+        fresh = placement_cost(sim.stage_model(units), units, placement.device_of)
+        assert cost == pytest.approx(fresh, rel=1e-9)
+
+
+def test_dreamshard_keeps_a_split_plan_only_where_its_score_pays() -> None:
+    from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
+    from dreamshard.placers.dreamshard import DreamShardPlacer
+
+    model = DreamShardModel.load(packaged_model_dir("cpu-zen4"))
+    tables = [table("hot", rows=200_000, dim=128, pooling=400.0)] + [
+        table(f"t{i}", rows=10_000, dim=16, pooling=2.0) for i in range(6)
+    ]
+    job = task(tables, [10**10] * 4)
+    for scorer in ("costnet", "sim"):
+        placer = DreamShardPlacer(model, split_scorer=scorer)
+        placement = placer.place(job)
+        placement.validate(job)
+        report = placer.last_report
+        assert report is not None and report.split_tables == len(placement.splits) == 1
+        assert report.split_score_ms is not None and report.base_score_ms is not None
+        assert report.split_score_ms < 0.98 * report.base_score_ms
+    light = task([table(f"t{i}", rows=1000, dim=16, pooling=2.0) for i in range(12)], [10**9] * 4)
+    placer = DreamShardPlacer(model)
+    assert placer.place(light).is_table_wise
+    assert placer.last_report is not None and placer.last_report.split_score_ms is None

@@ -530,6 +530,10 @@ class StageCostModel(Protocol):
     and the simulator (per-table work terms summed per shard) have this form, so one
     search (``method.search``) serves the learned model and the simulator alike, and it
     can score a move by recomputing only the two devices it touches.
+
+    A table's vector depends on that table alone (what the rest of the task does to its
+    cost lives in :meth:`stage_costs`), so models of two tasks that share tables give
+    those tables the same vectors: the split search relies on it.
     """
 
     @property

@@ -354,10 +354,15 @@ class CostNetStageModel:
     """The cost network's predicted cost of one task's placements as a
     :class:`~dreamshard.types.StageCostModel` (searches score placements with it).
 
-    A table's vector is its encoding; a device's stage costs are the three heads on the
-    sum of its tables' encodings (with the task context), forward and backward zero on
-    an empty device, in ms. ``sum over stages of max over devices`` is the structured
-    overall cost :meth:`CostNet.predict` gives.
+    A device's stage costs are the three heads on the sum of its tables' encodings (with
+    the task context), forward and backward zero on an empty device, in ms.
+    ``sum over stages of max over devices`` is the structured overall cost
+    :meth:`CostNet.predict` gives.
+
+    The heads' first layer is linear, so the layer of a sum is the sum of the layer of
+    each table: a table's vector here is its encoding through that layer (``[3H]``),
+    and a device's stage costs cost only the activation and the second layer, with no
+    matrix product on the sums (half the time of a search step).
 
     Args:
         costnet: The cost network (read only).
@@ -368,18 +373,48 @@ class CostNetStageModel:
     def __init__(self, costnet: CostNet, features: torch.Tensor, num_devices: int) -> None:
         with torch.no_grad():
             encodings = costnet.encoder(features)
-            context = costnet.context(encodings.sum(dim=0), num_devices)
-            w1, b1, w2, b2 = (t.double() for t in costnet.fused_heads())
-            embed = encodings.shape[1]
+        total = encodings.sum(dim=0)
+        encodings64 = encodings.double().numpy()
+        self._init(costnet, self.project(costnet, encodings64), total, num_devices)
+
+    @staticmethod
+    def project(costnet: CostNet, encodings: np.ndarray) -> np.ndarray:
+        """``[T, 3H]`` the tables' vectors: their encodings (``[T, E]``, float64) through
+        the heads' first layer (the task context's part left out)."""
+        with torch.no_grad():
+            w1 = costnet.fused_heads()[0].double().numpy()
+        out: np.ndarray = encodings @ w1[:, : encodings.shape[1]].T
+        return out
+
+    @classmethod
+    def from_vectors(
+        cls, costnet: CostNet, vectors: np.ndarray, total: torch.Tensor, num_devices: int
+    ) -> CostNetStageModel:
+        """The stage model of a task whose tables' vectors (:meth:`project`) and sum of
+        float32 encodings ``total`` (``[E]``, for the task context) are known: the split
+        search scores many plans sharing most of their tables."""
+        out = cls.__new__(cls)
+        out._init(costnet, vectors, total, num_devices)
+        return out
+
+    def _init(
+        self, costnet: CostNet, vectors: np.ndarray, total: torch.Tensor, num_devices: int
+    ) -> None:
+        with torch.no_grad():
+            _, b1, w2, b2 = (t.double() for t in costnet.fused_heads())
             if costnet.task_context:
-                b1 = b1 + w1[:, embed:] @ context.double()
-                w1 = w1[:, :embed]
+                w1 = costnet.fused_heads()[0].double()
+                context = costnet.context(total, num_devices)
+                b1 = b1 + w1[:, len(total) :] @ context.double()
         # The heads in float64 numpy: a search calls them thousands of times on a few
         # rows, where numpy's per-call overhead is a fraction of torch's.
-        self._vectors: np.ndarray = encodings.double().numpy()
-        self._w1t = w1.numpy().T.copy()  # [E, 3H]
+        self._vectors: np.ndarray = vectors  # [T, 3H]
         self._b1 = b1.numpy()
-        self._w2 = w2.numpy()  # [3, H]
+        heads, hidden = w2.shape
+        second = np.zeros((heads * hidden, heads))  # block diagonal: head s reads block s
+        for s in range(heads):
+            second[s * hidden : (s + 1) * hidden, s] = w2[s].numpy()
+        self._w2 = second
         self._b2 = b2.numpy()
         self._scale = costnet.cost_scale_ms
 
@@ -388,8 +423,8 @@ class CostNetStageModel:
         return self._vectors
 
     def stage_costs(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        hidden = np.maximum(np.asarray(sums) @ self._w1t + self._b1, 0.0)
-        hidden = hidden.reshape(*hidden.shape[:-1], *self._w2.shape)  # [..., 3, H]
-        costs: np.ndarray = ((hidden * self._w2).sum(axis=-1) + self._b2) * self._scale
+        hidden = np.asarray(sums) + self._b1
+        np.maximum(hidden, 0.0, out=hidden)
+        costs: np.ndarray = (hidden @ self._w2 + self._b2) * self._scale
         costs[..., :2] *= np.asarray(counts)[..., None] > 0
         return costs

@@ -115,6 +115,7 @@ def propose(
     settings: SearchSettings,
     constraints: Constraints = NO_CONSTRAINTS,
     extra: dict[Placement, str] | None = None,
+    cost_greedy: Placement | None = None,
 ) -> Proposals:
     """The candidates of ``task`` (see the module docstring), scored by the cost network.
 
@@ -125,6 +126,8 @@ def propose(
         constraints: User constraints every candidate honours.
         extra: Further valid placements to consider and search from (e.g. a memory
             packing when the policy dead-ends), with their origin.
+        cost_greedy: The cost-guided greedy placement on this model, where the caller
+            has one (the split search scores plans by it); else it is computed.
     """
     start = time.perf_counter()
     deadline = None if settings.time_budget_ms is None else start + settings.time_budget_ms / 1e3
@@ -135,7 +138,8 @@ def propose(
             origin.setdefault(placement, where)
         stage = CostNetStageModel(model.costnet, tt.features, task.num_devices)
         if settings.search != "none":
-            cost_greedy = greedy_placement(task, stage, tt.order, constraints)
+            if cost_greedy is None:
+                cost_greedy = greedy_placement(task, stage, tt.order, constraints)
             if cost_greedy is not None:
                 origin.setdefault(cost_greedy, "cost-greedy")
         scored = sorted(

@@ -14,7 +14,13 @@ row split over all devices), each candidate scored by the caller's ``score`` (th
 cost-guided greedy placement of the resulting units on a stage cost model: the cost
 network for DreamShard, the simulator for the ORACLE). Tables that fit and do not
 dominate stay whole; with ``sharding="auto"`` the placer then keeps the split plan only
-if its searched placement is predicted cheaper than the table-wise one.
+if it scores ``min_gain`` below the plan with the required splits alone
+(:meth:`SplitChoice.splits_pay`).
+
+A child plan differs from its parent in one table's units: it keeps the parent's device
+sums, takes that table's old units out and places the new shards
+(:func:`_insert_shards`), which needs a unit's vector to depend on the unit alone (as
+:class:`~dreamshard.types.StageCostModel` requires).
 
 The split tables' shards are then placed by the usual search under extra constraints
 (:func:`unit_constraints`): row block ``j`` pinned to device ``j`` (TorchRec's layout),
@@ -34,7 +40,7 @@ import numpy as np
 from dreamshard.constants import DIM_MULTIPLE
 from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
-from dreamshard.method.search import greedy_placement, placement_cost
+from dreamshard.method.search import device_sums, greedy_placement, others_max
 from dreamshard.types import (
     SHARDING_MODES,
     Placement,
@@ -77,8 +83,9 @@ class SplitSettings:
         beam_width: Split plans kept per round of the beam search.
         max_rounds: Rounds of the beam search (each adds one split or halving).
         min_gain: A plan with more splits than needed to fit is kept only if its
-            searched placement is predicted at least this share cheaper (a split changes
-            what the fused operators run, where the cost model has seen less data).
+            score is at least this share below that of the required splits alone (a
+            split changes what the fused operators run, where the cost model has seen
+            less data).
     """
 
     sharding: str = "auto"
@@ -186,7 +193,7 @@ def _fits(task: Task, split: TableSplit, free: list[int] | None = None) -> bool:
     """Whether every shard of ``split`` fits alone: a row block in its own device's
     ``free`` bytes, a column shard in the most free device (default: whole devices)."""
     room = free if free is not None else [d.memory_bytes for d in task.devices]
-    shards = split.shards(task.tables[split.table])
+    shards = _shards(split, task.tables[split.table])
     if split.kind == "row":
         return all(task.table_memory_bytes(s) <= room[j] for j, s in enumerate(shards))
     return all(task.table_memory_bytes(s) <= max(room) for s in shards)
@@ -257,13 +264,25 @@ ModelFor = Callable[[Task], StageCostModel]
 
 @dataclass(frozen=True)
 class _Plan:
-    """A split plan with the units' task, their greedy placement and its cost (None
-    where the greedy found no placement)."""
+    """A split plan with the units' task, their memory (bytes, ``[U]``), their greedy
+    placement and its cost (None where the greedy found no placement)."""
 
     splits: dict[int, TableSplit]
     units: Task
+    memory: np.ndarray
     placement: Placement | None
     cost: float | None
+    #: ``[D, R]`` and ``[D]``: the sums of the placed units' vectors per device and
+    #: their counts (None without a placement), which a child plan updates.
+    sums: np.ndarray | None = None
+    counts: np.ndarray | None = None
+
+
+def _block(splits: Splits, table: int) -> tuple[int, int]:
+    """Where ``table``'s units lie among the units of a plan (``units_of`` order)."""
+    start = table + sum(len(s.sizes) - 1 for j, s in splits.items() if j < table)
+    split = splits.get(table)
+    return start, start + (len(split.sizes) if split is not None else 1)
 
 
 def _evaluate(
@@ -281,39 +300,58 @@ def _evaluate(
     runs."""
     units = units_of(task, splits)
     model = model_for(units)
-    placement = None
-    if parent is not None and parent.placement is not None and changed is not None:
-        placement = _insert_shards(units, model, parent, task.tables[changed])
+    if parent is not None and changed is not None:
+        a, b = _block(parent.splits, changed)
+        start, stop = _block(splits, changed)
+        new = [units.table_memory_bytes(u) for u in units.tables[start:stop]]
+        memory = np.concatenate([parent.memory[:a], new, parent.memory[b:]])
+        if parent.placement is not None and parent.sums is not None:
+            assert parent.counts is not None
+            device_of = np.array(parent.placement.device_of, dtype=np.int64)
+            # The parent's device sums without the changed table's old units (a unit's
+            # vector depends on it alone: StageCostModel).
+            old = Task(task.name, parent.units.tables[a:b], task.devices, task.optimizer)
+            sums, counts = parent.sums.copy(), parent.counts.copy()
+            np.subtract.at(sums, device_of[a:b], model_for(old).table_vectors)
+            np.subtract.at(counts, device_of[a:b], 1.0)
+            device_of = np.concatenate([device_of[:a], np.full(len(new), -1), device_of[b:]])
+            inserted = _insert_shards(units, model, device_of, memory, sums, counts)
+            if inserted is not None:
+                return _Plan(splits, units, memory, *inserted)
+    else:
+        memory = np.array([units.table_memory_bytes(u) for u in units.tables], dtype=np.float64)
+    constraints = constraints_for(unit_constraints(task, splits, user), units)
+    placement = greedy_placement(units, model, None, constraints)
     if placement is None:
-        constraints = constraints_for(unit_constraints(task, splits, user), units)
-        placement = greedy_placement(units, model, None, constraints)
-    cost = None if placement is None else placement_cost(model, units, placement.device_of)
-    return _Plan(splits, units, placement, cost)
+        return _Plan(splits, units, memory, None, None)
+    sums, counts = device_sums(
+        model.table_vectors, np.array(placement.device_of, dtype=np.int64), units.num_devices
+    )
+    cost = float(model.stage_costs(sums, counts).max(axis=0).sum())
+    return _Plan(splits, units, memory, placement, cost, sums, counts)
 
 
 def _insert_shards(
-    units: Task, model: StageCostModel, parent: _Plan, table: TableSpec
-) -> Placement | None:
-    """The parent's placement with ``table``'s units replaced by its new shards: row
-    block j on device j, each column shard (largest cost alone first) onto the device
-    with room and none of its siblings that minimises the cost of the placement so far
-    (ties: the more balanced). None where a shard finds no such device."""
-    assert parent.placement is not None
-    where = {
-        u.name: d for u, d in zip(parent.units.tables, parent.placement.device_of, strict=True)
-    }
-    device_of = np.array(
-        [-1 if u.whole.name == table.name else where[u.name] for u in units.tables], dtype=np.int64
-    )
+    units: Task,
+    model: StageCostModel,
+    device_of: np.ndarray,
+    memory: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+) -> tuple[Placement, float, np.ndarray, np.ndarray] | None:
+    """A placement of ``units`` from one with some units unplaced (``device_of`` -1:
+    the new shards of one table; ``memory`` ``[U]`` bytes of each unit; ``sums`` and
+    ``counts`` those of the placed units, updated in place): row block j on device j,
+    each column shard (largest cost alone first) onto the device with room and none of
+    its siblings that minimises the cost of the placement so far (ties: the more
+    balanced); with its cost, sums and counts. None where a shard finds no such
+    device."""
+    device_of = device_of.copy()
     num_devices = units.num_devices
     vectors = model.table_vectors
-    memory = np.array([units.table_memory_bytes(u) for u in units.tables], dtype=np.float64)
     capacity = np.array([d.memory_bytes for d in units.devices], dtype=np.float64)
     placed = device_of >= 0
     used = np.bincount(device_of[placed], memory[placed], minlength=num_devices)
-    sums = np.zeros((num_devices, vectors.shape[1]))
-    np.add.at(sums, device_of[placed], vectors[placed])
-    counts = np.bincount(device_of[placed], minlength=num_devices).astype(np.float64)
     new = np.flatnonzero(~placed)
     alone = model.stage_costs(vectors[new], np.ones(len(new))).sum(axis=-1)
     for i in new[np.argsort(-alone, kind="stable")]:
@@ -324,18 +362,13 @@ def _insert_shards(
             if not legal[d]:
                 return None
         else:
-            legal[device_of[[k for k in new if device_of[k] >= 0]]] = False  # siblings apart
+            legal[device_of[new[device_of[new] >= 0]]] = False  # siblings apart
             options = np.flatnonzero(legal)
             if len(options) == 0:
                 return None
             costs = model.stage_costs(sums, counts)  # [D, S]
             new_costs = model.stage_costs(sums[options] + vectors[i], counts[options] + 1)
-            # Per stage, the largest cost of the devices other than each option.
-            order = np.argsort(-costs, axis=0, kind="stable")
-            stages = np.arange(costs.shape[1])
-            top = costs[order[0], stages]
-            second = costs[order[1], stages] if num_devices > 1 else np.full_like(top, -np.inf)
-            others = np.where(options[:, None] == order[0][None, :], second[None, :], top[None, :])
+            others = others_max(costs, options)
             partial = np.maximum(others, new_costs).sum(axis=-1)
             growth = (new_costs**2).sum(-1) - (costs[options] ** 2).sum(-1)
             near = np.flatnonzero(partial <= partial.min() + 1e-9 * abs(float(partial.min())))
@@ -344,7 +377,8 @@ def _insert_shards(
         used[d] += memory[i]
         sums[d] += vectors[i]
         counts[d] += 1
-    return Placement(tuple(int(d) for d in device_of))
+    cost = float(model.stage_costs(sums, counts).max(axis=0).sum())
+    return Placement(tuple(int(d) for d in device_of)), cost, sums, counts
 
 
 def alone_costs(model: StageCostModel) -> np.ndarray:
@@ -393,12 +427,42 @@ def _next_splits(
     return [x for x in out if x is not None and _fits(task, x)]
 
 
+@dataclass(frozen=True)
+class SplitChoice:
+    """What the split search found.
+
+    Attributes:
+        best: The splits of the best plan, by table index.
+        base: The required splits alone (the plan closest to table-wise; equal to
+            ``best`` when no further split scored better).
+        best_cost: The score of ``best`` (ms on the scoring model; None: no greedy
+            placement of it was found).
+        base_cost: The score of ``base``.
+        best_placement: The placement of ``best``'s units that scored it (None: none).
+        base_placement: That of ``base``.
+    """
+
+    best: dict[int, TableSplit]
+    base: dict[int, TableSplit]
+    best_cost: float | None
+    base_cost: float | None
+    best_placement: Placement | None = None
+    base_placement: Placement | None = None
+
+    def splits_pay(self, min_gain: float) -> bool:
+        """Whether ``best`` differs from ``base`` and scores at least ``min_gain`` (a
+        share) cheaper: the plan to keep, by the split search's own scores."""
+        if self.best == self.base or self.best_cost is None:
+            return False
+        return self.base_cost is None or self.best_cost < self.base_cost * (1 - min_gain)
+
+
 def choose_splits(
     task: Task,
     model_for: ModelFor,
     settings: SplitSettings,
     user: ConstraintSpec | None = None,
-) -> tuple[dict[int, TableSplit], dict[int, TableSplit]]:
+) -> SplitChoice:
     """The split plan with the lowest score: a beam search from the required splits over
     one more split or halving of a candidate table per round, for ``max_rounds`` rounds
     (plateaus included) or until no plan grows. A plan's score is the cost, on
@@ -412,8 +476,7 @@ def choose_splits(
         user: The user's constraints (their tables stay whole).
 
     Returns:
-        The best splits by table index, and the required ones alone (the plan closest to
-        table-wise; the same dict when no further split scored better).
+        The best plan and the required splits alone, with their scores.
 
     Raises:
         UnsplittableTableError: From :func:`required_splits`.
@@ -450,7 +513,9 @@ def choose_splits(
         # Plateaus continue: with several heavy tables, splitting one leaves the others
         # setting the maximum, and only splitting them all lowers it.
         beam = grown[: settings.beam_width]
-    return best.splits, base.splits
+    return SplitChoice(
+        best.splits, base.splits, best.cost, base.cost, best.placement, base.placement
+    )
 
 
 def _key(splits: Splits) -> tuple[tuple[int, str, tuple[int, ...]], ...]:

@@ -82,12 +82,8 @@ class OraclePlacer:
         assert isinstance(self.backend, StageModelBackend)
         if self.split.sharding == "table":
             return self._place_units(task, self.constraints)[1]
-        best, base = choose_splits(
-            task,
-            self.backend.stage_model,
-            self.split,
-            self.constraints,
-        )
+        choice = choose_splits(task, self.backend.stage_model, self.split, self.constraints)
+        best, base = choice.best, choice.base
         placed = []
         for plan in [base] if best == base else [base, best]:
             units = units_of(task, plan)

@@ -228,8 +228,14 @@ def place_and_measure(
                 else ""
             )
             + (
-                f" (with only the splits needed to fit: predicted {report.base_cost_ms:.3f} ms)"
-                if report.base_cost_ms is not None
+                f" (split search: {report.split_score_ms:.3f} ms with these splits, "
+                + (
+                    f"{report.base_score_ms:.3f} ms"
+                    if report.base_score_ms is not None
+                    else "no placement"
+                )
+                + " with only the splits needed to fit)"
+                if report.split_score_ms is not None
                 else ""
             )
         )
