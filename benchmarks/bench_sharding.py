@@ -44,7 +44,9 @@ from typing import Any
 import numpy as np
 
 from dreamshard.backends import BackendOptions, make_backend
+from dreamshard.backends.kernels import cap_rows
 from dreamshard.backends.sim.model import SimBackend
+from dreamshard.backends.sim.profile import load_profile
 from dreamshard.data.augment import with_heavy_tables
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import SuiteConfig, generate_suite
@@ -56,13 +58,15 @@ from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.placers.registry import PLACERS, make_placer
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.placers.torchrec import TorchRecPlacer
-from dreamshard.types import Device, Placer, TableSpec, Task
+from dreamshard.types import Device, Placement, Placer, TableSpec, TableSplit, Task
 from dreamshard.units import parse_memory
 
 POOL_SEED = 4242
 SUITE_SEED = 99
 HEAVY_SEED = 13
 HEAVY_SHARE = 0.08
+#: Most rows a table (or shard) runs with on fbgemm, so the weights fit in RAM.
+ROW_CAP = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ def _vs_best_table_wise(evaluation: Evaluation, placer: str) -> dict[str, Any]:
 
 
 def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str, Any]:
-    options = BackendOptions(windows=4, calls_per_window=4, row_cap=1_000_000)
+    options = BackendOptions(windows=4, calls_per_window=4, row_cap=ROW_CAP)
     out: dict[str, Any] = {}
     for suite in suites:
         tasks = suite_tasks(suite, count)
@@ -233,7 +237,7 @@ def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[st
         conditions = evaluation.conditions
         if conditions is not None and conditions.warnings:
             print("  LOADED MACHINE: " + "; ".join(conditions.warnings))
-        sim_error = _sim_error(evaluation, tasks)
+        sim_error = _sim_error(_measured_of(evaluation), tasks)
         for kind, e in sim_error.items():
             print(
                 f"  simulator on {kind} placements (held out): placement MAPE "
@@ -251,30 +255,71 @@ def run_real(model: DreamShardModel, suites: list[Suite], count: int) -> dict[st
     return out
 
 
-def _sim_error(evaluation: Evaluation, tasks: list[Task]) -> dict[str, dict[str, Any]]:
-    """The calibrated simulator's error on the measured placements (it was fitted on
-    whole tables only, so split placements are held out): overall cost, and forward plus
-    backward computation per device operator, split and table-wise apart."""
-    sim = SimBackend()
+#: (task name, placement, measured cost ms, measured (fwd, bwd) compute ms per device)
+Measured = tuple[str, Placement, float, list[tuple[float, float]]]
+
+
+def _measured_of(evaluation: Evaluation) -> list[Measured]:
+    return [
+        (
+            r.task,
+            r.placement,
+            r.cost.cost_ms,
+            [(d.fwd_comp_ms, d.bwd_comp_ms) for d in r.cost.per_device],
+        )
+        for r in evaluation.results
+        if r.placement is not None and r.cost is not None
+    ]
+
+
+def _measured_from_json(evaluation: dict[str, Any]) -> list[Measured]:
+    """The measured placements of a saved ``Evaluation.to_json()``."""
+    out = []
+    for r in evaluation["results"]:
+        if r["device_of"] is None or r["cost_ms"] is None:
+            continue
+        splits = tuple(TableSplit(s["table"], s["kind"], tuple(s["sizes"])) for s in r["splits"])
+        per_device = [(d["fwd_comp_ms"], d["bwd_comp_ms"]) for d in r["per_device"]]
+        out.append((r["task"], Placement(tuple(r["device_of"]), splits), r["cost_ms"], per_device))
+    return out
+
+
+def _as_run(task: Task, placement: Placement, row_cap: int | None) -> tuple[Task, Placement]:
+    """The units of a placement as the fbgemm backend ran them: each unit (table, column
+    shard or row block) with at most ``row_cap`` rows, lookups unchanged."""
+    units, flat = placement.resolve(task)
+    capped = tuple(cap_rows(t, row_cap) for t in units.tables)
+    return Task(units.name, capped, units.devices, units.optimizer), flat
+
+
+def _sim_error(
+    measured: list[Measured],
+    tasks: list[Task],
+    sim: SimBackend | None = None,
+    row_cap: int | None = ROW_CAP,
+) -> dict[str, dict[str, Any]]:
+    """The calibrated simulator's error on measured placements, each costed as it ran
+    (rows capped as on fbgemm): overall cost, and forward plus backward computation per
+    device operator, split and table-wise apart."""
+    sim = sim or SimBackend()
     by_name = {t.name: t for t in tasks}
     errors: dict[str, dict[str, list[float]]] = {
         "split": {"placement": [], "device": []},
         "table-wise": {"placement": [], "device": []},
     }
-    seen: set[tuple[str, object]] = set()
-    for r in evaluation.results:
-        if r.placement is None or r.cost is None or (r.task, r.placement) in seen:
+    seen: set[tuple[str, Placement]] = set()
+    for name, placement, cost_ms, per_device in measured:
+        if (name, placement) in seen:
             continue
-        seen.add((r.task, r.placement))
-        kind = "table-wise" if r.placement.is_table_wise else "split"
-        (predicted,) = sim.measure(by_name[r.task], [r.placement])
-        errors[kind]["placement"].append(abs(predicted.cost_ms / r.cost.cost_ms - 1) * 100)
-        for p, m in zip(predicted.per_device, r.cost.per_device, strict=True):
-            measured = m.fwd_comp_ms + m.bwd_comp_ms
-            if measured > 0:
-                errors[kind]["device"].append(
-                    abs((p.fwd_comp_ms + p.bwd_comp_ms) / measured - 1) * 100
-                )
+        seen.add((name, placement))
+        kind = "table-wise" if placement.is_table_wise else "split"
+        units, flat = _as_run(by_name[name], placement, row_cap)
+        (predicted,) = sim.measure(units, [flat])
+        errors[kind]["placement"].append(abs(predicted.cost_ms / cost_ms - 1) * 100)
+        for p, (fwd, bwd) in zip(predicted.per_device, per_device, strict=True):
+            if fwd + bwd > 0:
+                ratio = (p.fwd_comp_ms + p.bwd_comp_ms) / (fwd + bwd)
+                errors[kind]["device"].append(abs(ratio - 1) * 100)
     return {
         kind: {
             "placements": len(e["placement"]),
@@ -285,6 +330,31 @@ def _sim_error(evaluation: Evaluation, tasks: list[Task]) -> dict[str, dict[str,
         for kind, e in errors.items()
         if e["placement"]
     }
+
+
+def sim_error_of_saved(path: Path, profile: str) -> dict[str, Any]:
+    """A profile's error on the placements measured in a saved ``--real`` run, with the
+    row cap applied as it ran, and without it (how earlier runs reported it)."""
+    saved = json.loads(path.read_text())
+    sim = SimBackend(load_profile(profile))
+    out: dict[str, Any] = {"results": str(path), "profile": profile}
+    for suite in SUITES:
+        if suite.name not in saved.get("real", {}):
+            continue
+        tasks = suite_tasks(suite, saved["args"]["tasks"])
+        measured = _measured_from_json(saved["real"][suite.name]["evaluation"])
+        out[suite.name] = {
+            "capped": _sim_error(measured, tasks, sim, ROW_CAP),
+            "uncapped": _sim_error(measured, tasks, sim, None),
+        }
+        for how, errors in out[suite.name].items():
+            for kind, e in errors.items():
+                print(
+                    f"{suite.name} {how:8s} {kind:10s}: placement MAPE "
+                    f"{e['placement_mape']:5.1f}% ({e['placements']}), device compute MAPE "
+                    f"{e['device_compute_mape']:5.1f}% ({e['devices']})"
+                )
+    return out
 
 
 def planning_time(model: DreamShardModel, repeats: int = 3) -> dict[str, Any]:
@@ -345,7 +415,20 @@ def main() -> None:
     parser.add_argument("--suites", default=",".join(s.name for s in SUITES))
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--sim-error",
+        type=Path,
+        default=None,
+        help="Only report a profile's error on the placements of a saved --real run.",
+    )
+    parser.add_argument("--profile", default="cpu-zen4", help="Profile of --sim-error.")
     args = parser.parse_args()
+    if args.sim_error is not None:
+        errors = sim_error_of_saved(args.sim_error, args.profile)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(errors, indent=2) + "\n")
+        return
     logging.basicConfig(level=logging.ERROR)
     chosen = [s for s in SUITES if s.name in args.suites.split(",")]
     model = DreamShardModel.load(packaged_model_dir("cpu-zen4"))

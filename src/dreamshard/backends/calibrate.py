@@ -4,6 +4,10 @@ Random shards (sets of tables fused into one operator) are drawn from DLRM-like 
 measured on the ``fbgemm`` backend, and split into a fitting set and a held-out set.
 The simulator's kernel parameters are fitted on the first; its errors are reported on
 the second, so the accuracy it claims is on shards it never saw.
+
+A share of the shards (``split_share``) holds one piece of a split heavy table (pooling
+100-500, dims 64-256): a column shard or a row block, as split plans put on a device
+(``types.TableSplit``), so the fit sees what split placements run.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig
 from dreamshard.backends.sim.fit import fit_profile, prediction_errors
 from dreamshard.backends.sim.profile import SimProfile
 from dreamshard.constants import DEFAULT_BATCH_SIZE, DEFAULT_SEED
+from dreamshard.data.augment import with_heavy_tables
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.errors import InputError
 from dreamshard.runtime import cpu_model
-from dreamshard.types import TableSpec
+from dreamshard.types import TableSpec, TableSplit, column_split_sizes, row_split_sizes
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class CalibrationConfig:
             fit sees the dim effect; the rest come from a dim-16 pool.
         max_rows: Row cap of the dim-16 pool (and of the real runs it should match).
         mixed_dim_max_rows: Row cap of the mixed-dim pool (wide tables are large).
+        split_share: Share of shards whose first table is replaced by a column shard or
+            row block (2, 4 or 8 pieces) of a heavy table of at most ``max_rows`` rows.
         batch_size: Global batch size.
         windows: Time windows per shard measurement.
         calls_per_window: Timed calls per shard per window.
@@ -51,6 +58,7 @@ class CalibrationConfig:
     mixed_dim_share: float = 0.3
     max_rows: int = 1_000_000
     mixed_dim_max_rows: int = 200_000
+    split_share: float = 0.25
     batch_size: int = DEFAULT_BATCH_SIZE
     windows: int = 4
     calls_per_window: int = 6
@@ -63,6 +71,8 @@ class CalibrationConfig:
             raise InputError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.max_tables_per_shard < 1:
             raise InputError("max_tables_per_shard must be at least 1")
+        if not 0.0 <= self.split_share <= 1.0:
+            raise InputError(f"split_share must be in [0, 1], got {self.split_share}")
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,19 @@ class Calibration:
     holdout_samples: tuple[ShardSample, ...]
 
     def holdout_errors(self) -> dict[str, float]:
-        """Median and 90th-percentile absolute percentage errors on the held-out shards."""
+        """Median and 90th-percentile absolute percentage errors on the held-out shards,
+        and (``piece_`` keys, where any were held out) on those holding a piece of a
+        split table."""
         errors = prediction_errors(self.profile, self.holdout_samples)
+        with_piece = [any(t.shard is not None for t in s.tables) for s in self.holdout_samples]
         out: dict[str, float] = {}
         for key, values in errors.items():
             out[f"{key}_median_ape"] = float(np.median(values))
             out[f"{key}_p90_ape"] = float(np.percentile(values, 90))
+            pieces = [v for v, p in zip(values, with_piece, strict=True) if p]
+            if pieces:
+                out[f"piece_{key}_median_ape"] = float(np.median(pieces))
+                out[f"piece_{key}_p90_ape"] = float(np.percentile(pieces, 90))
         return out
 
 
@@ -96,13 +113,39 @@ def sample_shards(config: CalibrationConfig) -> list[tuple[TableSpec, ...]]:
         max_rows=config.mixed_dim_max_rows,
         name_prefix="cmix_",
     )
-    shards = []
+    heavy = [
+        t
+        for t in with_heavy_tables(
+            generate_table_pool(
+                num_tables=856, seed=config.seed + 2, dim=16, name_prefix="cheavy_"
+            ),
+            share=1.0,
+            seed=config.seed + 3,
+        )
+        if t.rows <= config.max_rows
+    ]
+    pieces = np.random.default_rng(config.seed + 4)  # its own stream: split_share=0 is
+    shards = []  # exactly the calibration without pieces
     for _ in range(config.num_shards):
         pool = mixed if rng.random() < config.mixed_dim_share else plain
         size = int(rng.integers(1, config.max_tables_per_shard + 1))
         chosen = rng.choice(len(pool), size=size, replace=False)
-        shards.append(tuple(pool[i] for i in sorted(chosen)))
+        tables = [pool[i] for i in sorted(chosen)]
+        piece = _piece_of(heavy[int(pieces.integers(len(heavy)))], pieces)
+        if pieces.random() < config.split_share:
+            tables[0] = piece
+        shards.append(tuple(tables))
     return shards
+
+
+def _piece_of(table: TableSpec, rng: np.random.Generator) -> TableSpec:
+    """One random column shard or row block of ``table`` cut in 2, 4 or 8 pieces."""
+    parts = int(rng.choice([2, 4, 8]))
+    if rng.random() < 0.5:
+        split = TableSplit(0, "column", column_split_sizes(table.dim, parts))
+    else:
+        split = TableSplit(0, "row", row_split_sizes(table.rows, parts))
+    return split.shards(table)[int(rng.integers(parts))]
 
 
 def measure_samples(
@@ -175,6 +218,16 @@ def samples_report(
             {
                 "split": split,
                 "tables": [t.name for t in s.tables],
+                "pieces": {
+                    t.name: {
+                        "table": t.shard.table.name,
+                        "kind": t.shard.kind,
+                        "offset": t.shard.offset,
+                        "size": t.shard.size,
+                    }
+                    for t in s.tables
+                    if t.shard is not None
+                },
                 "fwd_comp_ms": s.timing.fwd_comp_ms,
                 "bwd_comp_ms": s.timing.bwd_comp_ms,
             }

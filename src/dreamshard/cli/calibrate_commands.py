@@ -25,11 +25,19 @@ def calibrate(
     name: Annotated[str, typer.Option("--name", help="Profile name.")] = "cpu-zen4",
     num_shards: Annotated[int, typer.Option("--num-shards", help="Shards to measure.")] = 200,
     holdout: Annotated[float, typer.Option("--holdout", help="Share of shards held out.")] = 0.25,
+    split_share: Annotated[
+        float,
+        typer.Option(
+            "--split-share",
+            help="Share of shards holding a column shard or row block of a split heavy table.",
+        ),
+    ] = 0.25,
     seed: SeedOpt = DEFAULT_SEED,
     windows: WindowsOpt = 4,
     calls: CallsOpt = 6,
 ) -> None:
-    """Fit the simulator to FBGEMM measurements of random shards on this machine."""
+    """Fit the simulator to FBGEMM measurements of random shards on this machine (some
+    holding pieces of split tables, as split placements run them)."""
     from dreamshard.backends.calibrate import (
         CalibrationConfig,
         calibration_report,
@@ -45,6 +53,7 @@ def calibrate(
     config = CalibrationConfig(
         num_shards=num_shards,
         holdout_fraction=holdout,
+        split_share=split_share,
         seed=seed,
         windows=windows,
         calls_per_window=calls,
@@ -61,6 +70,12 @@ def calibrate(
         f"held-out shards ({summary['holdout_shards']}): median APE fwd "
         f"{errors['fwd_median_ape']:.1f}%, bwd {errors['bwd_median_ape']:.1f}%, "
         f"fwd+bwd {errors['total_median_ape']:.1f}% (p90 {errors['total_p90_ape']:.1f}%)"
+        + (
+            f"; those holding a piece of a split table: fwd+bwd "
+            f"{errors['piece_total_median_ape']:.1f}% (p90 {errors['piece_total_p90_ape']:.1f}%)"
+            if "piece_total_median_ape" in errors
+            else ""
+        )
     )
     result.profile.save(out)
     write_json(report_path, summary)
