@@ -61,13 +61,14 @@ def cpu_model(default: str = "unknown CPU") -> str:
     return default
 
 
-def _torch_ok(*arrays: np.ndarray) -> bool:
-    """Whether torch may work on these arrays in place: large, of one dtype, writeable
-    (``torch.from_numpy`` shares their memory)."""
-    first = arrays[0]
-    return first.size >= TORCH_ELEMENTWISE_MIN and all(
-        a.dtype == first.dtype and a.flags.writeable and min(a.strides, default=0) >= 0
-        for a in arrays
+def _torch_ok(out: np.ndarray, *inputs: np.ndarray) -> bool:
+    """Whether torch may compute ``out`` from ``inputs`` in place: large, all of one
+    dtype, writeable, no negative strides (``torch.from_numpy`` shares their memory)."""
+    if out.size < TORCH_ELEMENTWISE_MIN or not out.flags.writeable or min(out.strides) < 0:
+        return False
+    dtype = out.dtype
+    return all(
+        a.dtype == dtype and a.flags.writeable and min(a.strides, default=0) >= 0 for a in inputs
     )
 
 

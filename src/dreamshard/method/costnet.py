@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dreamshard.data.features import NETWORK_FEATURE_NAMES
-from dreamshard.runtime import add_into, relu_
+from dreamshard.runtime import TORCH_ELEMENTWISE_MIN, add_into, relu_
 from dreamshard.types import Placement, PlacementCost
 
 #: Per-device heads, in output order.
@@ -427,9 +427,13 @@ class CostNetStageModel:
 
     def stage_costs(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         sums = np.asarray(sums)
-        # The hidden layer goes into a kept buffer: a fresh [1024, 192] array per call
-        # costs more in page faults than the arithmetic (the greedy calls this per table).
-        hidden = relu_(add_into(self._scratch(sums.shape), sums, self._b1))
+        if sums.size >= TORCH_ELEMENTWISE_MIN:
+            # Into a kept buffer: a fresh [1024, 192] array per call costs more in page
+            # faults than the arithmetic (the greedy calls this per table).
+            hidden = relu_(add_into(self._scratch(sums.shape), sums, self._b1))
+        else:  # a few rows (the local search's moves): numpy's per-call cost is lowest
+            hidden = sums + self._b1
+            np.maximum(hidden, 0.0, out=hidden)
         costs: np.ndarray = hidden @ self._w2
         costs += self._b2
         costs *= self._scale

@@ -24,6 +24,7 @@ short (then how far it got depends on the machine's speed; :class:`SearchReport`
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -150,6 +151,11 @@ class _Units:
     memory: IntArray  # [U] bytes
     apart: list[tuple[int, ...]]  # unit -> units it may not share a device with
 
+    @functools.cached_property
+    def any_apart(self) -> bool:
+        """Whether any unit has apart-mates."""
+        return any(self.apart)
+
     @classmethod
     def of(cls, task: Task, constraints: Constraints) -> _Units:
         groups: list[tuple[int, ...]] = []
@@ -203,6 +209,13 @@ class _SearchState:
         self.top = _top3(self.costs)
         self.cost = float(self.costs.max(axis=0).sum())
         self.balance = float((self.costs**2).sum())
+        self._movable: tuple[Sequence[int], IntArray] | None = None
+
+    def movable(self, movable: Sequence[int]) -> IntArray:
+        """``movable`` as an array (made once per search: the same list every call)."""
+        if self._movable is None or self._movable[0] is not movable:
+            self._movable = (movable, np.array(movable, dtype=np.int64))
+        return self._movable[1]
 
     def device_of(self) -> Placement:
         out = np.empty(len(self.units.unit_of), dtype=np.int64)
@@ -421,7 +434,7 @@ def _improve_unit(
     # Moves: u from a to every other device with room.
     targets = np.flatnonzero(state.used + mem <= state.capacity)
     targets = targets[targets != a]
-    if len(targets):
+    if len(targets) and state.units.apart[u]:
         targets = targets[state._apart_ok(u, targets)]
     if len(targets):
         new_a = state.model.stage_costs(state.sums[a] - vec, np.array(state.counts[a] - cnt))
@@ -432,7 +445,8 @@ def _improve_unit(
         best = (float(cost[k]), float(balance[k]), int(targets[k]), None)
         scored += len(targets)
     # Swaps: u with a unit w on another device, both fitting after the exchange.
-    partners = np.array([w for w in movable if state.unit_device[w] != a], dtype=np.int64)
+    movable_units = state.movable(movable)
+    partners = movable_units[state.unit_device[movable_units] != a]
     if len(partners) > swap_partners:
         partners = np.sort(rng.choice(partners, swap_partners, replace=False))
     if len(partners):
@@ -441,10 +455,11 @@ def _improve_unit(
         fits = (state.used[a] - mem + mem_w <= state.capacity[a]) & (
             state.used[b] - mem_w + mem <= state.capacity[b]
         )
-        fits &= state._apart_ok(u, b, ignore=partners)
-        for k, w in enumerate(partners):
-            if fits[k] and state.units.apart[int(w)]:
-                fits[k] = bool(state._apart_ok(int(w), np.array([a]), np.array([u]))[0])
+        if state.units.any_apart:
+            fits &= state._apart_ok(u, b, ignore=partners)
+            for k, w in enumerate(partners):
+                if fits[k] and state.units.apart[int(w)]:
+                    fits[k] = bool(state._apart_ok(int(w), np.array([a]), np.array([u]))[0])
         partners, b = partners[fits], b[fits]
     if len(partners):
         vec_w, cnt_w = state.unit_vectors[partners], state.unit_counts[partners]
