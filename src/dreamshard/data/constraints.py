@@ -497,6 +497,15 @@ class ConstraintTracker:
         self.device_of: IntArray = np.full((batch, num_tables), -1, dtype=np.int64)
         #: [B, D] bytes held or reserved on each device.
         self.used: IntArray = np.zeros((batch, task.num_devices), dtype=np.int64)
+        self._rows = np.arange(batch)
+        if constraints.is_empty:  # every table its own group, free to go anywhere
+            none = np.zeros(0, dtype=np.int64)
+            self._mates = [none] * num_tables
+            self._group_bytes = memory
+            self._pin: list[int | None] = [None] * num_tables
+            self._apart = [none] * num_tables
+            self._free = [True] * num_tables
+            return
         self._mates = [
             np.array([j for j in constraints.group_of(i) if j != i], dtype=np.int64)
             for i in range(num_tables)
@@ -516,6 +525,11 @@ class ConstraintTracker:
             np.array(sorted(set().union(*(apart[j] for j in constraints.group_of(i)))), np.int64)
             for i in range(num_tables)
         ]
+        #: Per table: no pin, together-mate or apart-mate, so memory alone decides.
+        self._free = [
+            pin is None and len(mates) == 0 and len(others) == 0
+            for pin, mates, others in zip(self._pin, self._mates, self._apart, strict=True)
+        ]
 
     @property
     def batch(self) -> int:
@@ -533,7 +547,10 @@ class ConstraintTracker:
         """[B, D] devices ``table`` may take: its pin or its placed together-mates'
         device; no device that holds an apart-mate or that an apart-mate is pinned to;
         room for its whole group if it is the group's first table."""
-        rows = np.arange(self.batch)
+        if self._free[table]:
+            free: BoolArray = self.used + self._group_bytes[table] <= self.capacity
+            return free
+        rows = self._rows
         pin = self._pin[table]
         if pin is None:
             legal = self.used + self._group_bytes[table] <= self.capacity
@@ -560,6 +577,10 @@ class ConstraintTracker:
     def place(self, table: int, devices: IntArray | Sequence[int]) -> None:
         """Put ``table`` on ``devices[b]`` in every placement ``b`` (legal or not)."""
         chosen = np.asarray(devices, dtype=np.int64)
+        if self._free[table]:  # its own group, not reserved ahead
+            self.used[self._rows, chosen] += self._group_bytes[table]
+            self.device_of[:, table] = chosen
+            return
         first = self._mate_device(table) < 0
         if self._pin[table] is not None:
             first[:] = False  # reserved from the start

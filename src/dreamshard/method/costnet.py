@@ -18,6 +18,7 @@ so the losses are well conditioned whatever the hardware's speed.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from dreamshard.data.features import NETWORK_FEATURE_NAMES
+from dreamshard.runtime import TORCH_ELEMENTWISE_MIN, add_into, relu_
 from dreamshard.types import Placement, PlacementCost
 
 #: Per-device heads, in output order.
@@ -417,14 +419,31 @@ class CostNetStageModel:
         self._w2 = second
         self._b2 = b2.numpy()
         self._scale = costnet.cost_scale_ms
+        self._buffer = np.empty(0)
 
     @property
     def table_vectors(self) -> np.ndarray:
         return self._vectors
 
     def stage_costs(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        hidden = np.asarray(sums) + self._b1
-        np.maximum(hidden, 0.0, out=hidden)
-        costs: np.ndarray = (hidden @ self._w2 + self._b2) * self._scale
+        sums = np.asarray(sums)
+        if sums.size >= TORCH_ELEMENTWISE_MIN:
+            # Into a kept buffer: a fresh [1024, 192] array per call costs more in page
+            # faults than the arithmetic (the greedy calls this per table).
+            hidden = relu_(add_into(self._scratch(sums.shape), sums, self._b1))
+        else:  # a few rows (the local search's moves): numpy's per-call cost is lowest
+            hidden = sums + self._b1
+            np.maximum(hidden, 0.0, out=hidden)
+        costs: np.ndarray = hidden @ self._w2
+        costs += self._b2
+        costs *= self._scale
         costs[..., :2] *= np.asarray(counts)[..., None] > 0
         return costs
+
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float64 buffer of ``shape`` (its contents undefined), kept for the next call
+        of the same or a smaller size."""
+        size = math.prod(shape)
+        if self._buffer.size < size:
+            self._buffer = np.empty(max(size, 2 * self._buffer.size))
+        return self._buffer[:size].reshape(shape)

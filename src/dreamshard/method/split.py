@@ -40,7 +40,7 @@ import numpy as np
 from dreamshard.constants import DIM_MULTIPLE
 from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
-from dreamshard.method.search import device_sums, greedy_placement, others_max
+from dreamshard.method.search import device_sums, greedy_placement, joined_partial, row_sums
 from dreamshard.types import (
     SHARDING_MODES,
     Placement,
@@ -119,10 +119,10 @@ class SplitSettings:
 def units_of(task: Task, splits: Splits) -> Task:
     """The task whose tables are ``task``'s units under ``splits`` (split tables
     replaced by their shards, as ``Placement.units`` orders them)."""
-    tables: list[TableSpec] = []
-    for i, table in enumerate(task.tables):
-        split = splits.get(i)
-        tables.extend(_shards(split, table) if split is not None else (table,))
+    tables: list[TableSpec] = list(task.tables)
+    # Last split table first, so the indices of those before it still hold.
+    for i in sorted((i for i in splits if 0 <= i < len(tables)), reverse=True):
+        tables[i : i + 1] = _shards(splits[i], task.tables[i])
     return Task(
         name=task.name, tables=tuple(tables), devices=task.devices, optimizer=task.optimizer
     )
@@ -368,9 +368,8 @@ def _insert_shards(
                 return None
             costs = model.stage_costs(sums, counts)  # [D, S]
             new_costs = model.stage_costs(sums[options] + vectors[i], counts[options] + 1)
-            others = others_max(costs, options)
-            partial = np.maximum(others, new_costs).sum(axis=-1)
-            growth = (new_costs**2).sum(-1) - (costs[options] ** 2).sum(-1)
+            partial = joined_partial(costs, options, new_costs)
+            growth = row_sums(new_costs**2) - row_sums(costs[options] ** 2)
             near = np.flatnonzero(partial <= partial.min() + 1e-9 * abs(float(partial.min())))
             d = int(options[near[np.argmin(growth[near])]])
         device_of[i] = d
@@ -378,7 +377,7 @@ def _insert_shards(
         sums[d] += vectors[i]
         counts[d] += 1
     cost = float(model.stage_costs(sums, counts).max(axis=0).sum())
-    return Placement(tuple(int(d) for d in device_of)), cost, sums, counts
+    return Placement(tuple(device_of.tolist())), cost, sums, counts
 
 
 def alone_costs(model: StageCostModel) -> np.ndarray:

@@ -28,6 +28,7 @@ finds no placement of the required-only plan, both are searched and compared.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from dataclasses import dataclass, replace
 
@@ -56,6 +57,9 @@ from dreamshard.runtime import one_thread
 from dreamshard.types import CostBackend, Placement, StageCostModel, TableSplit, Task
 
 log = logging.getLogger(__name__)
+
+#: What tells a task's tables and shards apart in the encoding cache.
+_TABLE_KEY = operator.attrgetter("name", "rows", "dim")
 
 #: What may decide a placement's splits (``DreamShardPlacer(split_scorer=...)``).
 SPLIT_SCORERS: tuple[str, ...] = ("costnet", "sim")
@@ -239,15 +243,16 @@ class DreamShardPlacer:
         kept by (name, rows, dim), which tell the task's tables and shards apart, as
         the split search scores many plans that share most of their units."""
         cache = self._encodings
-        key = [(t.name, t.rows, t.dim) for t in task.tables]
-        missing = [t for t, k in zip(task.tables, key, strict=True) if k not in cache.index]
-        if missing:
+        key = list(map(_TABLE_KEY, task.tables))
+        index = cache.index
+        if not all(map(index.__contains__, key)):
+            missing = [t for t, k in zip(task.tables, key, strict=True) if k not in index]
             features = torch.from_numpy(self.model.normalizer.transform(missing))
             with torch.no_grad():
                 encodings = self.model.costnet.encoder(features).numpy()
             vectors = CostNetStageModel.project(self.model.costnet, encodings.astype(np.float64))
-            cache.add([(t.name, t.rows, t.dim) for t in missing], encodings, vectors)
-        rows = np.fromiter((cache.index[k] for k in key), dtype=np.int64, count=len(key))
+            cache.add([_TABLE_KEY(t) for t in missing], encodings, vectors)
+        rows = np.fromiter(map(index.__getitem__, key), dtype=np.int64, count=len(key))
         total = torch.from_numpy(cache.encodings[rows]).sum(dim=0)
         return CostNetStageModel.from_vectors(
             self.model.costnet, cache.vectors[rows], total, task.num_devices
