@@ -234,6 +234,19 @@ def test_tracker_pins_together_and_apart(four: Task) -> None:
     assert tracker.used.tolist() == [[0, 96_000, 128_000]]  # nothing counted twice
 
 
+def test_tracker_keeps_apart_from_a_mate_the_group_will_follow(four: Task) -> None:
+    # a and b together, c apart from a: once b is placed, a must follow it, so c may not
+    # take b's device even before a is placed (an rnn sample broke this).
+    rules = resolve_constraints({"together": [["a", "b"]], "apart": [["a", "c"]]}, four)
+    tracker = ConstraintTracker(four, rules)
+    tracker.place(1, [0])
+    assert tracker.allowed(2) == [1, 2]
+    tracker.place(2, [1])
+    assert tracker.allowed(0) == [0]
+    tracker.place(0, [0])
+    rules.check(Placement(tuple(int(d) for d in tracker.device_of[0])), four)
+
+
 def test_tracker_reserves_a_groups_memory_at_its_first_table(four_tables: list[TableSpec]) -> None:
     # Devices of 100,000 bytes; a (64k) with c (16k) needs 80k. After a goes to dev0, b
     # (32k) no longer fits there, though a + b alone would.

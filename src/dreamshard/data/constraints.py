@@ -519,7 +519,11 @@ class ConstraintTracker:
         apart: list[set[int]] = [set() for _ in range(num_tables)]
         for group in constraints.apart:
             for i in group:
-                apart[i].update(j for j in group if j != i)
+                # An apart-mate's together-mates follow it onto its device, so they are
+                # avoided too (a mate placed first decides where the group goes).
+                for j in group:
+                    if j != i:
+                        apart[i].update(constraints.group_of(j))
         # A group shares one device, so every member avoids every member's apart-mates.
         self._apart = [
             np.array(sorted(set().union(*(apart[j] for j in constraints.group_of(i)))), np.int64)
