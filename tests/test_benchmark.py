@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -183,6 +184,30 @@ def test_config_errors_name_the_field(path: str, value: Any, message: str) -> No
         parse_config(with_change(path, value), "cfg.toml")
     assert str(err.value).startswith("cfg.toml: ")
     assert message in str(err.value)
+
+
+def test_the_oracle_is_a_reference_with_every_placers_distance_to_it(tmp_path: Path) -> None:
+    data = copy.deepcopy(TINY)
+    data["placers"] = ["size", "lookup", "oracle"]
+    results = run_benchmark(parse_config(data, "tiny"), tmp_path, "tiny", log=lambda _: None)
+    evaluation = results.evaluations["s6x2"]
+    suite = results.suites["s6x2"]
+    assert suite.reference == "oracle" and suite.strongest_baseline in ("size", "lookup")
+    tasks = evaluation.common_tasks()
+    for p in ("size", "lookup", "oracle"):
+        ratios = [
+            evaluation.result(p, t).cost.cost_ms / evaluation.result("oracle", t).cost.cost_ms  # type: ignore[union-attr]
+            for t in tasks
+        ]
+        expected = (float(np.exp(np.mean(np.log(ratios)))) - 1) * 100
+        assert suite.placers[p].pct_above_reference == pytest.approx(expected, abs=1e-9)
+    assert suite.placers["oracle"].pct_above_reference == pytest.approx(0.0, abs=1e-12)
+    report = (tmp_path / "report.md").read_text()
+    assert "| failures | % above oracle |" in report and "`oracle` is the reference" in report
+    assert render_report(load_results(tmp_path / "results.json")) == report
+    data["backend"] = {"name": "fbgemm"}
+    with pytest.raises(InputError, match="'oracle' searches the simulator's own costs"):
+        parse_config(data, "cfg")
 
 
 def test_unknown_field_is_named() -> None:

@@ -21,7 +21,7 @@ from dreamshard.backends import BACKEND_NAMES, BackendOptions
 from dreamshard.errors import InputError
 from dreamshard.fileio import parse_json, read_text
 from dreamshard.method.train import TrainConfig
-from dreamshard.placers.registry import PLACERS
+from dreamshard.placers.registry import PLACERS, is_reference
 from dreamshard.placers.rnn import RnnConfig
 from dreamshard.units import parse_memory
 
@@ -352,6 +352,11 @@ def _parse(top: _Reader) -> BenchmarkConfig:
     for name in placers:
         if name not in PLACERS:
             raise InputError(f"placers: unknown placer {name!r} (known: {', '.join(PLACERS)})")
+        if is_reference(name) and backend_name != "sim":
+            raise InputError(
+                f"placers: {name!r} searches the simulator's own costs; backend.name is "
+                f"{backend_name!r} (use sim, or leave {name!r} out)"
+            )
 
     rnn_reader = top.table(
         "rnn",

@@ -127,12 +127,22 @@ def render_report(results: BenchmarkResults) -> str:
             f"binds (an expert rule ignoring memory would overflow a device) on "
             f"{s.memory_binds_tasks} of {s.tasks}."
         )
+        ref = s.reference
+        if ref is not None:
+            add("")
+            add(
+                f"`{ref}` is the reference, not a baseline: a long search on the backend's "
+                "own costs (many thousands of evaluations per task, so simulator only); "
+                f"`% above {ref}` is the geometric mean of each placer's per-task cost ratio "
+                "to it, minus 1."
+            )
         add("")
+        extra = f" % above {ref} |" if ref is not None else ""
         add(
             "| placer | mean cost ms | std ms | ratio to strongest | geo-mean ratio [95% CI] "
-            "| wins/losses | place ms | failures |"
+            f"| wins/losses | place ms | failures |{extra}"
         )
-        add("|---|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if ref is not None else ""))
         for p in s.main_placers:
             st = s.placers[p]
             ratio = (
@@ -150,9 +160,12 @@ def render_report(results: BenchmarkResults) -> str:
                 else "-"
             )
             wins = f"{c.wins}/{c.losses}" if c is not None else "-"
+            above = ""
+            if ref is not None:
+                above = f" {_fmt(st.pct_above_reference, '+.1f')} |"
             add(
                 f"| {p} | {mean} | {st.std_cost_ms:.3f} | {ratio} | {geo} | {wins} | "
-                f"{st.mean_place_time_ms:.1f} | {st.failures} |"
+                f"{st.mean_place_time_ms:.1f} | {st.failures} |{above}"
             )
         add("")
         if s.dreamshard is not None:

@@ -71,6 +71,8 @@ class PlacerStats:
             baseline, its bootstrap 95% CI and the tasks won/lost/tied
             (:mod:`dreamshard.evaluation.stats`); None for the strongest itself, without
             one, and in results written before it existed.
+        pct_above_reference: Geometric mean of the per-task cost ratios to the suite's
+            reference placer (the ORACLE), minus 1, in percent (None without one).
     """
 
     mean_cost_ms: float
@@ -81,6 +83,7 @@ class PlacerStats:
     mean_place_time_ms: float
     failures: int
     paired_to_strongest: PairedComparison | None = None
+    pct_above_reference: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +187,9 @@ class SuiteSummary:
         dreamshard: DreamShard against the baselines (None if it was not evaluated).
         cost_net_mape: The suite's model's cost-network MAPE (%) on the suite's measured
             placements (None without a model).
+        reference: The reference placer (the ORACLE: a long search on the backend's own
+            costs, not a competitor) the placers' ``pct_above_reference`` is against
+            (None without one).
     """
 
     spec: SuiteSpec
@@ -198,6 +204,7 @@ class SuiteSummary:
     wall_s: float
     dreamshard: DreamShardStanding | None = None
     cost_net_mape: float | None = None
+    reference: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -218,6 +225,8 @@ class SuiteSummary:
         )
         if self.cost_net_mape is not None:
             out["cost_net_mape"] = self.cost_net_mape
+        if self.reference is not None:
+            out["reference"] = self.reference
         return out
 
     @classmethod

@@ -55,6 +55,7 @@ from dreamshard.placers.registry import (
     LEARNED_PLACER,
     PlacerOptions,
     is_baseline,
+    is_reference,
     make_placer,
     spends_measurements,
 )
@@ -198,6 +199,7 @@ def summarize_suite(
     free = [p for p in baselines if not spends_measurements(p)]
     strongest_free = min(free, key=lambda p: means[p]) if free and common else None
     paired = {c.placer: c for c in evaluation.paired(strongest)} if strongest else {}
+    reference = next((p for p in evaluation.placers if is_reference(p)), None)
     per_placer: dict[str, PlacerStats] = {}
     for p in evaluation.placers:
         mine = [r for r in evaluation.results if r.placer == p]
@@ -212,6 +214,11 @@ def summarize_suite(
             mean_place_time_ms=float(np.mean([r.place_time_ms for r in mine])),
             failures=sum(r.cost is None for r in mine),
             paired_to_strongest=paired.get(p),
+            pct_above_reference=(
+                float(np.exp(np.log(costs[p] / costs[reference]).mean()) - 1) * 100
+                if reference is not None and len(common)
+                else None
+            ),
         )
     standing = None
     if LEARNED_PLACER in costs and strongest is not None and len(common):
@@ -240,6 +247,7 @@ def summarize_suite(
         wall_s=wall_s,
         dreamshard=standing,
         cost_net_mape=cost_net_mape,
+        reference=reference,
     )
 
 
