@@ -189,6 +189,7 @@ def test_config_errors_name_the_field(path: str, value: Any, message: str) -> No
 def test_the_oracle_is_a_reference_with_every_placers_distance_to_it(tmp_path: Path) -> None:
     data = copy.deepcopy(TINY)
     data["placers"] = ["size", "lookup", "oracle"]
+    data["oracle_evaluations"] = 300
     results = run_benchmark(parse_config(data, "tiny"), tmp_path, "tiny", log=lambda _: None)
     evaluation = results.evaluations["s6x2"]
     suite = results.suites["s6x2"]

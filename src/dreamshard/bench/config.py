@@ -101,6 +101,7 @@ class QuickSpec:
     measurements_per_iteration: int = 30
     cost_steps: int = 100
     policy_batches: int = 20
+    oracle_evaluations: int = 2_000
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class BenchmarkConfig:
         num_test_tasks: Test tasks per suite.
         placers: Placer names, in display order.
         rnn: Settings of the ``rnn`` placer.
+        oracle_evaluations: Annealing proposals per restart of the ``oracle`` placer.
         dreamshard_samples: Extra sampled placements DreamShard rates with its cost network.
         breakdown_suite: Suite whose first test task the stage-cost plot shows.
         families: Training families.
@@ -141,6 +143,7 @@ class BenchmarkConfig:
     suites: tuple[SuiteSpec, ...]
     quick_spec: QuickSpec = field(default_factory=QuickSpec)
     quick: bool = False
+    oracle_evaluations: int = 20_000
 
     def family(self, name: str) -> FamilySpec:
         return next(f for f in self.families if f.name == name)
@@ -165,6 +168,7 @@ class BenchmarkConfig:
             rnn=dataclasses.replace(self.rnn, budget=q.rnn_budget),
             families=families,
             quick=True,
+            oracle_evaluations=min(self.oracle_evaluations, q.oracle_evaluations),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -275,6 +279,7 @@ _TOP_FIELDS = (
     "num_test_tasks",
     "placers",
     "rnn",
+    "oracle_evaluations",
     "dreamshard_samples",
     "breakdown_suite",
     "families",
@@ -433,7 +438,9 @@ def _parse(top: _Reader) -> BenchmarkConfig:
     quick_spec = QuickSpec(
         **{
             name: quick.get_int(
-                name, getattr(QuickSpec(), name), minimum=2 if "tasks" in name else 1
+                name,
+                getattr(QuickSpec(), name),
+                minimum=2 if "tasks" in name else 0 if name == "oracle_evaluations" else 1,
             )
             for name in _QUICK_FIELDS
         }
@@ -450,6 +457,7 @@ def _parse(top: _Reader) -> BenchmarkConfig:
         placers=tuple(placers),
         rnn=rnn,
         dreamshard_samples=top.get_int("dreamshard_samples", 0, minimum=0),
+        oracle_evaluations=top.get_int("oracle_evaluations", 20_000, minimum=0),
         breakdown_suite=breakdown,
         families=tuple(families),
         suites=tuple(suites),

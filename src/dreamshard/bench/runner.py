@@ -351,6 +351,7 @@ def run_benchmark(
                             backend=config.backend,
                             backend_options=config.backend_options,
                             budget=rnn_config.budget,
+                            oracle_evaluations=config.oracle_evaluations,
                         ),
                     )
                 )
