@@ -153,17 +153,27 @@ def test_dreamshard_placer_with_samples_respects_memory(saved: Path) -> None:
     placement.validate(t)
 
 
-def test_dreamshard_placer_without_model_dir_takes_the_packaged_model() -> None:
+def test_dreamshard_placer_without_model_dir_takes_the_packaged_model(tmp_path: Path) -> None:
     from dreamshard.backends import BackendOptions
+    from dreamshard.backends.sim.profile import load_profile
     from dreamshard.method.checkpoint import packaged_model_dir
 
-    placer = make_placer("dreamshard", PlacerOptions())
-    packaged = DreamShardModel.load(packaged_model_dir("cpu-zen4"))
-    assert placer.model.normalizer.to_dict() == packaged.normalizer.to_dict()  # type: ignore[attr-defined]
+    for profile in ("cpu-zen4", "h100-public"):
+        options = PlacerOptions(backend_options=BackendOptions(profile=profile))
+        placer = make_placer("dreamshard", options)
+        packaged = DreamShardModel.load(packaged_model_dir(profile))
+        assert placer.model.normalizer.to_dict() == packaged.normalizer.to_dict()  # type: ignore[attr-defined]
+    cpu, gpu = (DreamShardModel.load(packaged_model_dir(p)) for p in ("cpu-zen4", "h100-public"))
+    cpu_w, gpu_w = cpu.costnet.state_dict().values(), gpu.costnet.state_dict().values()
+    weights = zip(cpu_w, gpu_w, strict=True)
+    assert not all(torch.equal(a, b) for a, b in weights)  # a model of its own
     # A profile without a packaged model: one line naming the ones there are.
-    other = PlacerOptions(backend_options=BackendOptions(profile="h100-public"))
+    own = tmp_path / "my-cpu.json"
+    load_profile("cpu-zen4").save(own)
+    other = PlacerOptions(backend_options=BackendOptions(profile=str(own)))
     with pytest.raises(
-        InputError, match=r"no packaged model for profile 'h100-public' \(packaged: cpu-zen4\)"
+        InputError,
+        match=r"no packaged model for profile '.*my-cpu.json' \(packaged: cpu-zen4, h100-public\)",
     ):
         make_placer("dreamshard", other)
 

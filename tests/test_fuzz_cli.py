@@ -95,6 +95,8 @@ def workspace(tmp_path: Path) -> Path:
     profile = load_profile("cpu-zen4").to_dict()
     profile["comm"]["bandwidth_gbps"] = 0
     (ws / "profile_zero_bw.json").write_text(json.dumps(profile))
+    # A valid profile of the user's own, for which no model is packaged.
+    (ws / "my-cpu.json").write_text(json.dumps(load_profile("cpu-zen4").to_dict()))
     write_csv(ws / "nan.csv", pooling_factor="nan")
     write_csv(ws / "negative.csv", rows="-1000")
     write_csv(ws / "huge.csv", rows="1" + "0" * 40)
@@ -238,7 +240,7 @@ CASES: dict[str, Case] = {
         f"{PLACE} --placer dreamshard --model {{ws}}/file.txt", "file.txt"
     ),
     "place dreamshard, no packaged model for the profile": Case(
-        f"{PLACE} --placer dreamshard --profile h100-public", "no packaged model"
+        f"{PLACE} --placer dreamshard --profile {{ws}}/my-cpu.json", "no packaged model"
     ),
     "place missing option": Case("place --devices 2", "Missing option '--tables'"),
     # evaluate

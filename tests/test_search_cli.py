@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from dreamshard.backends.sim.profile import load_profile
 from dreamshard.cli.app import app
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tables import save_tables
@@ -84,10 +85,15 @@ def test_refine_measures_the_best_candidates(tables: Path, tmp_path: Path) -> No
         (("--search", "best"), "unknown search 'best'"),
         (("--time-budget-ms", "0"), "time budget must be positive"),
         (("--model", "/nonexistent"), "no model.pt"),
-        (("--profile", "h100-public"), "no packaged model for profile 'h100-public'"),
+        (("--profile", "MY_PROFILE"), "no packaged model for profile"),
     ],
 )
-def test_bad_search_options_are_one_line(tables: Path, args: tuple[str, ...], part: str) -> None:
+def test_bad_search_options_are_one_line(
+    tables: Path, tmp_path: Path, args: tuple[str, ...], part: str
+) -> None:
+    own = tmp_path / "my-cpu.json"  # a profile of the user's own: no packaged model
+    load_profile("cpu-zen4").save(own)
+    args = tuple(str(own) if a == "MY_PROFILE" else a for a in args)
     result = run(
         "place", "--tables", tables, "--devices", 2, "--memory", "1GB", "--placer", "dreamshard",
         *SIM, *args,
