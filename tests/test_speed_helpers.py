@@ -11,7 +11,7 @@ from dreamshard.data.constraints import NO_CONSTRAINTS, ConstraintTracker
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices, make_task
 from dreamshard.method.costnet import CostNet, CostNetStageModel
-from dreamshard.method.search import joined_partial, others_max, row_sums
+from dreamshard.method.search import joined_partial, row_sums
 from dreamshard.runtime import TORCH_ELEMENTWISE_MIN, add_into, relu_
 
 
@@ -32,7 +32,13 @@ def test_joined_partial_is_the_max_with_the_others_bit_for_bit(num_devices: int)
     subsets = [everywhere, everywhere[::2], everywhere[1:]]
     for options in (o for o in subsets if len(o)):
         new = costs[options] + rng.lognormal(size=(len(options), 3))
-        expected = np.maximum(others_max(costs, options), new).sum(axis=-1)
+        others = np.stack(
+            [
+                np.delete(costs, d, axis=0).max(axis=0) if num_devices > 1 else np.full(3, -np.inf)
+                for d in options
+            ]
+        )
+        expected = np.maximum(others, new).sum(axis=-1)
         np.testing.assert_array_equal(joined_partial(costs, options, new), expected)
 
 

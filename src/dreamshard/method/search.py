@@ -80,15 +80,6 @@ def _top3(costs: FloatArray) -> tuple[FloatArray, IntArray]:
     return vals, idx.astype(np.int64)
 
 
-def others_max(costs: FloatArray, options: IntArray) -> FloatArray:
-    """``[K, S]`` per stage the largest of ``costs`` ``[D, S]`` over the devices other
-    than ``options[k]`` (-inf where there is no other device): the slowest of the rest
-    when a table joins device ``options[k]``."""
-    first, top, second = _top2(costs)
-    out: FloatArray = np.where(options[:, None] == first[None, :], second[None, :], top[None, :])
-    return out
-
-
 def _top2(costs: FloatArray) -> tuple[IntArray, FloatArray, FloatArray]:
     """Per stage ``[S]``: the device with the largest cost (the first such), that cost,
     and the largest cost of the other devices (-inf where there is none)."""
@@ -121,8 +112,8 @@ def row_sums(values: FloatArray) -> FloatArray:
 def joined_partial(costs: FloatArray, options: IntArray, new: FloatArray) -> FloatArray:
     """``[K]`` the cost of a partial placement (``costs`` ``[D, S]`` of its devices) when
     a table joins device ``options[k]`` (ascending), whose stage costs become ``new[k]``:
-    ``np.maximum(others_max(costs, options), new).sum(-1)``, the same floats, without
-    building the ``[K, S]`` maxima of the others (only the stages' slowest device sees a
+    per stage the larger of ``new[k]`` and the slowest other device, summed over stages,
+    without building the ``[K, S]`` maxima of the others (only the stages' slowest device sees a
     different slowest other)."""
     first, top, second = _top2(costs)
     joined = np.maximum(new, top)
