@@ -5,11 +5,14 @@ project's own (so neither the packaged model nor anything tuned saw them). Each 
 places every task; every placement is costed by the simulator (labelled: simulated,
 not measured). The yardstick is ORACLE (``placers/oracle.py``): a long search on the
 simulator's own cost (greedy on the true cost, local search, 3 annealing restarts of
-20,000 proposals each). Printed per suite: every placer's mean % above ORACLE and its
-geometric-mean ratio to ORACLE; the packaged cost network's ranking quality over all
-placers' placements of each task (Spearman, pairwise ordering accuracy, MAPE); and the
-planning time of one placement call (DreamShard's default search and TorchRec's
-table-wise planner, same run).
+20,000 proposals each), over whole tables. Every placer places whole tables too
+(``dreamshard*`` with ``sharding="table"``); ``dreamshard-auto`` is the product's
+default, which may split tables (column or row shards) and so may go below the
+whole-table ORACLE. Printed per suite: every placer's mean % above ORACLE and its
+geometric-mean ratio to ORACLE; the packaged cost network's ranking quality over the
+whole-table placements of each task (Spearman, pairwise ordering accuracy, MAPE); and the
+planning time of one placement call (DreamShard's default search, splits allowed, and
+TorchRec's table-wise planner, same run).
 
     .venv/bin/python benchmarks/bench_quality.py --out benchmarks/results/quality.json
     .venv/bin/python benchmarks/bench_quality.py --quick   # 4 tasks per suite, no rnn
@@ -34,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -41,13 +45,14 @@ from scipy.stats import spearmanr
 from dreamshard.backends.sim.model import SimBackend
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import SuiteConfig, generate_suite, make_devices, make_task
+from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
 from dreamshard.placers.dreamshard import DreamShardPlacer
 from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.placers.rnn import RnnConfig, RnnPlacer
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.placers.torchrec import TorchRecPlacer
-from dreamshard.types import Placer, Task
+from dreamshard.types import Placement, Placer, TableSplit, Task
 from dreamshard.units import parse_memory
 
 #: The test pool's seed: unlike the project's (0) and the pretraining's (2026-2027).
@@ -125,36 +130,114 @@ def ranking(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return rho, (right / total if total else float("nan"))
 
 
+#: Placers that do not depend on the model: ``--reference`` can reuse their placements.
+REFERENCE_PLACERS = ("size-lookup", "torchrec", "rnn", "oracle")
+
+
+def placement_json(placement: Placement) -> dict[str, object]:
+    """A placement in the results: devices as one string of numbers (a 1,000-table
+    placement per line keeps the file small and readable)."""
+    return {
+        "device_of": " ".join(map(str, placement.device_of)),
+        "splits": [[s.table, s.kind, list(s.sizes)] for s in placement.splits],
+    }
+
+
+def placement_from_json(payload: dict[str, Any]) -> Placement:
+    splits = tuple(
+        TableSplit(int(t), kind, tuple(int(x) for x in sizes))
+        for t, kind, sizes in payload["splits"]
+    )
+    devices = payload["device_of"]
+    if isinstance(devices, str):
+        devices = devices.split()
+    return Placement(tuple(int(d) for d in devices), splits)
+
+
+def reused(
+    reference: dict[str, Any] | None, suite: Suite, tasks: list[Task], backend: SimBackend
+) -> dict[str, list[tuple[Placement, float]]]:
+    """The reference run's placements (and planning times) of the model-free placers for
+    ``suite``, checked: same tasks, and each placement's simulated cost recomputed equal
+    to the one recorded (so a changed simulator or pool is refused, not mixed in)."""
+    if reference is None or suite.name not in reference["suites"]:
+        return {}
+    records = reference["suites"][suite.name].get("per_task")
+    if records is None or [r["task"] for r in records] != [t.name for t in tasks]:
+        raise SystemExit(f"--reference: suite {suite.name} has other tasks than this run")
+    out: dict[str, list[tuple[Placement, float]]] = {}
+    for name in REFERENCE_PLACERS:
+        if not all(name in r["placements"] for r in records):
+            continue
+        rows = []
+        for task, r in zip(tasks, records, strict=True):
+            placement = placement_from_json(r["placements"][name])
+            cost = backend.cost_ms(task, placement)
+            if abs(cost - r["costs"][name]) > 1e-9 * cost:
+                raise SystemExit(
+                    f"--reference: {name} on {task.name} costs {cost} ms now, "
+                    f"{r['costs'][name]} ms in the reference: the simulator changed"
+                )
+            rows.append((placement, float(r["times"][name])))
+        out[name] = rows
+    return out
+
+
 def run_suite(
-    suite: Suite, count: int, model: DreamShardModel, backend: SimBackend, quick: bool
+    suite: Suite,
+    count: int,
+    model: DreamShardModel,
+    backend: SimBackend,
+    quick: bool,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, object]:
     tasks = suite_tasks(suite, min(count, suite.max_tasks or count))
     placers: list[Placer] = [
         GreedyPlacer("size-lookup"),
         TorchRecPlacer(),
-        DreamShardPlacer(model, search="none"),
-        DreamShardPlacer(model, search="greedy"),
-        DreamShardPlacer(model),  # the default: local search
+        # Whole tables, like the ORACLE and the baselines; the default search is local.
+        DreamShardPlacer(model, search="none", sharding="table"),
+        DreamShardPlacer(model, search="greedy", sharding="table"),
+        DreamShardPlacer(model, sharding="table"),
+        DreamShardPlacer(model),  # the product's default: splits allowed (auto)
         OraclePlacer(backend),
     ]
     names = ["size-lookup", "torchrec", "dreamshard-none", "dreamshard-greedy", "dreamshard"]
-    names.append("oracle")
+    names += ["dreamshard-auto", "oracle"]
     if suite.rnn and not quick:
         placers.insert(2, RnnPlacer(backend, RnnConfig(budget=500)))
         names.insert(2, "rnn")
+    previous = reused(reference, suite, tasks, backend)
     costs: dict[str, list[float]] = {n: [] for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
+    per_task: list[dict[str, object]] = []
     rho, pairs, mape = [], [], []
     for k, task in enumerate(tasks):
         placements = []
         for name, placer in zip(names, placers, strict=True):
-            t0 = time.perf_counter()
-            placement = placer.place(task)
-            times[name].append(time.perf_counter() - t0)
+            if name in previous:
+                placement, wall = previous[name][k]
+            else:
+                t0 = time.perf_counter()
+                placement = placer.place(task)
+                wall = time.perf_counter() - t0
+            times[name].append(wall)
             placements.append(placement)
             costs[name].append(backend.cost_ms(task, placement))
-        true = np.array([backend.cost_ms(task, p) for p in placements])
-        predicted = model.predict_cost_ms([task] * len(placements), placements)
+        per_task.append(
+            {
+                "task": task.name,
+                "costs": {n: costs[n][-1] for n in names},
+                "times": {n: times[n][-1] for n in names},
+                "placements": {
+                    n: placement_json(p) for n, p in zip(names, placements, strict=True)
+                },
+            }
+        )
+        # The ranking is rated on the whole-table placements (as before splits existed).
+        ranked = [p for n, p in zip(names, placements, strict=True) if n != "dreamshard-auto"]
+        true = np.array([backend.cost_ms(task, p) for p in ranked])
+        predicted = model.predict_cost_ms([task] * len(ranked), ranked)
         r, a = ranking(predicted, true)
         rho.append(r)
         pairs.append(a)
@@ -179,8 +262,10 @@ def run_suite(
             "spearman_mean": float(np.nanmean(rho)),
             "pairwise_accuracy_mean": float(np.nanmean(pairs)),
             "mape_mean": float(np.mean(mape)),
-            "placements_per_task": len(names),
+            "placements_per_task": len(names) - 1,
         },
+        "reused_from_reference": sorted(previous),
+        "per_task": per_task,
     }
 
 
@@ -227,7 +312,17 @@ def main() -> None:
         help="First fine-tune the model on this many simulated measurements of 20 training "
         "tasks of each suite (from the other half of its pool).",
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="A previous --out of this script: reuse its size-lookup, torchrec, rnn and "
+        "ORACLE placements (checked against the simulator) instead of recomputing them.",
+    )
     args = parser.parse_args()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    reference = json.loads(args.reference.read_text()) if args.reference else None
     logging.basicConfig(level=logging.WARNING)
     count = 4 if args.quick else args.tasks
     model_dir = args.model or packaged_model_dir("cpu-zen4")
@@ -249,7 +344,7 @@ def main() -> None:
         if args.finetune_sim:
             folder = Path(f"runs/quality-finetune/{suite.name}")
             suite_model = finetuned(model_dir, suite, args.finetune_sim, folder)
-        row = run_suite(suite, count, suite_model, backend, args.quick)
+        row = run_suite(suite, count, suite_model, backend, args.quick, reference)
         results["suites"][suite.name] = row  # type: ignore[index]
         print(f"{suite.name} ({row['tasks']} unseen tasks), % above ORACLE (mean / worst):")
         for name, st in row["placers"].items():  # type: ignore[attr-defined]
@@ -264,12 +359,13 @@ def main() -> None:
             f"{cm['pairwise_accuracy_mean'] * 100:.1f}%, MAPE {cm['mape_mean']:.1f}%",  # type: ignore[index]
             flush=True,
         )
+        if args.out is not None:  # after every suite: a long run keeps what it finished
+            write_json(args.out, results)
     if not args.no_timing:
         results["planning"] = planning_times(model, 1 if args.quick else 3)
     results["wall_s"] = time.perf_counter() - t0
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.out, results)
         print(f"wrote {args.out}")
 
 

@@ -120,7 +120,7 @@ def test_train_init_packaged_fine_tunes_and_records_it(tmp_path: Path, suite_fil
     assert "from the model packaged" in ANSI.sub("", result.output)
     info = json.loads((out / "config.json").read_text())["info"]
     assert info["init"] == "packaged"
-    assert info["init_info"]["train_tasks"] == 300  # the packaged model's own record
+    assert info["init_info"]["train_tasks"] == 600  # the packaged model's own record
 
 
 def test_train_init_of_a_missing_model_is_one_line(tmp_path: Path, suite_file: Path) -> None:
@@ -135,10 +135,28 @@ def test_pretrain_refuses_zero_iterations(tmp_path: Path) -> None:
     assert "--iterations must be at least 1" in one_line_error(result)
 
 
+def test_pretrain_refuses_negative_dlrm_tasks(tmp_path: Path) -> None:
+    result = run("pretrain", "--out", tmp_path / "m", "--dlrm-tasks", -1)
+    assert "--dlrm-tasks must be >= 0" in one_line_error(result)
+
+
+def test_pretrain_from_a_missing_model_is_one_line(tmp_path: Path) -> None:
+    result = run("pretrain", "--out", tmp_path / "m", "--init", tmp_path / "no")
+    assert "no model.pt" in one_line_error(result)
+
+
 def test_the_packaged_model_records_how_it_was_made() -> None:
     from dreamshard.method.checkpoint import packaged_model_dir
 
     provenance = json.loads((packaged_model_dir("cpu-zen4") / "provenance.json").read_text())
     assert provenance["config"]["profile"] == "cpu-zen4"
-    assert provenance["data"]["tasks"] == provenance["config"]["num_tasks"]
+    config = provenance["config"]
+    assert provenance["data"]["tasks"] == config["num_tasks"] + config["dlrm_tasks"]
     assert "simulated" in provenance["data"]["backend"]
+    # Made in stages: each stage records the one it started from, down to fresh networks.
+    stages = 1
+    while provenance.get("init_provenance") is not None:
+        provenance = provenance["init_provenance"]
+        stages += 1
+    assert provenance["config"].get("init") is None
+    assert stages == 3

@@ -89,21 +89,47 @@ def pretrain(
     iterations: Annotated[
         int | None, typer.Option("--iterations", help="Training iterations (default 30).")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Continue from this model ('packaged' or a model folder): a later stage.",
+        ),
+    ] = None,
+    dlrm_tasks: Annotated[
+        int,
+        typer.Option(
+            "--dlrm-tasks",
+            help="Also train on this many tasks of DLRM-like tables (3,000-table pool).",
+        ),
+    ] = 0,
+    train_seed: Annotated[
+        int | None, typer.Option("--train-seed", help="Seed of training (default 2026).")
+    ] = None,
 ) -> None:
     """Pretrain a model on augmented simulated tasks (how the packaged models are made;
-    about 30 minutes on 2 cores)."""
+    about 30 minutes on 2 cores per stage; see docs/architecture.md)."""
     from dataclasses import replace
 
-    from dreamshard.workflows.pretrain import PretrainConfig
+    from dreamshard.workflows.pretrain import DLRM_POOL_TABLES, PretrainConfig
     from dreamshard.workflows.pretrain import pretrain as run_pretrain
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    config = PretrainConfig(profile=profile)
+    if dlrm_tasks < 0:
+        raise InputError(f"--dlrm-tasks must be >= 0, got {dlrm_tasks}")
+    config = PretrainConfig(
+        profile=profile,
+        dlrm_tables=DLRM_POOL_TABLES if dlrm_tasks else 0,
+        dlrm_tasks=dlrm_tasks,
+        init=init,
+    )
     if iterations is not None:
         if iterations < 1:
             raise InputError(f"--iterations must be at least 1, got {iterations}")
         config = replace(config, train=replace(config.train, iterations=iterations))
+    if train_seed is not None:
+        config = replace(config, train=replace(config.train, seed=train_seed))
     run_pretrain(config, out, log=print_line)
     out_console.print(f"wrote {escape(str(out))} (how it was made: provenance.json)")
 

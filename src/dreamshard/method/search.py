@@ -417,24 +417,15 @@ def _improve_unit(
     rng: np.random.Generator,
 ) -> tuple[bool, int]:
     """Apply unit u's best move or swap if it is better; (whether one was applied,
-    candidates scored)."""
+    candidates scored). The moves' and the swaps' device costs go through one stage-cost
+    call and one scoring (a search makes thousands of these calls on a few rows each)."""
     a = int(state.unit_device[u])
     vec, cnt, mem = state.unit_vectors[u], state.unit_counts[u], state.units.memory[u]
-    best: tuple[float, float, int, int | None] | None = None
-    scored = 0
     # Moves: u from a to every other device with room.
     targets = np.flatnonzero(state.used + mem <= state.capacity)
     targets = targets[targets != a]
     if len(targets) and state.units.apart[u]:
         targets = targets[state._apart_ok(u, targets)]
-    if len(targets):
-        new_a = state.model.stage_costs(state.sums[a] - vec, np.array(state.counts[a] - cnt))
-        new_b = state.model.stage_costs(state.sums[targets] + vec, state.counts[targets] + cnt)
-        src = np.full(len(targets), a)
-        cost, balance = state.score(src, np.broadcast_to(new_a, new_b.shape), targets, new_b)
-        k = _pick(cost, balance)
-        best = (float(cost[k]), float(balance[k]), int(targets[k]), None)
-        scored += len(targets)
     # Swaps: u with a unit w on another device, both fitting after the exchange.
     movable_units = state.movable(movable)
     partners = movable_units[state.unit_device[movable_units] != a]
@@ -452,19 +443,48 @@ def _improve_unit(
                 if fits[k] and state.units.apart[int(w)]:
                     fits[k] = bool(state._apart_ok(int(w), np.array([a]), np.array([u]))[0])
         partners, b = partners[fits], b[fits]
-    if len(partners):
-        vec_w, cnt_w = state.unit_vectors[partners], state.unit_counts[partners]
-        new_a = state.model.stage_costs(state.sums[a] - vec + vec_w, state.counts[a] - cnt + cnt_w)
-        new_b = state.model.stage_costs(state.sums[b] - vec_w + vec, state.counts[b] - cnt_w + cnt)
-        cost, balance = state.score(np.full(len(b), a), new_a, b, new_b)
-        k = _pick(cost, balance)
-        scored += len(partners)
+    else:
+        b = partners
+    moves, swaps = len(targets), len(partners)
+    if not moves and not swaps:
+        return False, 0
+    # Rows: [a after the move, each move's target, a after each swap, each swap's b].
+    vec_w, cnt_w = state.unit_vectors[partners], state.unit_counts[partners]
+    sums = np.concatenate(
+        [
+            (state.sums[a] - vec)[None],
+            state.sums[targets] + vec,
+            state.sums[a] - vec + vec_w,
+            state.sums[b] - vec_w + vec,
+        ]
+    )
+    counts = np.concatenate(
+        [
+            [state.counts[a] - cnt],
+            state.counts[targets] + cnt,
+            state.counts[a] - cnt + cnt_w,
+            state.counts[b] - cnt_w + cnt,
+        ]
+    )
+    costs = state.model.stage_costs(sums, counts)
+    new_a = np.concatenate(
+        [np.broadcast_to(costs[0], (moves, costs.shape[1])), costs[1 + moves : 1 + moves + swaps]]
+    )
+    new_b = np.concatenate([costs[1 : 1 + moves], costs[1 + moves + swaps :]])
+    dst = np.concatenate([targets, b])
+    cost, balance = state.score(np.full(moves + swaps, a), new_a, dst, new_b)
+    best: tuple[float, float, int, int | None] | None = None
+    if moves:
+        k = _pick(cost[:moves], balance[:moves])
+        best = (float(cost[k]), float(balance[k]), int(targets[k]), None)
+    if swaps:
+        k = moves + _pick(cost[moves:], balance[moves:])
         if best is None or (cost[k], balance[k]) < (best[0], best[1]):
-            best = (float(cost[k]), float(balance[k]), int(b[k]), int(partners[k]))
+            best = (float(cost[k]), float(balance[k]), int(dst[k]), int(partners[k - moves]))
     if best is None or not state.better(best[0], best[1]):
-        return False, scored
+        return False, moves + swaps
     state.apply(u, best[2], best[3])
-    return True, scored
+    return True, moves + swaps
 
 
 def _pick(cost: FloatArray, balance: FloatArray) -> int:

@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING
 
 from dreamshard import __version__
 from dreamshard.backends import BackendOptions, make_backend
-from dreamshard.data.augment import augmented_table_pool, augmented_tasks
-from dreamshard.fileio import write_json
+from dreamshard.data.augment import DIMS, augmented_table_pool, augmented_tasks
+from dreamshard.data.synthetic import generate_table_pool
+from dreamshard.fileio import read_json, write_json
 from dreamshard.workflows.experiment import Log, TrainedModel, train_model
 
 if TYPE_CHECKING:
     from dreamshard.method.train import TrainConfig
 
 PROVENANCE_FILE = "provenance.json"
+#: Tables of the DLRM-like pool that ``dlrm_tasks`` draw from (``dreamshard pretrain``).
+DLRM_POOL_TABLES = 3000
 
 
 def _default_train() -> TrainConfig:
@@ -49,8 +52,14 @@ class PretrainConfig:
         profile: Hardware profile of the simulator (packaged name).
         num_tables: Tables in the augmented pool.
         num_tasks: Augmented training tasks.
-        seed: Seed of the pool and the tasks (training has its own, in ``train``).
+        seed: Seed of the pools and the tasks (training has its own, in ``train``).
         train: Training settings.
+        dlrm_tables: Tables in a DLRM-like pool (dims drawn from the augmented ones);
+            0: none.
+        dlrm_tasks: Tasks of augmented shapes drawn from that pool, beside the
+            augmented ones.
+        init: Continue from this model (``"packaged"``: the packaged model of
+            ``profile``; else a model folder); None: fresh networks.
     """
 
     profile: str = "cpu-zen4"
@@ -58,16 +67,33 @@ class PretrainConfig:
     num_tasks: int = 300
     seed: int = 2026
     train: TrainConfig = field(default_factory=_default_train)
+    dlrm_tables: int = 0
+    dlrm_tasks: int = 0
+    init: str | None = None
 
 
 def pretrain(config: PretrainConfig, out_dir: str | Path, log: Log | None = None) -> TrainedModel:
     """Train the model of ``config.profile`` on augmented simulated tasks into
     ``out_dir`` (resuming a checkpoint there) and write its provenance."""
     start = time.perf_counter()
+    from dreamshard.method.checkpoint import resolve_model_dir
+
     pool = augmented_table_pool(config.num_tables, config.seed)
     tasks = augmented_tasks(pool, config.num_tasks, config.seed + 1)
+    if config.dlrm_tasks:
+        dlrm = generate_table_pool(
+            config.dlrm_tables, seed=config.seed + 2, dims=DIMS, name_prefix="d"
+        )
+        tasks += augmented_tasks(dlrm, config.dlrm_tasks, config.seed + 3, name_prefix="pre-d")
+    init_provenance = None
+    if config.init is not None:
+        init_dir = resolve_model_dir(config.init, config.profile)
+        if (init_dir / PROVENANCE_FILE).is_file():
+            init_provenance = read_json(init_dir / PROVENANCE_FILE)
     backend = make_backend("sim", BackendOptions(profile=config.profile))
-    trained = train_model(config.train, tasks, backend, out_dir, log=log)
+    trained = train_model(
+        config.train, tasks, backend, out_dir, log=log, init=config.init, profile=config.profile
+    )
     devices = sorted({t.num_devices for t in tasks})
     write_json(
         Path(out_dir) / PROVENANCE_FILE,
@@ -78,6 +104,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, log: Log | None = None
             "config": asdict(config),
             "data": {
                 "pool_tables": len(pool),
+                "dlrm_pool_tables": config.dlrm_tables if config.dlrm_tasks else 0,
                 "tasks": len(tasks),
                 "tables_per_task": [
                     min(t.num_tables for t in tasks),
@@ -88,6 +115,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, log: Log | None = None
                 "backend": f"sim ({config.profile}), simulated, not measured",
             },
             "wall_s": round(time.perf_counter() - start, 1),
+            "init_provenance": init_provenance,
         },
     )
     return trained
