@@ -6,16 +6,19 @@ search whose every decision is a measurement (no cost model decides anything).
 1. Start: size-lookup, torchrec, DreamShard (packaged model, default search) and the
    simulator ORACLE's placement, measured together; the cheapest measured is the start.
 2. Each round measures the current placement together with ``--neighbours`` neighbours
-   (interleaved, so each comparison is paired): moves of a table off the device that was
-   measured slowest (its compute), and swaps of such a table with one elsewhere; half of
-   them the simulator's best-ranked such neighbours, half drawn at random (seeded), all
-   within memory and never measured before. The best neighbour replaces the current
-   placement if it measured at least ``--margin`` cheaper in the same round. Rounds go
-   on until ``--budget`` measurements (default 300 per task, the issue's minimum).
+   (interleaved, so each comparison is paired; 2 windows x 3 calls per shard, as short
+   as the budget allows: 300 measurements take about 5 minutes per task): moves of a
+   table off the device that was measured slowest (its compute), and swaps of such a
+   table with one elsewhere; half of them the simulator's best-ranked such neighbours,
+   half drawn at random (seeded), all within memory and never measured before. The best
+   neighbour replaces the current placement if it measured at least ``--margin``
+   cheaper in the same round. Rounds go on until ``--budget`` measurements (default 300
+   per task, the issue's minimum).
 3. All placements of a task, the search's final one included, are then measured again
-   together with more repetitions (``evaluate``: fresh windows, so the search's winner's
-   curse does not carry over): every placer's mean, its geomean ratio to the real search
-   with a bootstrap 95% CI, and per task DreamShard's % above the real search.
+   together with more repetitions (8 windows x 8 calls; ``evaluate``: fresh windows, so
+   the search's winner's curse does not carry over): every placer's mean, its geomean
+   ratio to the real search with a bootstrap 95% CI, and per task DreamShard's % above
+   the real search.
 
     .venv/bin/python benchmarks/bench_real_search.py --out benchmarks/results/real-search.json
 
