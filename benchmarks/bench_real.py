@@ -26,34 +26,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from common import SimOracle, print_paired, real_suite
 from dreamshard.backends import BackendOptions, make_backend
-from dreamshard.backends.sim.model import SimBackend
-from dreamshard.data.synthetic import generate_table_pool
-from dreamshard.data.tasks import SuiteConfig, generate_suite
 from dreamshard.evaluation.evaluate import evaluate
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
 from dreamshard.method.train import TrainConfig
 from dreamshard.placers.dreamshard import DreamShardPlacer
-from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.placers.torchrec import TorchRecPlacer
-from dreamshard.types import Placement, Task
-from dreamshard.units import parse_memory
 from dreamshard.workflows.experiment import train_model
-
-POOL_SEED = 4242
-
-
-class SimOracle:
-    """The simulator ORACLE's placement (searched on sim), to be measured for real."""
-
-    name = "sim-oracle"
-
-    def __init__(self) -> None:
-        self._oracle = OraclePlacer(SimBackend())
-
-    def place(self, task: Task) -> Placement:
-        return self._oracle.place(task)
 
 
 def main() -> None:
@@ -71,18 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    pool = generate_table_pool(856, seed=POOL_SEED, dim=16, max_rows=args.row_cap)
-    suite = generate_suite(
-        pool,
-        SuiteConfig(
-            num_train=args.train_tasks,
-            num_test=args.test_tasks,
-            min_tables=args.tables,
-            max_tables=args.tables,
-            num_devices=args.devices,
-            memory_bytes=parse_memory(args.memory, "--memory"),
-            seed=99,
-        ),
+    suite = real_suite(
+        args.tables, args.devices, args.memory, args.row_cap, args.train_tasks, args.test_tasks
     )
     train_options = BackendOptions(windows=4, calls_per_window=6, row_cap=args.row_cap)
     eval_options = BackendOptions(windows=8, calls_per_window=8, row_cap=args.row_cap)
@@ -128,15 +99,7 @@ def main() -> None:
     print(f"fine-tuning: {trained.model.info.get('measurements')} measurements, {finetune_s:.0f} s")
     for p, m in means.items():
         print(f"  {p:22s} mean {m:8.3f} ms")
-    paired = {}
-    for baseline in ("size-lookup", "torchrec"):
-        print(f"paired vs {baseline} (geomean ratio, 95% bootstrap CI, wins/losses):")
-        for c in evaluation.paired(baseline):
-            paired.setdefault(baseline, []).append(asdict(c))
-            print(
-                f"  {c.placer:22s} {c.geomean_ratio:.4f} [{c.ci_low:.4f}, {c.ci_high:.4f}] "
-                f"{c.wins}/{c.losses}"
-            )
+    paired = print_paired(evaluation, ("size-lookup", "torchrec"))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         results = {

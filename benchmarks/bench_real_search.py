@@ -33,27 +33,21 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common import SimOracle, print_paired, real_suite
 from dreamshard.backends import BackendOptions, make_backend
 from dreamshard.backends.sim.model import SimBackend
-from dreamshard.data.synthetic import generate_table_pool
-from dreamshard.data.tasks import SuiteConfig, generate_suite
 from dreamshard.errors import InvalidPlacementError
 from dreamshard.evaluation.evaluate import evaluate
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
 from dreamshard.placers.dreamshard import DreamShardPlacer
-from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.placers.torchrec import TorchRecPlacer
 from dreamshard.types import CostBackend, Placement, PlacementCost, Placer, Task
-from dreamshard.units import parse_memory
-
-POOL_SEED = 4242
 
 
 class Fixed:
@@ -110,7 +104,8 @@ def neighbours(
         return []
     by_sim = sorted(fresh, key=lambda p: sim.cost_ms(task, p))
     chosen = by_sim[: (count + 1) // 2]
-    rest = [p for p in fresh if p not in set(chosen)]
+    taken = set(chosen)
+    rest = [p for p in fresh if p not in taken]
     if rest:
         picks = rng.choice(len(rest), min(len(rest), count - len(chosen)), replace=False)
         chosen += [rest[int(k)] for k in sorted(picks)]
@@ -202,25 +197,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    pool = generate_table_pool(856, seed=POOL_SEED, dim=16, max_rows=args.row_cap)
-    suite = generate_suite(
-        pool,
-        SuiteConfig(
-            num_train=0,
-            num_test=args.tasks,
-            min_tables=args.tables,
-            max_tables=args.tables,
-            num_devices=args.devices,
-            memory_bytes=parse_memory(args.memory, "--memory"),
-            seed=99,
-        ),
-    )
+    suite = real_suite(args.tables, args.devices, args.memory, args.row_cap, 0, args.tasks)
     tasks = list(suite.test)
     model_dir = args.model or packaged_model_dir("cpu-zen4")
     model = DreamShardModel.load(model_dir)
     sim = SimBackend()
-    oracle = OraclePlacer(sim)
-    oracle.name = "sim-oracle"
+    oracle = SimOracle()
     dreamshard = DreamShardPlacer(model)
     dreamshard.name = "dreamshard"
     placers: list[Placer] = [GreedyPlacer("size-lookup"), TorchRecPlacer(), dreamshard, oracle]
@@ -277,15 +259,7 @@ def main() -> None:
         )
     within = sum(per_task[t]["dreamshard"] <= 0.02 for t in common)
     print(f"dreamshard within 2% of the real search on {within} of {len(common)} tasks")
-    paired: dict[str, list[dict[str, Any]]] = {}
-    for baseline in ("real-search", "size-lookup", "torchrec"):
-        print(f"paired vs {baseline} (geomean ratio, 95% bootstrap CI, wins/losses):")
-        paired[baseline] = [asdict(c) for c in evaluation.paired(baseline)]
-        for c in paired[baseline]:
-            print(
-                f"  {c['placer']:16s} {c['geomean_ratio']:.4f} "
-                f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}] {c['wins']}/{c['losses']}"
-            )
+    paired = print_paired(evaluation, ("real-search", "size-lookup", "torchrec"))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         results = {

@@ -111,19 +111,14 @@ def pretrain(
     about 30 minutes on 2 cores per stage; see docs/architecture.md)."""
     from dataclasses import replace
 
-    from dreamshard.workflows.pretrain import DLRM_POOL_TABLES, PretrainConfig
+    from dreamshard.workflows.pretrain import PretrainConfig
     from dreamshard.workflows.pretrain import pretrain as run_pretrain
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if dlrm_tasks < 0:
         raise InputError(f"--dlrm-tasks must be >= 0, got {dlrm_tasks}")
-    config = PretrainConfig(
-        profile=profile,
-        dlrm_tables=DLRM_POOL_TABLES if dlrm_tasks else 0,
-        dlrm_tasks=dlrm_tasks,
-        init=init,
-    )
+    config = PretrainConfig(profile=profile, dlrm_tasks=dlrm_tasks, init=init)
     if iterations is not None:
         if iterations < 1:
             raise InputError(f"--iterations must be at least 1, got {iterations}")

@@ -431,20 +431,17 @@ def _improve_unit(
     partners = movable_units[state.unit_device[movable_units] != a]
     if len(partners) > swap_partners:
         partners = np.sort(rng.choice(partners, swap_partners, replace=False))
-    if len(partners):
-        b = state.unit_device[partners]
-        mem_w = state.units.memory[partners]
-        fits = (state.used[a] - mem + mem_w <= state.capacity[a]) & (
-            state.used[b] - mem_w + mem <= state.capacity[b]
-        )
-        if state.units.any_apart:
-            fits &= state._apart_ok(u, b, ignore=partners)
-            for k, w in enumerate(partners):
-                if fits[k] and state.units.apart[int(w)]:
-                    fits[k] = bool(state._apart_ok(int(w), np.array([a]), np.array([u]))[0])
-        partners, b = partners[fits], b[fits]
-    else:
-        b = partners
+    b = state.unit_device[partners]
+    mem_w = state.units.memory[partners]
+    fits = (state.used[a] - mem + mem_w <= state.capacity[a]) & (
+        state.used[b] - mem_w + mem <= state.capacity[b]
+    )
+    if state.units.any_apart:
+        fits &= state._apart_ok(u, b, ignore=partners)
+        for k, w in enumerate(partners):
+            if fits[k] and state.units.apart[int(w)]:
+                fits[k] = bool(state._apart_ok(int(w), np.array([a]), np.array([u]))[0])
+    partners, b = partners[fits], b[fits]
     moves, swaps = len(targets), len(partners)
     if not moves and not swaps:
         return False, 0

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from dreamshard.method.train import TrainConfig
 
 PROVENANCE_FILE = "provenance.json"
-#: Tables of the DLRM-like pool that ``dlrm_tasks`` draw from (``dreamshard pretrain``).
-DLRM_POOL_TABLES = 3000
 
 
 def _default_train() -> TrainConfig:
@@ -54,10 +52,10 @@ class PretrainConfig:
         num_tasks: Augmented training tasks.
         seed: Seed of the pools and the tasks (training has its own, in ``train``).
         train: Training settings.
-        dlrm_tables: Tables in a DLRM-like pool (dims drawn from the augmented ones);
-            0: none.
+        dlrm_tables: Tables in a DLRM-like pool (dims drawn from the augmented ones),
+            used when ``dlrm_tasks`` > 0.
         dlrm_tasks: Tasks of augmented shapes drawn from that pool, beside the
-            augmented ones.
+            augmented ones (0: none).
         init: Continue from this model (``"packaged"``: the packaged model of
             ``profile``; else a model folder); None: fresh networks.
     """
@@ -67,7 +65,7 @@ class PretrainConfig:
     num_tasks: int = 300
     seed: int = 2026
     train: TrainConfig = field(default_factory=_default_train)
-    dlrm_tables: int = 0
+    dlrm_tables: int = 3000
     dlrm_tasks: int = 0
     init: str | None = None
 
@@ -75,9 +73,9 @@ class PretrainConfig:
 def pretrain(config: PretrainConfig, out_dir: str | Path, log: Log | None = None) -> TrainedModel:
     """Train the model of ``config.profile`` on augmented simulated tasks into
     ``out_dir`` (resuming a checkpoint there) and write its provenance."""
-    start = time.perf_counter()
     from dreamshard.method.checkpoint import resolve_model_dir
 
+    start = time.perf_counter()
     pool = augmented_table_pool(config.num_tables, config.seed)
     tasks = augmented_tasks(pool, config.num_tasks, config.seed + 1)
     if config.dlrm_tasks:
