@@ -15,6 +15,7 @@ from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices, make_task
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.costnet import CostNetStageModel
+from dreamshard.method.propose import fallback_rounds
 from dreamshard.method.search import (
     anneal,
     device_sums,
@@ -224,3 +225,15 @@ def test_proposals_are_deterministic_and_sorted() -> None:
     }
     for _, placement in first.scored:
         placement.validate(t)
+
+
+@pytest.mark.parametrize(
+    ("tables", "devices", "rounds"),
+    [(40, 4, (16, 64, 256)), (320, 256, (16, 64, 256)), (2500, 512, (16, 26)), (2500, 1024, (13,))],
+)
+def test_memory_fallback_rounds_shrink_only_on_huge_tasks(
+    tables: int, devices: int, rounds: tuple[int, ...]
+) -> None:
+    # FALLBACK_WORK = 2**25 episode x table x device steps per round.
+    big = task([table(f"t{i}") for i in range(tables)], [10**9] * devices)
+    assert fallback_rounds(big) == rounds

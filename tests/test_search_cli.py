@@ -135,9 +135,11 @@ def test_pretrain_refuses_zero_iterations(tmp_path: Path) -> None:
     assert "--iterations must be at least 1" in one_line_error(result)
 
 
-def test_pretrain_refuses_negative_dlrm_tasks(tmp_path: Path) -> None:
-    result = run("pretrain", "--out", tmp_path / "m", "--dlrm-tasks", -1)
-    assert "--dlrm-tasks must be >= 0" in one_line_error(result)
+@pytest.mark.parametrize("flag", ["--dlrm-tasks", "--large-tasks"])
+def test_pretrain_refuses_negative_task_counts(tmp_path: Path, flag: str) -> None:
+    result = run("pretrain", "--out", tmp_path / "m", flag, -1)
+    assert f"{flag} must be >= 0" in one_line_error(result)
+    assert not (tmp_path / "m").exists()
 
 
 def test_pretrain_from_a_missing_model_is_one_line(tmp_path: Path) -> None:

@@ -103,6 +103,13 @@ def pretrain(
             help="Also train on this many tasks of DLRM-like tables (3,000-table pool).",
         ),
     ] = 0,
+    large_tasks: Annotated[
+        int,
+        typer.Option(
+            "--large-tasks",
+            help="Also train on this many large tasks (32-256 devices, up to 1,200 tables).",
+        ),
+    ] = 0,
     train_seed: Annotated[
         int | None, typer.Option("--train-seed", help="Seed of training (default 2026).")
     ] = None,
@@ -116,9 +123,12 @@ def pretrain(
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    if dlrm_tasks < 0:
-        raise InputError(f"--dlrm-tasks must be >= 0, got {dlrm_tasks}")
-    config = PretrainConfig(profile=profile, dlrm_tasks=dlrm_tasks, init=init)
+    for flag, count in (("--dlrm-tasks", dlrm_tasks), ("--large-tasks", large_tasks)):
+        if count < 0:
+            raise InputError(f"{flag} must be >= 0, got {count}")
+    config = PretrainConfig(
+        profile=profile, dlrm_tasks=dlrm_tasks, large_tasks=large_tasks, init=init
+    )
     if iterations is not None:
         if iterations < 1:
             raise InputError(f"--iterations must be at least 1, got {iterations}")

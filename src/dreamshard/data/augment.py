@@ -6,7 +6,11 @@ than the DLRM-like pool (``synthetic.generate_table_pool``): dims 4-256, rows 10
 5e7, pooling factors 0.05 to 500 (some hot tables: few rows read hundreds of times per
 sample), Zipf skews up to 1.5; tasks of 2 to 256 devices with
 1.5 to 12 tables per device (at most 320 tables, so that pretraining stays within
-minutes; the sum and max reductions carry the networks to more devices); per-device
+minutes; the sum and max reductions carry the networks to more devices), and, for a
+later pretraining stage, large tasks (:data:`LARGE_DEVICES`: 32 to 256 devices, at most
+:data:`LARGE_MAX_TABLES` tables), the many-tables-on-many-devices regime that the small
+tasks never reach (128 devices held at most 2.5 tables each there; tasks of 1,024
+devices with as many tables each would make an episode 20x dearer); per-device
 memory from 1.15x the even share of the task's bytes (binding) to the whole task
 (loose), never below the largest table. A third of the tasks give all their tables one
 dim (as DLRM-style models often do), the rest keep the pool's mixed dims.
@@ -45,6 +49,10 @@ DEVICE_WEIGHTS: tuple[float, ...] = (3, 5, 4, 3, 2, 1, 0.5, 0.25)
 TABLES_PER_DEVICE = (1.5, 12.0)
 #: Most tables in one task (keeps the episodes of pretraining affordable).
 MAX_TABLES_PER_TASK = 320
+#: Devices of the large tasks and their weights, and their most tables.
+LARGE_DEVICES: tuple[int, ...] = (32, 64, 128, 256)
+LARGE_DEVICE_WEIGHTS: tuple[float, ...] = (1, 2, 2, 1)
+LARGE_MAX_TABLES = 1200
 #: Per-device memory: this many times the even share of the task's bytes, log-uniform
 #: (1.15 binds; the upper end is as good as unlimited).
 MEMORY_SLACK_RANGE = (1.15, 8.0)
@@ -86,17 +94,24 @@ def augmented_table_pool(num_tables: int, seed: int, name_prefix: str = "a") -> 
 
 
 def augmented_tasks(
-    pool: list[TableSpec], num_tasks: int, seed: int, name_prefix: str = "pre"
+    pool: list[TableSpec],
+    num_tasks: int,
+    seed: int,
+    name_prefix: str = "pre",
+    large: bool = False,
 ) -> list[Task]:
-    """``num_tasks`` tasks of tables drawn from ``pool`` (module docstring); each fits
-    its devices' memory (first-fit decreasing)."""
+    """``num_tasks`` tasks of tables drawn from ``pool`` (module docstring; ``large``:
+    the large tasks' devices and table limit); each fits its devices' memory
+    (first-fit decreasing)."""
     rng = np.random.default_rng(seed)
-    weights = np.asarray(DEVICE_WEIGHTS) / sum(DEVICE_WEIGHTS)
+    choices, weights = (LARGE_DEVICES, LARGE_DEVICE_WEIGHTS) if large else (DEVICES, DEVICE_WEIGHTS)
+    probabilities = np.asarray(weights) / sum(weights)
+    most = LARGE_MAX_TABLES if large else MAX_TABLES_PER_TASK
     tasks: list[Task] = []
     for k in range(num_tasks):
-        num_devices = int(rng.choice(np.asarray(DEVICES), p=weights))
+        num_devices = int(rng.choice(np.asarray(choices), p=probabilities))
         per_device = rng.uniform(*TABLES_PER_DEVICE)
-        count = int(min(len(pool), MAX_TABLES_PER_TASK, max(2, round(num_devices * per_device))))
+        count = int(min(len(pool), most, max(2, round(num_devices * per_device))))
         tables = tuple(pool[i] for i in sorted(rng.choice(len(pool), count, replace=False)))
         if rng.random() < ONE_DIM_SHARE:
             dim = int(rng.choice(np.asarray(DIMS), p=np.asarray(DIM_WEIGHTS) / sum(DIM_WEIGHTS)))

@@ -46,6 +46,12 @@ LOCAL_SEARCH_STARTS = 2
 #: Sampled episodes tried, in rounds, when no episode so far fits in memory.
 FALLBACK_SAMPLES: tuple[int, ...] = (16, 64, 256)
 
+#: Most ``episodes x tables x devices`` of one fallback round: an episode's steps cost
+#: in proportion to tables x devices, and on thousands of tables over a thousand
+#: devices 256 episodes take minutes (2,500 x 1,024: 13 episodes a round). No task of
+#: up to 320 tables on 256 devices is capped.
+FALLBACK_WORK = 2**25
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -193,11 +199,28 @@ def _policy_candidates(
 
     if settings.samples:
         sample(settings.samples, settings.seed)
-    for round_, episodes in enumerate(FALLBACK_SAMPLES):
+    rounds = fallback_rounds(tt.task)
+    for round_, episodes in enumerate(rounds):
         if found:
             break
         sample(episodes, settings.seed + 1 + round_)
     return found, greedy
+
+
+def episode_cap(task: Task) -> int:
+    """Most episodes of ``task`` one fallback round samples (:data:`FALLBACK_WORK`)."""
+    return max(1, FALLBACK_WORK // max(1, task.num_tables * task.num_devices))
+
+
+def fallback_rounds(task: Task) -> tuple[int, ...]:
+    """The fallback rounds' episodes (:data:`FALLBACK_SAMPLES`), each capped by
+    :func:`episode_cap`; a round the cap makes equal to the one before is dropped."""
+    cap = episode_cap(task)
+    rounds: list[int] = []
+    for episodes in FALLBACK_SAMPLES:
+        if not rounds or min(episodes, cap) > rounds[-1]:
+            rounds.append(min(episodes, cap))
+    return tuple(rounds)
 
 
 def _placement(device_of: torch.Tensor) -> Placement:

@@ -71,7 +71,7 @@ from dreamshard.method.checkpoint import (
 from dreamshard.method.costnet import CostTargets, PlacementBatch
 from dreamshard.method.mdp import TaskTensors, rollout, task_tensors
 from dreamshard.method.policy import NonFiniteError
-from dreamshard.method.propose import SearchSettings, propose
+from dreamshard.method.propose import SearchSettings, episode_cap, propose
 from dreamshard.method.search import perturb
 from dreamshard.runtime import one_thread
 from dreamshard.types import CostBackend, Placement, PlacementCost, Placer, StageCosts, Task
@@ -409,7 +409,8 @@ class Trainer:
     def sample_placement(self, task: Task, attempts: int = 8) -> Placement:
         """One feasible placement sampled from the current policy.
 
-        Tries ``attempts`` episodes, then four times as many up to 16 rounds' worth: on
+        Tries ``attempts`` episodes, then four times as many up to 16 rounds' worth (fewer
+        on a task whose episodes :func:`~dreamshard.method.propose.episode_cap` caps): on
         tight memory a policy mid-training can dead-end often (the first round alone keeps
         the random stream of runs that never needed more). If all dead-end, the task's
         first-fit-decreasing packing is measured instead (counted in
@@ -417,8 +418,10 @@ class Trainer:
         """
         tt = self.task_tensors(task)
         tried = 0
-        batch = attempts
-        while tried < 16 * attempts:
+        # On thousands of tables over many devices an episode is costly: fewer tries.
+        most = min(16 * attempts, max(attempts, episode_cap(task)))
+        batch = min(attempts, episode_cap(task))
+        while tried < most:
             with torch.no_grad():
                 result = rollout(
                     self.model.policy, self.model.costnet, tt, batch, False, self.generator
@@ -427,7 +430,7 @@ class Trainer:
             feasible = torch.nonzero(result.feasible).flatten()
             if len(feasible):
                 return Placement(tuple(int(d) for d in result.device_of[int(feasible[0])]))
-            batch = min(4 * batch, 16 * attempts - tried) or 1
+            batch = min(4 * batch, most - tried) or 1
         # A policy mid-training can dead-end on a task with a table that nearly fills a
         # device; measure a memory packing of it instead rather than stop training.
         fallback = first_fit_decreasing(task)

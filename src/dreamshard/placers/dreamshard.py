@@ -8,7 +8,8 @@ the lowest MEASURED one wins (K measurements per task, for users who can spend t
 
 Memory: the MDP only offers devices with room for the current table, but a greedy
 episode can still paint itself into a corner (every device too full for a later large
-table). Then sampled episodes are drawn (``propose.FALLBACK_SAMPLES``). If none fits and
+table). Then sampled episodes are drawn (``propose.FALLBACK_SAMPLES``, fewer on tasks of
+thousands of tables over many devices: ``propose.fallback_rounds``). If none fits and
 the task has no user constraints, the task's first-fit-decreasing memory packing
 (``data.tasks.first_fit_decreasing``, logged as a warning) becomes a candidate and the
 search starts from it, rather than fail a task a memory packing can place; only if that

@@ -56,6 +56,8 @@ class PretrainConfig:
             used when ``dlrm_tasks`` > 0.
         dlrm_tasks: Tasks of augmented shapes drawn from that pool, beside the
             augmented ones (0: none).
+        large_tasks: Large tasks (``data.augment``: 32 to 256 devices, up to 1,200
+            tables) drawn from the augmented pool, beside the others (0: none).
         init: Continue from this model (``"packaged"``: the packaged model of
             ``profile``; else a model folder); None: fresh networks.
     """
@@ -67,6 +69,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=_default_train)
     dlrm_tables: int = 3000
     dlrm_tasks: int = 0
+    large_tasks: int = 0
     init: str | None = None
 
 
@@ -83,6 +86,10 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, log: Log | None = None
             config.dlrm_tables, seed=config.seed + 2, dims=DIMS, name_prefix="d"
         )
         tasks += augmented_tasks(dlrm, config.dlrm_tasks, config.seed + 3, name_prefix="pre-d")
+    if config.large_tasks:
+        tasks += augmented_tasks(
+            pool, config.large_tasks, config.seed + 4, name_prefix="pre-l", large=True
+        )
     init_provenance = None
     if config.init is not None:
         init_dir = resolve_model_dir(config.init, config.profile)
