@@ -47,9 +47,9 @@ LOCAL_SEARCH_STARTS = 2
 FALLBACK_SAMPLES: tuple[int, ...] = (16, 64, 256)
 
 #: Most ``episodes x tables x devices`` of one fallback round: an episode's steps cost
-#: in proportion to tables x devices, and on thousands of tables over a thousand
-#: devices 256 episodes take minutes (2,500 x 1,024: 13 episodes a round). No task of
-#: up to 320 tables on 256 devices is capped.
+#: in proportion to tables x devices, and pretraining on tasks of 2,500 tables over
+#: 1,024 devices spent minutes of an iteration in these rounds (capped: 13 episodes a
+#: round there). No task of up to 320 tables on 256 devices is capped.
 FALLBACK_WORK = 2**25
 
 

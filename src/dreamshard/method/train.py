@@ -419,8 +419,9 @@ class Trainer:
         tt = self.task_tensors(task)
         tried = 0
         # On thousands of tables over many devices an episode is costly: fewer tries.
-        most = min(16 * attempts, max(attempts, episode_cap(task)))
-        batch = min(attempts, episode_cap(task))
+        cap = episode_cap(task)
+        most = min(16 * attempts, max(attempts, cap))
+        batch = min(attempts, cap)
         while tried < most:
             with torch.no_grad():
                 result = rollout(
