@@ -269,17 +269,24 @@ def run_suite(
     }
 
 
-def planning_times(model: DreamShardModel, repeats: int) -> list[dict[str, object]]:
+def planning_times(
+    model: DreamShardModel, repeats: int, searches: tuple[str, ...] = ("local",)
+) -> list[dict[str, object]]:
+    """Median wall time of one placement call per task size: DreamShard (splits allowed)
+    with each of ``searches`` (the default's, ``local``, as ``dreamshard``; others as
+    ``dreamshard-<search>``) and TorchRec's table-wise planner, in the same run."""
     rows = []
     for tables, devices, target in TIMING:
         pool = generate_table_pool(tables, seed=POOL_SEED + tables, dims=(16, 32, 64, 128))
         memory = 2 * max(t.size_bytes for t in pool) + sum(t.size_bytes for t in pool) // devices
         task = make_task(f"time-{tables}x{devices}", pool, make_devices(devices, memory))
         row: dict[str, object] = {"tables": tables, "devices": devices, "target_s": target}
-        for name, placer in (
-            ("dreamshard", DreamShardPlacer(model)),
-            ("torchrec", TorchRecPlacer()),
-        ):
+        placers: list[tuple[str, Placer]] = [
+            ("dreamshard" if search == "local" else f"dreamshard-{search}",
+             DreamShardPlacer(model, search=search))
+            for search in searches
+        ]  # fmt: skip
+        for name, placer in (*placers, ("torchrec", TorchRecPlacer())):
             walls = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -287,9 +294,10 @@ def planning_times(model: DreamShardModel, repeats: int) -> list[dict[str, objec
                 walls.append(time.perf_counter() - t0)
             row[f"{name}_median_s"] = statistics.median(walls)
         rows.append(row)
+        timed = ", ".join(f"{name} {row[f'{name}_median_s']:.3f} s" for name, _ in placers)
         print(
-            f"planning {tables} x {devices}: dreamshard {row['dreamshard_median_s']:.3f} s, "
-            f"torchrec {row['torchrec_median_s']:.3f} s (target {target} s)",
+            f"planning {tables} x {devices}: {timed}, torchrec "
+            f"{row['torchrec_median_s']:.3f} s (target {target} s)",
             flush=True,
         )
     return rows
@@ -302,6 +310,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20, help="Test tasks per suite.")
     parser.add_argument("--suites", default=",".join(s.name for s in SUITES))
     parser.add_argument("--no-timing", action="store_true", help="Skip the planning times.")
+    parser.add_argument(
+        "--timing-only", action="store_true", help="Only the planning times (no suites)."
+    )
+    parser.add_argument(
+        "--timing-searches",
+        default="local",
+        help="Comma-separated search modes to time DreamShard with (none, greedy, local).",
+    )
     parser.add_argument(
         "--model", type=Path, default=None, help="Model folder (default: packaged)."
     )
@@ -338,7 +354,7 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     for suite in SUITES:
-        if suite.name not in wanted:
+        if suite.name not in wanted or args.timing_only:
             continue
         suite_model = model
         if args.finetune_sim:
@@ -362,7 +378,8 @@ def main() -> None:
         if args.out is not None:  # after every suite: a long run keeps what it finished
             write_json(args.out, results)
     if not args.no_timing:
-        results["planning"] = planning_times(model, 1 if args.quick else 3)
+        searches = tuple(s.strip() for s in args.timing_searches.split(",") if s.strip())
+        results["planning"] = planning_times(model, 1 if args.quick else 3, searches)
     results["wall_s"] = time.perf_counter() - t0
     if args.out is not None:
         write_json(args.out, results)

@@ -33,6 +33,7 @@ paper-like suite; planning 1,000 x 128 with splits <= 2 s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -92,7 +93,8 @@ def pool(heavy: bool, size: int = 856) -> list[TableSpec]:
     return generate_table_pool(size, seed=POOL_SEED, dim=16)
 
 
-def suite_tasks(suite: Suite, count: int) -> list[Task]:
+def suite_tasks(suite: Suite, count: int, devices_per_host: int | None = None) -> list[Task]:
+    """The suite's test tasks, on hosts of ``devices_per_host`` devices (None: one)."""
     config = SuiteConfig(
         num_train=0,
         num_test=count,
@@ -102,7 +104,8 @@ def suite_tasks(suite: Suite, count: int) -> list[Task]:
         memory_bytes=parse_memory(suite.memory, "memory"),
         seed=SUITE_SEED,
     )
-    return list(generate_suite(pool(suite.heavy), config).split("test"))
+    tasks = generate_suite(pool(suite.heavy), config).split("test")
+    return [dataclasses.replace(t, devices_per_host=devices_per_host) for t in tasks]
 
 
 def named(placer: Any, name: str) -> Placer:
@@ -131,11 +134,13 @@ def geomean(values: list[float]) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
-def run_sim(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str, Any]:
+def run_sim(
+    model: DreamShardModel, suites: list[Suite], count: int, devices_per_host: int | None = None
+) -> dict[str, Any]:
     sim = SimBackend()
     out: dict[str, Any] = {}
     for suite in suites:
-        tasks = suite_tasks(suite, count)
+        tasks = suite_tasks(suite, count, devices_per_host)
         placers = [
             *competitors(model),
             named(OraclePlacer(sim, 10_000, 2, sharding="table"), "oracle-table"),
@@ -146,18 +151,22 @@ def run_sim(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str
         common = evaluation.common_tasks()
         ref = {t: evaluation.result("oracle-auto", t).cost.cost_ms for t in common}  # type: ignore[union-attr]
         above = {}
-        print(f"\n{suite.name} (sim, simulated; {len(common)} of {len(tasks)} tasks)")
+        hosts = f", hosts of {devices_per_host} devices" if devices_per_host else ""
+        print(f"\n{suite.name} (sim, simulated; {len(common)} of {len(tasks)} tasks{hosts})")
         for p in evaluation.placers:
             costs = [evaluation.result(p, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
             above[p] = 100 * (geomean([c / ref[t] for c, t in zip(costs, common, strict=True)]) - 1)
-            split = sum(
+            plans = [evaluation.result(p, t).placement for t in common]
+            split = sum(1 for q in plans if not q.is_table_wise)  # type: ignore[union-attr]
+            host_rows = sum(
                 1
-                for t in common
-                if not evaluation.result(p, t).placement.is_table_wise  # type: ignore[union-attr]
+                for q in plans
+                if any(s.kind == "table_row" for s in q.splits)  # type: ignore[union-attr]
             )
             print(
                 f"  {p:18s} mean {statistics.fmean(costs):9.3f} ms  {above[p]:+7.1f}% above "
                 f"ORACLE(auto)  split plans {split}/{len(common)}"
+                + (f" (table-row-wise in {host_rows})" if devices_per_host else "")
             )
         ratio = _paired(evaluation, "dreamshard-auto", "dreamshard-table")
         print(
@@ -165,10 +174,32 @@ def run_sim(model: DreamShardModel, suites: list[Suite], count: int) -> dict[str
             f"[{ratio['ci_low']:.4f}, {ratio['ci_high']:.4f}] wins/losses "
             f"{ratio['wins']}/{ratio['losses']}"
         )
+        hosts_vs_one: dict[str, Any] = {}
+        if devices_per_host:
+            # The same placers on the same tasks as one host (no table-row-wise split):
+            # the sim costs both alike (one link model), so the ratio is what hosts add.
+            by_name = {t.name: t for t in tasks}
+            for p in ("dreamshard-auto", "dreamshard-auto-sim"):
+                placer = next(q for q in placers if q.name == p)
+                one = [
+                    sim.cost_ms(t, placer.place(t))
+                    for t in (
+                        dataclasses.replace(by_name[name], devices_per_host=None) for name in common
+                    )
+                ]
+                hosts_cost = [evaluation.result(p, t).cost.cost_ms for t in common]  # type: ignore[union-attr]
+                hosts_vs_one[p] = asdict(paired_comparison(p, hosts_cost, "one host", one))
+                c = hosts_vs_one[p]
+                print(
+                    f"  {p} on hosts / on one host: {c['geomean_ratio']:.4f} "
+                    f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}] wins/losses "
+                    f"{c['wins']}/{c['losses']}"
+                )
         out[suite.name] = {
             "tasks": len(common),
             "pct_above_oracle_auto": above,
             "auto_vs_table": ratio,
+            "hosts_vs_one_host": hosts_vs_one,
             "wall_s": time.perf_counter() - start,
             "evaluation": evaluation.to_json(),
         }
@@ -357,8 +388,11 @@ def sim_error_of_saved(path: Path, profile: str) -> dict[str, Any]:
     return out
 
 
-def planning_time(model: DreamShardModel, repeats: int = 3) -> dict[str, Any]:
-    """One placement call on 1,000 heavy-pool tables x 128 devices, table vs auto."""
+def planning_time(
+    model: DreamShardModel, repeats: int = 3, devices_per_host: int | None = None
+) -> dict[str, Any]:
+    """One placement call on 1,000 heavy-pool tables x 128 devices, table vs auto (on
+    hosts of ``devices_per_host`` devices: auto on them too)."""
     config = SuiteConfig(
         num_train=0,
         num_test=1,
@@ -368,23 +402,29 @@ def planning_time(model: DreamShardModel, repeats: int = 3) -> dict[str, Any]:
         memory_bytes=parse_memory("64GB", "memory"),
         seed=SUITE_SEED,
     )
-    task = next(iter(generate_suite(pool(True, 2400), config).split("test")))
+    one_host = next(iter(generate_suite(pool(True, 2400), config).split("test")))
+    runs = [("table", one_host), ("auto", one_host)]
+    if devices_per_host:
+        runs.append(("auto", dataclasses.replace(one_host, devices_per_host=devices_per_host)))
     out: dict[str, Any] = {}
-    for sharding in ("table", "auto"):
+    for sharding, task in runs:
         placer = DreamShardPlacer(model, sharding=sharding)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             placement = placer.place(task)
             times.append(time.perf_counter() - start)
-        out[sharding] = {
+        hosts = f", hosts of {task.devices_per_host}" if task.devices_per_host else ""
+        out[sharding + hosts] = {
             "median_s": statistics.median(times),
             "times_s": times,
             "split_tables": len(placement.splits),
+            "table_row_splits": sum(1 for q in placement.splits if q.kind == "table_row"),
         }
         print(
-            f"planning 1000 x 128, sharding {sharding}: median {statistics.median(times):.2f} s "
-            f"({len(placement.splits)} tables split; target with splits <= 2 s)"
+            f"planning 1000 x 128{hosts}, sharding {sharding}: median "
+            f"{statistics.median(times):.2f} s ({len(placement.splits)} tables split; target "
+            "with splits <= 2 s)"
         )
     return out
 
@@ -422,6 +462,14 @@ def main() -> None:
         help="Only report a profile's error on the placements of a saved --real run.",
     )
     parser.add_argument("--profile", default="cpu-zen4", help="Profile of --sim-error.")
+    parser.add_argument(
+        "--devices-per-host",
+        type=int,
+        default=None,
+        help="Run every suite's tasks (--sim) and the planning-time task (also split with "
+        "hosts) on hosts of this many devices (table-row-wise splits allowed; default: one "
+        "host).",
+    )
     args = parser.parse_args()
     if args.sim_error is not None:
         errors = sim_error_of_saved(args.sim_error, args.profile)
@@ -441,10 +489,10 @@ def main() -> None:
 
     results["big_table"] = big_table_check(model)
     if not args.no_timing:
-        results["planning"] = planning_time(model)
+        results["planning"] = planning_time(model, devices_per_host=args.devices_per_host)
         save()
     if args.sim:
-        results["sim"] = run_sim(model, chosen, args.tasks)
+        results["sim"] = run_sim(model, chosen, args.tasks, args.devices_per_host)
         save()
     if args.real:
         results["real"] = run_real(model, chosen, args.tasks)

@@ -237,10 +237,11 @@ def test_place_writes_json(tmp_path: Path, tables_csv: Path) -> None:
     payload = json.loads(out.read_text())
     assert set(payload) == {
         "format", "version",
-        "task", "placer", "backend", "tables_file", "devices", "placement", "device_of",
-        "splits", "cost_ms", "rel_spread", "per_device", "place_time_ms",
+        "task", "placer", "backend", "tables_file", "devices", "devices_per_host",
+        "placement", "device_of", "splits", "cost_ms", "rel_spread", "per_device",
+        "place_time_ms",
     }  # fmt: skip
-    assert (payload["format"], payload["version"]) == ("dreamshard-placement", 2)
+    assert (payload["format"], payload["version"]) == ("dreamshard-placement", 3)
     assert payload["splits"] == []
     assert payload["task"] == "pool"
     assert payload["placer"] == "size-lookup"
@@ -507,11 +508,22 @@ def test_outputs_follow_the_umask(tmp_path: Path, tables_csv: Path) -> None:
         (["--placers", " , "], "--placers: no placer named in ' , '"),
         (["--max-tasks", "-1"], "--max-tasks must be at least 1, got -1"),
         (["--max-tasks", "0"], "--max-tasks must be at least 1, got 0"),
+        (
+            ["--devices-per-host", "3"],
+            "--devices-per-host 3 does not divide the 2 devices into hosts of equal size",
+        ),
     ],
 )
 def test_evaluate_bad_selection(suite_json: Path, options: list[str], message: str) -> None:
     result = run("evaluate", "--tasks", suite_json, *SIM, *options)
     assert assert_one_line_error(result) == f"error: {message}"
+
+
+def test_evaluate_on_hosts_runs_the_suite_on_them(suite_json: Path) -> None:
+    # 2 devices as 2 hosts of 1: nothing needs a table-row-wise split, so it places.
+    result = run("evaluate", "--tasks", suite_json, *SIM, "--placers", "size-lookup",
+                 "--devices-per-host", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize(
@@ -584,3 +596,31 @@ def test_place_splits_a_table_no_device_holds_and_exports_it(
     assert_one_line_error(bad, "unknown sharding 'diagonal'")
     rule = run(*args, "--placer", "size-lookup", "--backend", "sim", "--sharding", "row")
     assert_one_line_error(rule, "placer 'size-lookup' places whole tables", "torchrec-all")
+
+
+def test_place_on_hosts_splits_table_row_wise_where_row_wise_does_not_fit(
+    tables_csv: Path, tmp_path: Path
+) -> None:
+    # t2 (128,000 bytes): a row block on each of 4 devices (32,000) fits neither of the
+    # 20 KB devices of host 0; host 1's 100 KB devices hold its two halves.
+    topology = tmp_path / "topo.csv"
+    topology.write_text("name,memory\ng0,20KB\ng1,20KB\ng2,100KB\ng3,100KB\n")
+    out = tmp_path / "placement.json"
+    args = ["place", "--tables", tables_csv, "--topology", topology, "--placer", "dreamshard"]
+    result = run(*args, "--backend", "sim", "--devices-per-host", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "t2 (4,000 rows) table-row-wise on host 1: 2 blocks of 2,000 rows" in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["devices_per_host"] == 2
+    split = {"table": "t2", "kind": "table_row", "sizes": [2000, 2000], "host": 1}
+    assert split in payload["splits"]
+    assert payload["placement"]["t2#h0"] == "g2" and payload["placement"]["t2#h1"] == "g3"
+    plan = tmp_path / "plan.json"
+    exported = run("export", "--placement", out, "--out", plan)
+    assert exported.exit_code == 0, exported.output
+    written = json.loads(plan.read_text())
+    (t2,) = [t for t in written["modules"][""]["tables"] if t["name"] == "t2"]
+    assert written["local_world_size"] == 2
+    assert (t2["sharding"], t2["ranks"], t2["shard_rows"]) == ("table_row_wise", [2, 3], [2000] * 2)
+    bad = run(*args, "--backend", "sim", "--devices-per-host", "3")
+    assert_one_line_error(bad, "--devices-per-host 3", "4 devices")

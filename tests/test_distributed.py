@@ -1,6 +1,7 @@
 """The distributed backend with real gloo processes on this CPU: costs, empty devices,
-split tables (the row-wise reduce-scatter and all-gather), failures named by rank, the
-world-size check, the CLI, and the collectives' timings."""
+split tables (the row-wise reduce-scatter and all-gather; table-row-wise on 2 hosts of
+2 ranks), failures named by rank, the world-size check, the CLI, and the collectives'
+timings."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from dreamshard.backends.distributed.worker import (
     add_turn_waits,
     all_gather_rows,
     batch_slices,
+    host_groups,
+    host_row_exchange,
+    host_rows_backward,
+    host_rows_forward,
     placement_exchange,
     rank_units,
     reduce_scatter_rows,
@@ -119,6 +124,75 @@ def test_row_collectives_sum_and_gather() -> None:
     torch_mp.spawn(_row_collectives_rank, args=(_free_port(), 3), nprocs=3)
 
 
+def two_host_placement() -> tuple[Task, Placement]:
+    """4 devices on 2 hosts of 2: t0 (500 x 8) table-row-wise on host 1 (blocks on
+    devices 2 and 3), t1 (dim 16) row-wise over all 4, t2 and t3 whole on devices 0 and
+    3; units t0#h0 t0#h1 t1#r0..t1#r3 t2 t3."""
+    t = replace(small_task(4), devices_per_host=2)
+    splits = (
+        TableSplit(0, "table_row", row_split_sizes(500, 2), host=1),
+        TableSplit(1, "row", row_split_sizes(1000, 4)),
+    )
+    return t, Placement((2, 3, 0, 1, 2, 3, 0, 3), splits)
+
+
+def test_table_row_blocks_come_last_and_their_exchange_is_per_host() -> None:
+    t, placement = two_host_placement()
+    placement.validate(t)
+    cpu = torch.device("cpu")
+    # Rank 3: the whole table t3 (dim 8), its row-wise block, its table-row-wise block.
+    assert [u.name for u in rank_units(t, placement, 3)] == ["t3", "t1#r3", "t0#h1"]
+    exchange = placement_exchange(t, placement, 3, 16, cpu)
+    assert exchange.width == 8 and exchange.rows is not None and exchange.rows.width == 16
+    host = exchange.host_rows
+    assert host is not None and host.width == 8 and host.intra is not None
+    # Local rank 1 of host 1 keeps samples 8..15 of the batch, and sends half of them to
+    # each host; host 0 has no table-row-wise columns, so it sends nothing back.
+    assert host.intra.slices == [8, 8] and host.send_splits == [4 * 8, 4 * 8]
+    assert host.recv_splits == [0, 4 * 8] and host.grad_in.numel() == 8 * 8
+    # Rank 0 (host 0) skips the reduce-scatter but receives host 1's columns.
+    zero = placement_exchange(t, placement, 0, 16, cpu).host_rows
+    assert zero is not None and zero.width == 0 and zero.intra is None
+    assert zero.send_splits == [0, 0] and zero.recv_splits == [0, 4 * 8]
+
+
+def _host_rows_rank(rank: int, port: int) -> None:
+    """One rank of test_table_row_collectives_sum_within_hosts_and_cross: asserts, so a
+    wrong value fails the spawned process and with it the test."""
+    world, host_size, batch = 4, 2, 8
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    try:
+        intra, cross = host_groups(world, host_size)
+        host, local = divmod(rank, host_size)
+        widths = [4, 8]  # host 0's table-row-wise columns, host 1's
+        exchange = host_row_exchange(
+            widths, rank, host_size, batch, torch.device("cpu"), (intra[host], cross[local])
+        )
+        base = torch.arange(batch * widths[host], dtype=torch.float32).view(batch, -1)
+        host_forward_partial = base * (rank + 1)
+        host_rows_forward(exchange, host_forward_partial)
+        # This rank's part: samples local*4 + host*2 .. +2 of the batch; from host g it
+        # gets the sum over g's two ranks (2g+1 + 2g+2) of g's base on those samples.
+        first = local * 4 + host * 2
+        expected = []
+        for g, w in enumerate(widths):
+            g_base = torch.arange(batch * w, dtype=torch.float32).view(batch, w)
+            expected.append(((4 * g + 3) * g_base[first : first + 2]).reshape(-1))
+        assert torch.equal(exchange.recv, torch.cat(expected))
+        grad = host_rows_backward(exchange)
+        assert grad is not None and grad.shape == (batch, widths[host])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_table_row_collectives_sum_within_hosts_and_cross() -> None:
+    """2 hosts of 2 gloo ranks: the reduce-scatter sums each host's partials over its
+    own ranks, the all-to-all across hosts hands each rank every host's columns for its
+    part of the batch, and backward gives every rank its host's whole-batch gradient."""
+    torch_mp.spawn(_host_rows_rank, args=(_free_port(),), nprocs=4)
+
+
 class TestOneGroup:
     """Tests sharing one running 2-rank group (torch.distributed allows one per process)."""
 
@@ -187,6 +261,18 @@ def test_turn_waits_are_added_to_forward_communication() -> None:
     # [device, stage]: device 1 computes 3 ms longer, so device 0 waits 3 ms.
     times = np.array([[1.0, 0.5, 0.4, 2.0], [4.0, 0.5, 0.4, 1.0]])
     assert add_turn_waits(times).tolist() == [[1.0, 3.5, 0.4, 2.0], [4.0, 0.5, 0.4, 1.0]]
+
+
+@pytest.mark.slow
+def test_table_row_wise_placement_is_measured_on_two_hosts() -> None:
+    t, placement = two_host_placement()
+    with DistributedBackend(replace(FAST, compute_turns=False)) as b:
+        split, whole = b.measure(t, [placement, Placement((0, 1, 2, 3))])
+    for cost in (split, whole):
+        assert len(cost.per_device) == 4
+        assert all(s.fwd_comm_ms > 0 and s.bwd_comm_ms > 0 for s in cost.per_device)
+    # Devices 2 and 3 hold t0's blocks: they compute; so do all with t1's blocks.
+    assert all(s.fwd_comp_ms > 0 for s in split.per_device)
 
 
 @pytest.mark.slow

@@ -74,11 +74,14 @@ def test_round_trip_writes_format_version_and_every_field(
     path = tmp_path / "placement.json"
     write_placement_file(path, record)
     payload = json.loads(path.read_text())
-    before = list(LEGACY)  # every field of before, kept, and the splits after device_of
+    # Every field of before, kept; the hosts after the devices, the splits after device_of.
+    before = list(LEGACY)
+    fields = [*before[: before.index("devices") + 1], "devices_per_host"]
     cut = before.index("device_of") + 1
-    fields = [*before[:cut], "splits", *before[cut:]]
+    fields += [*before[before.index("devices") + 1 : cut], "splits", *before[cut:]]
     assert list(payload) == ["format", "version", *fields]
     assert payload["splits"] == []  # every table whole
+    assert payload["devices_per_host"] is None  # one host
     assert (payload["format"], payload["version"]) == (PLACEMENT_FORMAT, PLACEMENT_VERSION)
     assert payload["placement"] == {"a": "dev0", "b": "dev1", "c": "dev1", "d": "dev0"}
     assert payload["device_of"] == [0, 1, 1, 0]
@@ -107,6 +110,7 @@ def test_file_written_before_the_format_reads_as_version_0(tmp_path: Path) -> No
     again = json.loads((tmp_path / "new.json").read_text())
     assert again == {
         "format": PLACEMENT_FORMAT, "version": PLACEMENT_VERSION, **LEGACY, "splits": [],
+        "devices_per_host": None,
     }  # fmt: skip
 
 
@@ -128,7 +132,7 @@ def test_minimal_hand_written_file_reads(tmp_path: Path) -> None:
     ("edit", "parts"),
     [
         ({"format": "dreamshard-torchrec-plan"}, ["not a placement file", "field 'format'"]),
-        ({"format": PLACEMENT_FORMAT, "version": 3}, ["version 3", "field 'version'"]),
+        ({"format": PLACEMENT_FORMAT, "version": 4}, ["version 4", "field 'version'"]),
         ({"format": PLACEMENT_FORMAT}, ["field 'version' must be a positive integer"]),
         ({"format": PLACEMENT_FORMAT, "version": "1"}, ["field 'version'"]),
         ({"placement": {}}, ["field 'placement' must map table names to device names"]),
@@ -265,7 +269,7 @@ def _edited(path: Path, **edits: Any) -> dict[str, Any]:
         ([{"kind": "row", "sizes": [1, 1]}], "splits[0]: field 'table' must name a table"),
         (
             [{"table": "b", "kind": "diagonal", "sizes": [20, 12]}],
-            "splits[0]: field 'kind' must be one of column, row, got 'diagonal'",
+            "splits[0]: field 'kind' must be one of column, row, table_row, got 'diagonal'",
         ),
         (
             [{"table": "b", "kind": "column", "sizes": [32]}],

@@ -3,10 +3,12 @@ backends cost them, and the split search (method/split.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from dreamshard.backends.comm import CPU_LOOPBACK, AllToAllModel, output_widths
+from dreamshard.backends.comm import CPU_LOOPBACK, AllToAllModel, ExchangeWidths, output_widths
 from dreamshard.backends.sim.model import SimBackend
 from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.data.ids import table_ids
@@ -141,12 +143,17 @@ def test_column_shards_look_up_the_tables_ids() -> None:
 def test_row_blocks_go_through_their_own_collectives() -> None:
     t, u = table("a", rows=1000, dim=16), table("b", dim=8)
     units = (*TableSplit(0, "row", (500, 500)).shards(t), u)
-    assert output_widths(units, (0, 1, 1), 2) == ([0, 8], [16, 16])
+    job = task([t, u], [10**9, 10**9])
+    assert output_widths(units, (0, 1, 1), job) == ExchangeWidths([0, 8], [16, 16], [0, 0], 2)
     model = AllToAllModel(0.5, 1.0, "test", reduce_scatter_factor=3.0, all_gather_factor=2.0)
     a2a, row = model.time_ms([0, 8], 4096), model.time_ms([16, 16], 4096)
-    assert model.exchange_ms([0, 8], [16, 16], 4096) == (a2a + 3.0 * row, a2a + 2.0 * row)
-    assert model.exchange_ms([0, 0], [16, 16], 4096) == (3.0 * row, 2.0 * row)
-    assert model.exchange_ms([8, 8], [0, 0], 4096) == (model.time_ms([8, 8], 4096),) * 2
+
+    def exchange(a2a: list[int], rows: list[int]) -> tuple[float, float]:
+        return model.exchange_ms(ExchangeWidths(a2a, rows, [0, 0], 2), 4096)
+
+    assert exchange([0, 8], [16, 16]) == (a2a + 3.0 * row, a2a + 2.0 * row)
+    assert exchange([0, 0], [16, 16]) == (3.0 * row, 2.0 * row)
+    assert exchange([8, 8], [0, 0]) == (model.time_ms([8, 8], 4096),) * 2
     assert CPU_LOOPBACK.reduce_scatter_factor == 1.0
 
 
@@ -322,3 +329,127 @@ def test_dreamshard_keeps_a_split_plan_only_where_its_score_pays() -> None:
     placer = DreamShardPlacer(model)
     assert placer.place(light).is_table_wise
     assert placer.last_report is not None and placer.last_report.split_score_ms is None
+
+
+# -- table-row-wise: row blocks over one host's devices ----------------------------------
+
+
+def hosts_task(tables: list, memory: list[int], per_host: int) -> Task:
+    """A task of hosts of ``per_host`` devices."""
+    return replace(task(tables, memory), devices_per_host=per_host)
+
+
+def test_a_task_knows_its_hosts() -> None:
+    job = hosts_task([table("a")], [10**6] * 4, 2)
+    assert (job.host_size, job.num_hosts) == (2, 2)
+    one = task([table("a")], [10**6] * 4)
+    assert (one.host_size, one.num_hosts) == (4, 1)
+    with pytest.raises(ValueError, match="divides its 4 devices"):
+        hosts_task([table("a")], [10**6] * 4, 3)
+    # Hosts survive the tasks derived from it (a split task's units).
+    assert job.with_tables([table("b")]).devices_per_host == 2
+
+
+def test_table_row_blocks_sit_on_their_hosts_devices() -> None:
+    job = hosts_task([table("a", rows=1000), table("b")], [10**6] * 4, 2)
+    split = TableSplit(0, "table_row", (500, 500), host=1)
+    shards = split.shards(job.tables[0])
+    assert [s.name for s in shards] == ["a#h0", "a#h1"]
+    assert [s.shard.device(job.host_size) for s in shards if s.shard] == [2, 3]
+    assert shards[0].pooling_factor == pytest.approx(1.0)  # half the rows, half the ids
+    Placement((2, 3, 0), (split,)).validate(job)
+    with pytest.raises(InvalidPlacementError, match="puts row block 1 on device 3"):
+        Placement((2, 2, 0), (split,)).validate(job)
+
+
+@pytest.mark.parametrize(
+    ("split", "per_host", "message"),
+    [
+        (TableSplit(0, "table_row", (500, 500), host=0), None, "needs at least 2 hosts"),
+        (TableSplit(0, "table_row", (500, 500), host=2), 2, "has hosts 0..1"),
+        (TableSplit(0, "table_row", (250,) * 4, host=0), 2, "over 2 devices of a host"),
+        (TableSplit(0, "row", (250,) * 4, host=1), 2, "a row split has no host"),
+    ],
+)
+def test_bad_table_row_splits_are_named(
+    split: TableSplit, per_host: int | None, message: str
+) -> None:
+    job = task([table("a", rows=1000)], [10**6] * 4)
+    if per_host is not None:
+        job = replace(job, devices_per_host=per_host)
+    with pytest.raises(InvalidPlacementError, match=message):
+        split.check(job)
+
+
+def test_table_row_blocks_reduce_within_the_host_then_cross_hosts() -> None:
+    # 2 hosts of 2: a (dim 16) table-row-wise on host 1, b (dim 8) whole on device 0.
+    job = hosts_task([table("a", rows=1000, dim=16), table("b", dim=8)], [10**6] * 4, 2)
+    placement = Placement((2, 3, 0), (TableSplit(0, "table_row", (500, 500), host=1),))
+    units = placement.units(job)
+    widths = output_widths(units, placement.device_of, job)
+    assert widths == ExchangeWidths([8, 0, 0, 0], [0, 0, 0, 0], [0, 0, 16, 16], 2)
+    model = AllToAllModel(0.5, 1.0, "test", reduce_scatter_factor=3.0, all_gather_factor=2.0)
+    batch = 4096
+    a2a = model.time_ms([8, 0, 0, 0], batch)
+    # Within host 1: each of its 2 devices sends and receives half the batch's 16 columns.
+    intra = 0.5 + batch * 16 / 2 * 4 / 1e6
+    # Across the 2 hosts, per local rank: host 1's devices send half of their B/2
+    # samples' 16 columns; host 0's receive that and send nothing.
+    cross = 0.5 + batch / 2 * 16 / 2 * 4 / 1e6
+    fwd, bwd = model.exchange_ms(widths, batch)
+    assert fwd == pytest.approx(a2a + 3.0 * intra + cross)
+    assert bwd == pytest.approx(a2a + 2.0 * intra + cross)
+
+
+def test_sim_costs_a_table_row_placement_as_its_stage_model_does() -> None:
+    tables = [table("hot", rows=10**5, dim=64, pooling=50.0), table("b"), table("c", dim=8)]
+    job = hosts_task(tables, [10**9] * 4, 2)
+    sim = SimBackend()
+    for host in (0, 1):
+        split = TableSplit(0, "table_row", (50_000, 50_000), host=host)
+        p = Placement((2 * host, 2 * host + 1, 1, 3), (split,))
+        units, flat = p.resolve(job)
+        expected = sim.cost_ms(job, p)
+        assert sim.measure(job, [p])[0].cost_ms == pytest.approx(expected)
+        assert placement_cost(sim.stage_model(units), units, flat.device_of) == pytest.approx(
+            expected
+        )
+    # The same blocks over all 4 devices (row-wise) are another plan with another cost.
+    row = Placement((0, 1, 2, 3, 1, 3), (TableSplit(0, "row", (25_000,) * 4),))
+    assert sim.cost_ms(job, row) != pytest.approx(expected)
+
+
+def test_a_table_no_device_holds_goes_table_row_wise_when_row_wise_is_full() -> None:
+    # Devices 0 and 1 are nearly full with c, so a row block on each of the 4 does not
+    # fit; host 1's two devices hold big's halves.
+    tables = [table("big", rows=1000, dim=16), table("c", rows=10)]
+    job = hosts_task(tables, [1_000, 1_000, 40_000, 40_000], 2)
+    assert required_splits(job, SplitSettings()) == {
+        0: TableSplit(0, "table_row", (500, 500), host=1)
+    }
+    placed = OraclePlacer(SimBackend(), evaluations=50, restarts=1, sharding="auto").place(job)
+    assert placed.splits == (TableSplit(0, "table_row", (500, 500), host=1),)
+    placed.validate(job)
+
+
+def test_unit_constraints_pin_table_row_blocks_to_their_hosts_devices() -> None:
+    job = hosts_task([table("a", rows=1000), table("b")], [10**6] * 4, 2)
+    splits = {0: TableSplit(0, "table_row", (500, 500), host=1)}
+    resolved = constraints_for(unit_constraints(job, splits, None), units_of(job, splits))
+    assert dict(resolved.pins) == {0: 2, 1: 3}
+
+
+def test_the_split_search_proposes_table_row_only_to_fit() -> None:
+    # A dominating table on 2 hosts: the beam search splits it, never table-row-wise
+    # (no cost model here sees what that saves); the plans equal those of one host.
+    tables = [table("hot", rows=200_000, dim=128, pooling=400.0)] + [
+        table(f"t{i}", rows=10_000, dim=16, pooling=2.0) for i in range(6)
+    ]
+    sim = SimBackend()
+    for sharding in ("auto", "row"):
+        one = choose_splits(task(tables, [10**10] * 4), sim.stage_model, SplitSettings(sharding))
+        two = choose_splits(
+            hosts_task(tables, [10**10] * 4, 2), sim.stage_model, SplitSettings(sharding)
+        )
+        assert two.best == one.best and set(two.best) == {0}
+        assert all(s.kind != "table_row" for s in two.best.values())

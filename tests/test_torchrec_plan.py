@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,7 +33,15 @@ from dreamshard.torchrec.plan import (
     ranks_of_tables,
     save_plan,
 )
-from dreamshard.types import Placement, PlacementCost, StageCosts, TableSpec, TableSplit
+from dreamshard.types import (
+    Placement,
+    PlacementCost,
+    StageCosts,
+    TableSpec,
+    TableSplit,
+    Task,
+    row_split_sizes,
+)
 
 from .conftest import table, task
 
@@ -270,8 +279,8 @@ def test_export_of_placement_written_before_the_format(
     )  # fmt: skip
     assert placed.exit_code == 0, placed.output
     payload = json.loads((tmp_path / "new.json").read_text())
-    assert (payload.pop("format"), payload.pop("version")) == ("dreamshard-placement", 2)
-    assert payload.pop("splits") == []
+    assert (payload.pop("format"), payload.pop("version")) == ("dreamshard-placement", 3)
+    assert payload.pop("splits") == [] and payload.pop("devices_per_host") is None
     (tmp_path / "old.json").write_text(json.dumps(payload))
     old = plan_from_placement_file(tmp_path / "old.json")
     new = plan_from_placement_file(tmp_path / "new.json")
@@ -285,7 +294,7 @@ def test_cli_export_refuses_a_newer_placement_file(
     save_tables(tmp_path / "tables.json", four_tables)
     placement = {
         "format": "dreamshard-placement",
-        "version": 3,
+        "version": 4,
         "tables_file": str(tmp_path / "tables.json"),
         "devices": [{"name": "dev0", "memory_bytes": 10**6}],
         "placement": {t.name: "dev0" for t in four_tables},
@@ -457,7 +466,8 @@ def split_plan(four_tables: list[TableSpec], tmp_path: Path) -> Path:
 
 def test_split_plan_file_records_each_sharding(split_plan: Path) -> None:
     payload = json.loads(split_plan.read_text())
-    assert payload["version"] == PLAN_VERSION == 2
+    assert payload["version"] == PLAN_VERSION == 3
+    assert payload["local_world_size"] is None  # a task without hosts
     assert payload["modules"][""]["tables"] == [
         {"name": "a", "sharding": "table_wise", "rank": 0, "rows": 1000, "dim": 16},
         {"name": "b", "sharding": "column_wise", "ranks": [1, 0], "shard_dims": [20, 12],
@@ -611,3 +621,190 @@ def test_split_placement_that_does_not_fit_is_rejected(four_tables: list[TableSp
         plan_from_placement(placed, Placement((0, 1)))
     spec = plan_from_placement(placed, Placement((0, 0, 1), (TableSplit(1, "row", (4000, 4000)),)))
     assert spec.ranks("") == {"c": (0,), "d": (0, 1)}
+
+
+# -- hosts: table-row-wise ---------------------------------------------------------------
+
+#: d (8,001 rows) in TorchRec's table-row blocks (4,001, 4,000) on host 1 (ranks 2 and 3),
+#: b in column shards on ranks 3 and 0, a whole on rank 1, c whole on rank 2.
+HOST_SPLITS = (TableSplit(1, "column", (16, 16)), TableSplit(3, "table_row", (4001, 4000), host=1))
+HOST_DEVICE_OF = (1, 3, 0, 2, 2, 3)  # a, b#c0, b#c1, c, d#h0, d#h1
+
+
+def _two_hosts(four_tables: list[TableSpec]) -> Task:
+    """4 devices, 2 per host; d of 8,001 rows (uneven blocks)."""
+    tables = [*four_tables[:3], table("d", rows=8001, dim=4)]
+    return dataclasses.replace(task(tables, [10**6] * 4), devices_per_host=2)
+
+
+@pytest.fixture
+def host_plan(four_tables: list[TableSpec], tmp_path: Path) -> Path:
+    path = tmp_path / "host-plan.json"
+    placed = _two_hosts(four_tables)
+    save_plan(path, plan_from_placement(placed, Placement(HOST_DEVICE_OF, HOST_SPLITS)))
+    return path
+
+
+def test_table_row_split_is_torchrecs_table_row_wise_on_its_host(
+    four_tables: list[TableSpec],
+) -> None:
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_row_wise
+
+    placed = _two_hosts(four_tables)
+    spec = plan_from_placement(placed, Placement(HOST_DEVICE_OF, HOST_SPLITS))
+    assert spec.local_world_size == 2
+    model = ebc(list(placed.tables))
+    plan = build_sharding_plan(spec, model, world_size=4)
+    d = plan.plan[""]["d"]  # type: ignore[index]
+    shards = [(s.shard_offsets, s.shard_sizes, str(s.placement)) for s in d.sharding_spec.shards]
+    assert (d.sharding_type, d.compute_kernel, d.ranks) == ("table_row_wise", "fused", [2, 3])
+    assert shards == [([0, 0], [4001, 4], "rank:2/cpu"), ([4001, 0], [4000, 4], "rank:3/cpu")]
+    # The shards TorchRec's own helper makes for host 1 of hosts of 2 ranks.
+    torchrec = construct_module_sharding_plan(
+        model,
+        {**{t.name: _parameter_of(plan, t.name) for t in placed.tables[:3]},
+         "d": table_row_wise(host_index=1)},
+        local_size=2,
+        world_size=4,
+        device_type="cpu",
+    )  # fmt: skip
+    assert torchrec["d"].sharding_spec.shards == d.sharding_spec.shards
+    assert torchrec["d"].ranks == d.ranks
+    # On cuda each block is on its rank's local device (the plan's 2 ranks per host).
+    cuda = build_sharding_plan(spec, model, device_type="cuda")
+    placements = [str(s.placement) for s in cuda.plan[""]["d"].sharding_spec.shards]  # type: ignore[index]
+    assert placements == ["rank:2/cuda:0", "rank:3/cuda:1"]
+    assert ranks_of_tables(plan)[""] == {"a": [1], "b": [3, 0], "c": [2], "d": [2, 3]}
+
+
+def _parameter_of(plan: object, name: str) -> object:
+    """A generator returning the ``ParameterSharding`` ``plan`` has for table ``name``."""
+    sharding = plan.plan[""][name]  # type: ignore[attr-defined]
+    return lambda *args: sharding
+
+
+def test_torchrecs_table_row_blocks_are_row_split_sizes_over_a_host() -> None:
+    from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
+
+    for local in (2, 3, 4):
+        for rows in range(local, 40):
+            try:
+                ours = row_split_sizes(rows, local)
+            except InvalidPlacementError:
+                continue  # an empty block: a table_row split refuses it
+            sizes, offsets = calculate_shard_sizes_and_offsets(
+                torch.empty(rows, 4, device="meta"), 2 * local, local, "table_row_wise"
+            )
+            assert tuple(size for size, _ in sizes) == ours
+            assert [offset for offset, _ in offsets] == [sum(ours[:j]) for j in range(local)]
+
+
+def test_host_plan_file_round_trips(host_plan: Path) -> None:
+    payload = json.loads(host_plan.read_text())
+    assert (payload["version"], payload["world_size"], payload["local_world_size"]) == (3, 4, 2)
+    assert payload["modules"][""]["tables"][3] == {
+        "name": "d", "sharding": "table_row_wise", "ranks": [2, 3], "shard_rows": [4001, 4000],
+        "rows": 8001, "dim": 4,
+    }  # fmt: skip
+    spec = load_plan_spec(host_plan)
+    assert spec.local_world_size == 2
+    assert spec.modules[""][3] == PlannedTable.split(
+        "d", 8001, 4, "table_row_wise", [2, 3], [4001, 4000]
+    )
+    assert load_plan_spec(host_plan) == spec
+    save_plan(host_plan.with_name("again.json"), spec)
+    assert json.loads(host_plan.with_name("again.json").read_text()) == payload
+
+
+def test_version_2_plan_file_loads_for_one_host(split_plan: Path, tmp_path: Path) -> None:
+    payload = json.loads(split_plan.read_text())
+    payload["version"] = 2
+    del payload["local_world_size"]
+    old = tmp_path / "v2.json"
+    old.write_text(json.dumps(payload))
+    assert load_plan_spec(old) == load_plan_spec(split_plan)
+    assert load_plan_spec(old).local_world_size is None
+
+
+def test_version_2_has_no_table_row_wise(host_plan: Path, tmp_path: Path) -> None:
+    payload = json.loads(host_plan.read_text())
+    payload["version"] = 2
+    old = tmp_path / "v2.json"
+    old.write_text(json.dumps(payload))
+    with pytest.raises(InputError) as caught:
+        load_plan_spec(old)
+    assert str(caught.value) == (
+        f"{old}: modules['']: table 'd': field 'sharding' is 'table_row_wise', which version 2 "
+        "plan files do not have (from version 3 on)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("edits", "table_edits", "part"),
+    [
+        ({}, {"ranks": [1, 2]}, "table 'd': table_row_wise over ranks [1, 2] in blocks of "
+         "[4001, 4000] rows ('shard_rows'), but TorchRec cuts 8001 rows over a host's 2 ranks as "
+         "[4001, 4000] on ranks 0..1 (host 0; a plan for other hosts?)"),
+        ({}, {"ranks": [3, 2]}, "table 'd': table_row_wise over ranks [3, 2] in blocks of "
+         "[4001, 4000] rows ('shard_rows'), but TorchRec cuts 8001 rows over a host's 2 ranks as "
+         "[4001, 4000] on ranks 2..3 (host 1;"),
+        ({}, {"shard_rows": [4000, 4001]}, "table 'd': table_row_wise over ranks [2, 3] in blocks "
+         "of [4000, 4001] rows"),
+        ({}, {"ranks": [2, 3, 0], "shard_rows": [2667, 2667, 2667]}, "table 'd': table_row_wise "
+         "over ranks [2, 3, 0] in blocks of [2667, 2667, 2667] rows"),
+        ({"local_world_size": None}, {}, "table 'd': table_row_wise needs two hosts or more, but "
+         "the plan gives no field 'local_world_size' (4 ranks)"),
+        ({"local_world_size": 4}, {}, "table 'd': table_row_wise needs two hosts or more, but "
+         "the plan has one host by its field 'local_world_size' (4 ranks)"),
+        ({"local_world_size": 3}, {}, "plan: field 'local_world_size' is 3, which does not "
+         "divide the world size 4"),
+        ({"local_world_size": "2"}, {}, "field 'local_world_size' must be an integer, got '2'"),
+        ({}, {"ranks": [4, 5]}, "table 'd' is on rank 4, the plan has ranks 0..3"),
+    ],
+)  # fmt: skip
+def test_bad_table_row_wise_tables_are_refused_in_one_line(
+    host_plan: Path,
+    tmp_path: Path,
+    edits: dict[str, object],
+    table_edits: dict[str, object],
+    part: str,
+) -> None:
+    payload = json.loads(host_plan.read_text())
+    payload.update(edits)
+    payload["modules"][""]["tables"][3].update(table_edits)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(payload))
+    with pytest.raises(InputError) as caught:
+        load_plan_spec(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message
+    assert part in message
+
+
+def test_host_plan_for_other_ranks_per_host_is_refused(
+    host_plan: Path, four_tables: list[TableSpec]
+) -> None:
+    model = ebc(list(_two_hosts(four_tables).tables))
+    with pytest.raises(InputError) as caught:
+        load_sharding_plan(host_plan, model, world_size=4, local_world_size=4)
+    assert str(caught.value) == (
+        f"{host_plan}: plan: field 'local_world_size' is 2 but the job runs 4 ranks per host"
+    )
+    plan = load_sharding_plan(host_plan, model, world_size=4, local_world_size=2)
+    assert plan.plan[""]["d"].sharding_type == "table_row_wise"  # type: ignore[index]
+
+
+def test_table_row_placement_file_exports(four_tables: list[TableSpec], tmp_path: Path) -> None:
+    placed = dataclasses.replace(_two_hosts(four_tables), name="tables")
+    save_tables(tmp_path / "tables.json", list(placed.tables))
+    cost = PlacementCost(per_device=(StageCosts(0, 0, 0, 0),) * 4, backend="sim")
+    record = PlacementFile.of(
+        placed, Placement(HOST_DEVICE_OF, HOST_SPLITS), cost, placer="x", backend="sim",
+        tables_file=tmp_path / "tables.json", place_time_ms=1.0,
+    )  # fmt: skip
+    write_placement_file(tmp_path / "placement.json", record)
+    spec = plan_from_placement_file(tmp_path / "placement.json")
+    assert spec.local_world_size == 2
+    assert spec.modules[""][3] == PlannedTable.split(
+        "d", 8001, 4, "table_row_wise", [2, 3], [4001, 4000]
+    )

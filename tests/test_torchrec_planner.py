@@ -30,9 +30,9 @@ from dreamshard.evaluation.torchrec_estimates import torchrec_estimate
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.placers.registry import PlacerOptions, make_placer
 from dreamshard.placers.torchrec import TorchRecPlacer
-from dreamshard.torchrec.plan import ranks_of_tables
+from dreamshard.torchrec.plan import build_sharding_plan, ranks_of_tables
 from dreamshard.torchrec.planner import DreamShardPlanner, PlannerTopology, TableStats
-from dreamshard.types import Device, Placement, TableSpec
+from dreamshard.types import Device, Placement, TableSpec, TableSplit
 
 from .conftest import ONCE, table, task
 
@@ -172,6 +172,37 @@ def test_torchrec_topology_is_accepted(model_dir: Path, single_thread: None) -> 
     plan = planner.plan(make_ebc())
     shard = plan.plan[""]["a"].sharding_spec.shards[0]  # type: ignore[index]
     assert str(shard.placement).endswith(f"cuda:{shard.placement.rank()}")
+
+
+def test_planner_plans_for_the_hosts_of_a_torchrec_topology(
+    model_dir: Path, single_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=4, local_world_size=2, hbm_cap_bytes=500_000),
+        kernel_config=KernelConfig(compute_device="cuda"),
+    )
+    planner = DreamShardPlanner(topology, model_dir, FULL_STATS)
+    assert planner.topology.devices_per_host == 2
+    plan = planner.plan(make_ebc())
+    assert planner.last is not None
+    assert planner.last.task.devices_per_host == planner.last.spec.local_world_size == 2
+    assert sorted(ranks_of_tables(plan)[""]) == ["a", "b", "c", "d"]
+    # A placement with d's rows on host 1 becomes TorchRec's table_row_wise, built by
+    # plan.py from the planner's spec.
+    twrw = Placement((0, 1, 0, 2, 3), (TableSplit(3, "table_row", (4000, 4000), host=1),))
+    monkeypatch.setattr(planner._placer, "place", lambda task: twrw)
+    plan = planner.plan(make_ebc())
+    d = plan.plan[""]["d"]  # type: ignore[index]
+    assert (d.sharding_type, d.compute_kernel, d.ranks) == ("table_row_wise", "fused", [2, 3])
+    assert [(s.shard_offsets, s.shard_sizes, str(s.placement)) for s in d.sharding_spec.shards] == [
+        ([0, 0], [4000, 4], "rank:2/cuda:0"),
+        ([4000, 0], [4000, 4], "rank:3/cuda:1"),
+    ]
+    spec = planner.last.spec
+    assert plan == build_sharding_plan(spec, make_ebc(), local_world_size=2, device_type="cuda")
+    # Ranks per host that do not split the ranks evenly into hosts: one host, as before.
+    assert PlannerTopology((1,) * 4, "cuda", 3).devices_per_host is None
+    assert PlannerTopology((1,) * 4, "cuda", 4).devices_per_host is None
 
 
 # -- TorchRec's planner as a placer, and its estimates --------------------------------

@@ -1,8 +1,10 @@
 """A real run: 2 CPU processes (gloo) shard a model with DistributedModelParallel using
-a plan DreamShard produced, run forward and backward, and report which tables they hold."""
+a plan DreamShard produced, run forward and backward, and report which tables they hold;
+4 processes as 2 hosts of 2 for table-row-wise sharding."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -19,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dreamshard.data.features import FeatureNormalizer
-from dreamshard.errors import InvalidPlacementError
+from dreamshard.errors import InputError, InvalidPlacementError
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.torchrec.plan import plan_from_placement, save_plan
 from dreamshard.types import Placement, TableSplit, row_split_sizes
@@ -201,17 +203,21 @@ SPLIT_SHARDS = {
 }
 
 
+#: (name, rows, dim) of each table.
+TableShapes = list[tuple[str, int, int]]
+
+
 class PooledModel(nn.Module):
     """An EmbeddingBagCollection under ``sparse.ebc``; the output is its pooled embeddings."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, tables: TableShapes) -> None:
         super().__init__()
         from torchrec.modules.embedding_configs import EmbeddingBagConfig
         from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
         configs = [
             EmbeddingBagConfig(name=n, num_embeddings=r, embedding_dim=d, feature_names=[f"f_{n}"])
-            for n, r, d in SPLIT_TABLES
+            for n, r, d in tables
         ]
         self.sparse = nn.Module()
         self.sparse.ebc = EmbeddingBagCollection(tables=configs, device=torch.device(device))
@@ -220,23 +226,34 @@ class PooledModel(nn.Module):
         return self.sparse.ebc(features)
 
 
-def _split_batch(rank: int) -> Any:
+def _split_batch(rank: int, tables: TableShapes) -> Any:
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     generator = torch.Generator().manual_seed(200 + rank)
     lengths, values = [], []
-    for _, rows, _ in SPLIT_TABLES:
+    for _, rows, _ in tables:
         bag = torch.randint(1, 4, (BATCH_PER_RANK,), generator=generator)
         lengths.append(bag)
         values.append(torch.randint(0, rows, (int(bag.sum()),), generator=generator))
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=[f"f_{n}" for n, _, _ in SPLIT_TABLES],
+        keys=[f"f_{n}" for n, _, _ in tables],
         values=torch.cat(values),
         lengths=torch.cat(lengths),
     )
 
 
-def _split_worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
+def _split_worker(
+    rank: int,
+    port: int,
+    plan_path: str,
+    out_dir: str,
+    tables: TableShapes = SPLIT_TABLES,
+    world_size: int = WORLD_SIZE,
+    local_world_size: int | None = None,
+) -> None:
+    """Shard ``tables`` by the plan on ``world_size`` ranks (hosts of ``local_world_size``
+    ranks, TorchRec's ``LOCAL_WORLD_SIZE``; None: one host), run forward and backward on
+    this rank's batch and write what the rank holds and computed to ``split<rank>.json``."""
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -245,11 +262,21 @@ def _split_worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
-        reference = PooledModel("cpu")  # the same weights on every rank
-        model = PooledModel("meta")
+        reference = PooledModel("cpu", tables)  # the same weights on every rank
+        model = PooledModel("meta", tables)
+        hosts_error = ""
+        if local_world_size is not None:
+            # TorchRec builds its intra-host groups from LOCAL_WORLD_SIZE: a job whose
+            # hosts are not the plan's is refused.
+            os.environ["LOCAL_WORLD_SIZE"] = str(world_size)
+            try:
+                load_sharding_plan(plan_path, model, world_size=world_size)
+            except InputError as err:
+                hosts_error = str(err)
+            os.environ["LOCAL_WORLD_SIZE"] = str(local_world_size)
         plan = load_sharding_plan(plan_path, model, world_size=dist.get_world_size())
         sharder = EmbeddingBagCollectionSharder(
             fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": LEARNING_RATE}
@@ -272,7 +299,7 @@ def _split_worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
                     shard.tensor.copy_(whole[key][row : row + rows, col : col + cols])
                 shards.setdefault(name, []).append([[row, col], [rows, cols]])
                 shapes.setdefault(name, []).append(list(shard.tensor.shape))
-        batch = _split_batch(rank)
+        batch = _split_batch(rank, tables)
         pooled = sharded(batch)
         expected = reference(batch)
         mine, theirs = pooled.to_dict(), expected.to_dict()
@@ -293,6 +320,7 @@ def _split_worker(rank: int, port: int, plan_path: str, out_dir: str) -> None:
             "keys": sorted(mine),
             "max_diff": max_diff,
             "updated": updated,
+            "hosts_error": hosts_error,
         }
         Path(out_dir, f"split{rank}.json").write_text(json.dumps(result))
     finally:
@@ -339,3 +367,72 @@ def test_distributed_model_parallel_runs_a_split_placement(tmp_path: Path) -> No
         assert all(diff < 1e-5 for diff in result["max_diff"].values()), result["max_diff"]
         # Backward ran the fused SGD update on every shard the rank holds.
         assert result["updated"] == {name: True for name in SPLIT_SHARDS[rank]}
+
+
+# -- two hosts: table-row-wise, column-wise and table-wise in one model -----------------
+
+HOST_WORLD_SIZE = 4
+RANKS_PER_HOST = 2
+#: name, rows, dim.
+HOST_TABLES = [("cw", 60, 16), ("twrw", 301, 8), ("tw", 40, 4)]
+#: ``cw`` in column shards of 12 and 4 columns on ranks 3 and 0 (one on each host);
+#: ``twrw`` in TorchRec's table-row blocks (151, 150) on host 1 (ranks 2 and 3); ``tw``
+#: whole on rank 1.
+HOST_DEVICE_OF = (3, 0, 2, 3, 1)  # cw#c0, cw#c1, twrw#h0, twrw#h1, tw
+#: Rank -> table -> (offsets, sizes) of each shard it must hold.
+HOST_SHARDS = {
+    0: {"cw": [[[0, 12], [60, 4]]]},
+    1: {"tw": [[[0, 0], [40, 4]]]},
+    2: {"twrw": [[[0, 0], [151, 8]]]},
+    3: {"cw": [[[0, 0], [60, 12]]], "twrw": [[[151, 0], [150, 8]]]},
+}
+
+
+@pytest.mark.slow
+def test_distributed_model_parallel_runs_table_row_wise_on_two_hosts(tmp_path: Path) -> None:
+    placed = dataclasses.replace(
+        task([table(n, rows=r, dim=d) for n, r, d in HOST_TABLES], [10**6] * HOST_WORLD_SIZE),
+        devices_per_host=RANKS_PER_HOST,
+    )
+    twrw = placed.tables[1]
+    splits = (
+        TableSplit(0, "column", (12, 4)),
+        TableSplit(1, "table_row", row_split_sizes(twrw.rows, RANKS_PER_HOST), host=1),
+    )
+    placement = Placement(HOST_DEVICE_OF, splits)
+    placement.validate(placed)
+    plan_path = tmp_path / "plan.json"
+    save_plan(plan_path, plan_from_placement(placed, placement, module_path="sparse.ebc"))
+
+    mp.spawn(
+        _split_worker,
+        args=(
+            _free_port(),
+            str(plan_path),
+            str(tmp_path),
+            HOST_TABLES,
+            HOST_WORLD_SIZE,
+            RANKS_PER_HOST,
+        ),
+        nprocs=HOST_WORLD_SIZE,
+        join=True,
+    )
+
+    for rank in range(HOST_WORLD_SIZE):
+        result = json.loads((tmp_path / f"split{rank}.json").read_text())
+        # Each rank holds exactly its planned shards, as local tensors of their size.
+        assert result["shards"] == HOST_SHARDS[rank]
+        assert result["shapes"] == {
+            name: [size for _, size in shards] for name, shards in HOST_SHARDS[rank].items()
+        }
+        # The pooled embeddings of the rank's batch are the unsharded collection's.
+        assert result["keys"] == sorted(f"f_{n}" for n, _, _ in HOST_TABLES)
+        assert all(diff < 1e-5 for diff in result["max_diff"].values()), result["max_diff"]
+        # Backward ran the fused SGD update on every shard the rank holds.
+        assert result["updated"] == {name: True for name in HOST_SHARDS[rank]}
+        # A job on one host of 4 (LOCAL_WORLD_SIZE=4) is refused before sharding.
+        assert result["hosts_error"] == (
+            f"{plan_path}: plan: table_row_wise table 'twrw' is cut over hosts of 2 ranks "
+            "(field 'local_world_size'), but TorchRec sees 4 ranks per host (set "
+            "LOCAL_WORLD_SIZE)"
+        )

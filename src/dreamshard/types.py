@@ -1,8 +1,10 @@
 """Domain values and interfaces shared by every stage of the pipeline.
 
-A *task* is a set of embedding tables and a set of devices (METHOD.md section 1). A
-*placement* gives each table a sharding (whole, or split into column or row shards) and
-puts each table or shard on one device. A *cost backend* measures (or simulates) the
+A *task* is a set of embedding tables and a set of devices (METHOD.md section 1), the
+devices grouped into hosts of equal size (TorchRec's ``local_world_size``; one host
+unless given). A *placement* gives each table a sharding (whole, or split into column
+shards, row blocks over every device, or row blocks over one host's devices) and puts
+each table or shard on one device. A *cost backend* measures (or simulates) the
 per-device stage costs of placements; a *placer* produces placements.
 
 Shards are tables in their own right (:class:`TableSpec` with ``shard`` set): a column
@@ -32,17 +34,30 @@ IntArray = npt.NDArray[np.int64]
 #: state they keep in bytes per row (EXACT_SGD keeps none; row-wise Adagrad one fp32 per row).
 OPTIMIZER_STATE_BYTES_PER_ROW: dict[str, int] = {"sgd": 0, "rowwise_adagrad": 4}
 
-#: How a table is split: into column shards (parts of its dim) or row shards (row ranges).
-ShardKind = Literal["column", "row"]
-SHARD_KINDS: tuple[str, ...] = ("column", "row")
+#: How a table is split: into column shards (parts of its dim, TorchRec's
+#: ``COLUMN_WISE``), row blocks over every device (``ROW_WISE``) or row blocks over the
+#: devices of one host (``table_row``: ``TABLE_ROW_WISE``).
+ShardKind = Literal["column", "row", "table_row"]
+SHARD_KINDS: tuple[str, ...] = ("column", "row", "table_row")
+#: The kinds whose shards are row blocks on fixed devices (block ``j`` on device ``j``,
+#: or on device ``j`` of its host), whose partial sums are reduce-scattered.
+ROW_KINDS: tuple[str, ...] = ("row", "table_row")
 
 #: Sharding modes of the placers: ``table`` keeps every table whole (the paper's setting);
 #: ``column`` / ``row`` allow only that kind of split; ``auto`` splits a table only where a
 #: split lowers the predicted cost or is needed to fit memory.
 SHARDING_MODES: tuple[str, ...] = ("table", "column", "row", "auto")
 
-#: Separator between a table's name and its shard's suffix (``t3#c1``, ``t3#r0``).
+#: Separator between a table's name and its shard's suffix (``t3#c1``, ``t3#r0``,
+#: ``t3#h0``).
 SHARD_NAME_SEPARATOR = "#"
+#: The suffix letter of each kind's shards.
+_SHARD_LETTER: dict[str, str] = {"column": "c", "row": "r", "table_row": "h"}
+
+
+def shard_name(table: str, kind: str, index: int) -> str:
+    """The name of shard ``index`` of a ``kind`` split of ``table``: ``t3#c1``."""
+    return f"{table}{SHARD_NAME_SEPARATOR}{_SHARD_LETTER[kind]}{index}"
 
 
 @dataclass(frozen=True)
@@ -64,11 +79,12 @@ class ShardOf:
 
     Attributes:
         table: The whole table.
-        kind: ``column`` (columns ``offset .. offset+size-1`` of every row) or ``row``
-            (rows ``offset .. offset+size-1``, every column).
+        kind: ``column`` (columns ``offset .. offset+size-1`` of every row), ``row`` or
+            ``table_row`` (rows ``offset .. offset+size-1``, every column).
         index: Position of the shard in its table's split, from 0.
         offset: First column or row.
         size: Number of columns or rows.
+        host: ``table_row``: the host whose devices hold the blocks (0 otherwise).
     """
 
     table: TableSpec
@@ -76,6 +92,23 @@ class ShardOf:
     index: int
     offset: int
     size: int
+    host: int = 0
+
+    @property
+    def is_row_block(self) -> bool:
+        """Whether this is a row block (``row`` or ``table_row``): its device is fixed and
+        its partial pooled sums are reduce-scattered, not sent by the all-to-all."""
+        return self.kind in ROW_KINDS
+
+    def device(self, host_size: int) -> int | None:
+        """The device a row block must sit on (TorchRec's layout: block ``j`` on device
+        ``j``, or on device ``j`` of its host, hosts of ``host_size`` devices); None for
+        a column shard, which may sit anywhere."""
+        if self.kind == "row":
+            return self.index
+        if self.kind == "table_row":
+            return self.host * host_size + self.index
+        return None
 
 
 @dataclass(frozen=True)
@@ -131,18 +164,23 @@ class TableSplit:
 
     Attributes:
         table: Index of the table in its task.
-        kind: ``column`` or ``row``.
+        kind: ``column``, ``row`` (one row block on every device) or ``table_row`` (one
+            row block on every device of host ``host``).
         sizes: Columns (multiples of 4) or rows of each shard, in column or row order;
             at least two, summing to the table's dim or rows.
+        host: ``table_row``: the host holding the blocks (0 for the other kinds).
     """
 
     table: int
     kind: ShardKind
     sizes: tuple[int, ...]
+    host: int = 0
 
     def check(self, task: Task) -> None:
         """Raise InvalidPlacementError unless the shards cover the table exactly once and,
-        row-wise, are TorchRec's blocks for the task's devices (:func:`row_split_sizes`)."""
+        row-wise, are TorchRec's blocks for the task's devices (:func:`row_split_sizes`):
+        over every device (``row``), or over the devices of one of the task's hosts, of
+        which it needs at least two (``table_row``)."""
         if not 0 <= self.table < task.num_tables:
             raise InvalidPlacementError(
                 f"a split names table {self.table}, task {task.name!r} has tables "
@@ -171,13 +209,31 @@ class TableSplit:
                 f"table {table.name!r}: column shards of {list(self.sizes)} columns; every "
                 f"shard's dim must be a multiple of {DIM_MULTIPLE}"
             )
-        if self.kind == "row":
-            expected = row_split_sizes(table.rows, task.num_devices)
-            if self.sizes != expected:
+        if self.kind != "table_row" and self.host != 0:
+            raise InvalidPlacementError(
+                f"table {table.name!r}: a {self.kind} split has no host (got {self.host})"
+            )
+        if self.kind == "table_row":
+            if task.num_hosts < 2:
                 raise InvalidPlacementError(
-                    f"table {table.name!r}: row shards of {list(self.sizes)} rows; "
-                    f"TorchRec's row-wise sharding cuts {table.rows} rows over "
-                    f"{task.num_devices} devices as {list(expected)}"
+                    f"table {table.name!r}: a table_row split needs at least 2 hosts, task "
+                    f"{task.name!r} has 1 (on one host it is a row split)"
+                )
+            if not 0 <= self.host < task.num_hosts:
+                raise InvalidPlacementError(
+                    f"table {table.name!r}: table_row split on host {self.host}, task "
+                    f"{task.name!r} has hosts 0..{task.num_hosts - 1}"
+                )
+        if self.kind in ROW_KINDS:
+            over = task.num_devices if self.kind == "row" else task.host_size
+            expected = row_split_sizes(table.rows, over)
+            if self.sizes != expected:
+                layout = "row-wise" if self.kind == "row" else "table-row-wise"
+                where = "devices" if self.kind == "row" else "devices of a host"
+                raise InvalidPlacementError(
+                    f"table {table.name!r}: {self.kind} shards of {list(self.sizes)} rows; "
+                    f"TorchRec's {layout} sharding cuts {table.rows} rows over "
+                    f"{over} {where} as {list(expected)}"
                 )
 
     def shards(self, table: TableSpec) -> tuple[TableSpec, ...]:
@@ -189,15 +245,17 @@ class TableSplit:
         out = []
         offset = 0
         for index, size in enumerate(self.sizes):
-            part = ShardOf(table=table, kind=self.kind, index=index, offset=offset, size=size)
-            suffix = f"{SHARD_NAME_SEPARATOR}{self.kind[0]}{index}"
+            part = ShardOf(
+                table=table, kind=self.kind, index=index, offset=offset, size=size, host=self.host
+            )
+            name = shard_name(table.name, self.kind, index)
             if self.kind == "column":
-                shard = replace(table, name=table.name + suffix, dim=size, shard=part)
+                shard = replace(table, name=name, dim=size, shard=part)
             else:
                 share = size / table.rows
                 shard = replace(
                     table,
-                    name=table.name + suffix,
+                    name=name,
                     rows=size,
                     pooling_factor=table.pooling_factor * share,
                     shard=part,
@@ -224,12 +282,16 @@ class Task:
         tables: The tables to place.
         devices: The devices; at least one.
         optimizer: Sparse optimizer, decides the optimizer state counted in memory.
+        devices_per_host: Devices per host (TorchRec's ``local_world_size``): host ``h``
+            holds devices ``h * devices_per_host .. (h + 1) * devices_per_host - 1``, as
+            TorchRec numbers ranks. None: every device on one host.
     """
 
     name: str
     tables: tuple[TableSpec, ...]
     devices: tuple[Device, ...]
     optimizer: str = "sgd"
+    devices_per_host: int | None = None
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -246,6 +308,17 @@ class Task:
             raise ValueError(f"task {self.name!r}: duplicate device name {dup!r}")
         if self.optimizer not in OPTIMIZER_STATE_BYTES_PER_ROW:
             raise ValueError(f"task {self.name!r}: unknown optimizer {self.optimizer!r}")
+        per_host = self.devices_per_host
+        if per_host is not None and (
+            isinstance(per_host, bool)
+            or not isinstance(per_host, int)
+            or per_host < 1
+            or len(self.devices) % per_host
+        ):
+            raise ValueError(
+                f"task {self.name!r}: devices_per_host must be a whole number >= 1 that "
+                f"divides its {len(self.devices)} devices, got {per_host!r}"
+            )
 
     @property
     def num_tables(self) -> int:
@@ -254,6 +327,20 @@ class Task:
     @property
     def num_devices(self) -> int:
         return len(self.devices)
+
+    @property
+    def host_size(self) -> int:
+        """Devices per host (all of them when the task gives no hosts)."""
+        return self.devices_per_host or len(self.devices)
+
+    @property
+    def num_hosts(self) -> int:
+        return len(self.devices) // self.host_size
+
+    def with_tables(self, tables: Sequence[TableSpec]) -> Task:
+        """The same devices, hosts and optimizer with other tables (a split task's
+        units, a subset)."""
+        return replace(self, tables=tuple(tables))
 
     def table_memory_bytes(self, table: TableSpec) -> int:
         """Memory a table takes on its device: weights plus optimizer state."""
@@ -297,10 +384,7 @@ class Placement:
         backends measure and searches score (the same costs, by construction)."""
         if not self.splits:
             return task, self
-        units = Task(
-            name=task.name, tables=self.units(task), devices=task.devices, optimizer=task.optimizer
-        )
-        return units, Placement(self.device_of)
+        return task.with_tables(self.units(task)), Placement(self.device_of)
 
     def tables_on(self, device: int) -> list[int]:
         """Indices of the units on ``device``, in unit order."""
@@ -315,8 +399,9 @@ class Placement:
 
     def validate(self, task: Task) -> None:
         """Raise InvalidPlacementError unless every split covers its table exactly once,
-        the row shards of a table sit on devices 0, 1, ... in order (TorchRec's row-wise
-        layout), and every unit sits on a real device with room."""
+        the row blocks of a table sit on devices 0, 1, ... in order (TorchRec's row-wise
+        layout; table-row-wise: on its host's devices in order), and every unit sits on a
+        real device with room."""
         tables = [s.table for s in self.splits]
         if tables != sorted(set(tables)):
             raise InvalidPlacementError(
@@ -339,10 +424,13 @@ class Placement:
                     f"table {unit.name!r} is on device {d}, task {task.name!r} has "
                     f"devices 0..{task.num_devices - 1}"
                 )
-            if unit.shard is not None and unit.shard.kind == "row" and d != unit.shard.index:
+            pinned = unit.shard.device(task.host_size) if unit.shard is not None else None
+            if pinned is not None and d != pinned:
+                assert unit.shard is not None
+                layout = "row-wise" if unit.shard.kind == "row" else "table-row-wise"
                 raise InvalidPlacementError(
-                    f"row shard {unit.name!r} is on device {d}; TorchRec's row-wise sharding "
-                    f"puts row block {unit.shard.index} on device {unit.shard.index}"
+                    f"row shard {unit.name!r} is on device {d}; TorchRec's {layout} "
+                    f"sharding puts row block {unit.shard.index} on device {pinned}"
                 )
             used[d] += task.table_memory_bytes(unit)
         for d, (device, used_bytes) in enumerate(zip(task.devices, used, strict=True)):

@@ -34,6 +34,22 @@ Split tables (``types.TableSplit``) follow TorchRec's execution:
   the all-to-all; they take ``reduce_scatter_factor`` / ``all_gather_factor`` times an
   all-to-all of the same volume (fitted by ``calibrate-comm``; on gloo between CPU
   processes a reduce-scatter took 2.8x, an all-gather 1.4x). :meth:`AllToAllModel.exchange_ms`.
+- a table-row-wise table (TorchRec's ``TABLE_ROW_WISE``, ``twrw_sharding.py``) has one row
+  block on every device of one host (``L`` devices a host, ``H`` hosts). Forward, a
+  reduce-scatter *within the host* sums the blocks' partial sums and leaves each of its
+  devices ``B / L`` samples of the full dim (per device ``B * dim * (L - 1) / L`` values
+  each way: the volumes above over ``L`` devices); then an all-to-all *across hosts*,
+  among the ``H`` devices of one local rank, sends each its ``B / D`` samples: a device of
+  host ``h`` holds ``B / L`` samples of ``W_h`` columns (the dims of host ``h``'s
+  table-row-wise tables) and exchanges them like a table-wise all-to-all of batch
+  ``B / L`` over ``H`` devices. Backward runs them in reverse (all-to-all, then the
+  all-gather within the host). Both are collectives of their own, after the others; a
+  host without such tables takes no part in the reduce-scatter.
+
+All collectives run on the one link model of the profile: this package fits no separate
+inter-host bandwidth (every process it can measure runs on one host), so table-row-wise
+sharding's main gain on a real cluster, L times less inter-host traffic than row-wise,
+is not in these costs.
 """
 
 from __future__ import annotations
@@ -46,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dreamshard.errors import InputError
-from dreamshard.types import FloatArray, TableSpec
+from dreamshard.types import FloatArray, TableSpec, Task
 
 #: Bytes per value of the pooled embeddings exchanged (FP32 outputs).
 OUTPUT_BYTES_PER_VALUE = 4
@@ -113,21 +129,62 @@ class AllToAllModel:
         )
         return float(times.max())
 
-    def exchange_ms(
-        self, widths: Sequence[int], row_widths: Sequence[int], batch_size: int
-    ) -> tuple[float, float]:
+    def exchange_ms(self, widths: ExchangeWidths, batch_size: int) -> tuple[float, float]:
         """(forward, backward) ms of a placement's output exchange: the all-to-all of the
-        whole tables' and column shards' outputs (``widths`` per device) where there are
-        any, then for row-wise tables (``row_widths`` per device: the dims of its row
-        blocks) the reduce-scatter forward and the all-gather backward."""
-        a2a = self.time_ms(widths, batch_size) if any(widths) else 0.0
-        if not any(row_widths):
-            return a2a, a2a
-        row = self.time_ms(row_widths, batch_size)
-        return a2a + self.reduce_scatter_factor * row, a2a + self.all_gather_factor * row
+        whole tables' and column shards' outputs where there are any; for row-wise tables
+        the reduce-scatter forward and the all-gather backward; for table-row-wise
+        tables the reduce-scatter within each host and the all-to-all across hosts
+        (backward: that all-to-all and the all-gather)."""
+        a2a = self.time_ms(widths.a2a, batch_size) if any(widths.a2a) else 0.0
+        fwd = bwd = a2a
+        if any(widths.rows):
+            row = self.time_ms(widths.rows, batch_size)
+            fwd += self.reduce_scatter_factor * row
+            bwd += self.all_gather_factor * row
+        if any(widths.host_rows):
+            host_rows = np.asarray(widths.host_rows, dtype=np.float64)
+            intra, cross = self.host_row_device_ms(
+                host_rows, float(host_rows.sum()), widths.host_size, len(host_rows), batch_size
+            )
+            fwd += self.reduce_scatter_factor * float(intra.max()) + float(cross.max())
+            bwd += self.all_gather_factor * float(intra.max()) + float(cross.max())
+        return fwd, bwd
+
+    def host_row_device_ms(
+        self,
+        width: npt.ArrayLike,
+        total_width: float,
+        host_size: int,
+        num_devices: int,
+        batch_size: int,
+    ) -> tuple[FloatArray, FloatArray]:
+        """Each device's transfer time (ms) in the table-row-wise exchange (module
+        docstring), vectorised over ``width``: (within-host all-to-all-equivalent of the
+        reduce-scatter, before its factor; across-host all-to-all).
+
+        Args:
+            width: Summed dims of the table-row-wise blocks on each device (every device
+                of a host holds a block of each of its tables, so this is its host's
+                ``W_h``), any shape.
+            total_width: Sum of ``width`` over all devices (``L`` times the sum of the
+                hosts' ``W_h``).
+            host_size: Devices per host (``L``).
+            num_devices: All devices (``L * H``).
+            batch_size: Global batch size.
+        """
+        w = np.asarray(width, dtype=np.float64)
+        # Over the L devices of one host, each holding w columns of the whole batch.
+        intra = np.where(w > 0, self.device_time_ms(w, host_size * w, host_size, batch_size), 0.0)
+        hosts = num_devices // host_size
+        cross = self.device_time_ms(w, total_width / host_size, hosts, batch_size / host_size)
+        return intra, cross
 
     def device_time_ms(
-        self, width: npt.ArrayLike, total_width: float, num_devices: int, batch_size: int
+        self,
+        width: npt.ArrayLike,
+        total_width: npt.ArrayLike,
+        num_devices: int,
+        batch_size: float,
     ) -> FloatArray:
         """Each device's transfer time (ms) in one all-to-all, vectorised over ``width``.
 
@@ -136,15 +193,16 @@ class AllToAllModel:
 
         Args:
             width: Output width (sum of dims) of each device, any shape.
-            total_width: Sum of the widths of all devices.
+            total_width: Sum of the widths of all devices (one, or one per ``width``).
             num_devices: Devices taking part.
             batch_size: Global batch size.
         """
         w = np.asarray(width, dtype=np.float64)
         if num_devices <= 1:
             return np.zeros_like(w)
+        total = np.asarray(total_width, dtype=np.float64)
         sent = batch_size * w * (num_devices - 1) / num_devices
-        received = batch_size / num_devices * (total_width - w)
+        received = batch_size / num_devices * (total - w)
         values = sent + received if self.volume == "sum" else np.maximum(sent, received)
         times: FloatArray = self.latency_ms + values * OUTPUT_BYTES_PER_VALUE / (
             self.bandwidth_gbps * 1e6
@@ -152,21 +210,44 @@ class AllToAllModel:
         return times
 
 
-def is_row_block(unit: TableSpec) -> bool:
-    """Whether a placement unit is a row block of a row-wise table (its output goes
-    through the reduce-scatter, not the all-to-all)."""
-    return unit.shard is not None and unit.shard.kind == "row"
+def exchange_of(unit: TableSpec) -> str:
+    """How a placement unit's pooled output is exchanged: ``a2a`` (a whole table or a
+    column shard: the all-to-all), ``rows`` (a row-wise block: the reduce-scatter over
+    every device) or ``host_rows`` (a table-row-wise block: within its host, then
+    across hosts)."""
+    if unit.shard is None or unit.shard.kind == "column":
+        return "a2a"
+    return "rows" if unit.shard.kind == "row" else "host_rows"
+
+
+@dataclass(frozen=True)
+class ExchangeWidths:
+    """Per device, the summed dims of a placement's units by how their outputs are
+    exchanged (:func:`exchange_of`), and the task's devices per host.
+
+    Attributes:
+        a2a: Whole tables and column shards (the all-to-all).
+        rows: Row-wise blocks (the reduce-scatter over every device).
+        host_rows: Table-row-wise blocks (within the host, then across hosts).
+        host_size: Devices per host.
+    """
+
+    a2a: list[int]
+    rows: list[int]
+    host_rows: list[int]
+    host_size: int
 
 
 def output_widths(
-    units: Sequence[TableSpec], device_of: Sequence[int], num_devices: int
-) -> tuple[list[int], list[int]]:
-    """Per device, the summed dims of its all-to-all units and of its row blocks."""
-    widths = [0] * num_devices
-    rows = [0] * num_devices
+    units: Sequence[TableSpec], device_of: Sequence[int], task: Task
+) -> ExchangeWidths:
+    """The exchange widths of a placement of ``units`` on the devices of ``task``."""
+    out = ExchangeWidths(
+        [0] * task.num_devices, [0] * task.num_devices, [0] * task.num_devices, task.host_size
+    )
     for unit, d in zip(units, device_of, strict=True):
-        (rows if is_row_block(unit) else widths)[d] += unit.dim
-    return widths, rows
+        getattr(out, exchange_of(unit))[d] += unit.dim
+    return out
 
 
 #: Gloo all-to-all between processes on one CPU host (loopback).

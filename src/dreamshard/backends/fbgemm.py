@@ -206,12 +206,8 @@ class FbgemmBackend:
         times = self._time_shards(list(unique.values()))
         results = []
         for placement, shards in zip(placements, shard_lists, strict=True):
-            widths, row_widths = output_widths(
-                placement.units(task), placement.device_of, task.num_devices
-            )
-            fwd_a2a, bwd_a2a = self.config.comm.exchange_ms(
-                widths, row_widths, self.config.batch_size
-            )
+            widths = output_widths(placement.units(task), placement.device_of, task)
+            fwd_a2a, bwd_a2a = self.config.comm.exchange_ms(widths, self.config.batch_size)
             whole = [times[_key(t)].timing() if t else ShardTiming(0.0, 0.0) for t in shards]
             window_costs = []
             for w in range(self.config.windows):

@@ -287,6 +287,14 @@ TopologyOpt = Annotated[
         "replaces --devices and --memory.",
     ),
 ]
+DevicesPerHostOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--devices-per-host",
+        help="Devices per host (TorchRec's LOCAL_WORLD_SIZE; default: all on one host): "
+        "allows table-row-wise splits over one host's devices.",
+    ),
+]
 ConstraintsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -318,6 +326,15 @@ def task_devices(
     if devices < 1:
         raise InputError(f"--devices must be at least 1, got {devices}")
     return make_devices(devices, parse_memory(memory, "--memory"))
+
+
+def check_devices_per_host(devices_per_host: int | None, num_devices: int) -> None:
+    """Refuse a ``--devices-per-host`` that does not divide the devices into hosts."""
+    if devices_per_host is not None and (devices_per_host < 1 or num_devices % devices_per_host):
+        raise InputError(
+            f"--devices-per-host {devices_per_host} does not divide the {num_devices} devices "
+            "into hosts of equal size"
+        )
 
 
 # -- parsing helpers --------------------------------------------------------------------

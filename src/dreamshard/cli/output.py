@@ -177,10 +177,17 @@ def split_lines(task: Task, placement: Placement) -> list[str]:
         if split.kind == "column":
             parts = ", ".join(f"{s.dim} on {where[s.name]}" for s in shards)
             lines.append(f"  {table.name} (dim {table.dim}) column-wise: dims {parts}")
-        else:
+        elif split.kind == "row":
             lines.append(
                 f"  {table.name} ({table.rows:,} rows) row-wise: {len(shards)} blocks of "
                 f"{shards[0].rows:,} rows, block j on device j"
+            )
+        else:
+            first = split.host * task.host_size
+            lines.append(
+                f"  {table.name} ({table.rows:,} rows) table-row-wise on host {split.host}: "
+                f"{len(shards)} blocks of {shards[0].rows:,} rows, block j on device "
+                f"{first} + j ({where[shards[0].name]} .. {where[shards[-1].name]})"
             )
     return lines
 

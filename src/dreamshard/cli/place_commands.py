@@ -11,6 +11,7 @@ from rich.markup import escape
 from dreamshard.cli.options import (
     BackendChoice,
     ConstraintsOpt,
+    DevicesPerHostOpt,
     ModelOpt,
     OutOpt,
     RefineOpt,
@@ -20,6 +21,7 @@ from dreamshard.cli.options import (
     TimeBudgetOpt,
     TopologyOpt,
     backend_options,
+    check_devices_per_host,
     check_out,
     placer_options,
     task_devices,
@@ -50,6 +52,7 @@ def place(
         str | None, typer.Option("--memory", help="Memory per device, e.g. 5GB.")
     ] = None,
     topology: TopologyOpt = None,
+    devices_per_host: DevicesPerHostOpt = None,
     constraints: ConstraintsOpt = None,
     placer: Annotated[str, typer.Option("--placer", help="Placer name.")] = "size-lookup",
     backend: BackendChoice,
@@ -78,7 +81,9 @@ def place(
             f"{', '.join(SPLITTING_PLACERS)}; TorchRec's planner with every sharding type: "
             "torchrec-all)"
         )
-    task = make_task(tables.stem, load_tables(tables), task_devices(devices, memory, topology))
+    task_devs = task_devices(devices, memory, topology)
+    check_devices_per_host(devices_per_host, len(task_devs))
+    task = make_task(tables.stem, load_tables(tables), task_devs, devices_per_host=devices_per_host)
     spec = read_constraints(constraints) if constraints is not None else None
     if spec is not None:
         spec.resolve(task)  # bad or contradictory constraints fail before placing
@@ -152,6 +157,7 @@ def evaluate(
             "of the suite's.",
         ),
     ] = None,
+    devices_per_host: DevicesPerHostOpt = None,
     constraints: ConstraintsOpt = None,
 ) -> None:
     """Compare placers on a suite's tasks, measured on one backend."""
@@ -169,9 +175,22 @@ def evaluate(
     chosen_tasks = list(suite.split(split))[:max_tasks]
     if not chosen_tasks:
         raise InputError(f"{tasks}: split {split!r} has no tasks")
-    if topology is not None:
-        devices = load_topology(topology)
-        chosen_tasks = [make_task(t.name, t.tables, devices, t.optimizer) for t in chosen_tasks]
+    if topology is not None or devices_per_host is not None:
+        for t in chosen_tasks:
+            check_devices_per_host(
+                devices_per_host,
+                len(load_topology(topology)) if topology is not None else t.num_devices,
+            )
+        chosen_tasks = [
+            make_task(
+                t.name,
+                t.tables,
+                load_topology(topology) if topology is not None else t.devices,
+                t.optimizer,
+                devices_per_host,
+            )
+            for t in chosen_tasks
+        ]
     spec = None
     if constraints is not None:
         # Named tables must be in the suite; each task takes the constraints on its own.

@@ -38,13 +38,22 @@ def make_devices(num_devices: int, memory_bytes: int) -> tuple[Device, ...]:
 
 
 def make_task(
-    name: str, tables: Sequence[TableSpec], devices: Sequence[Device], optimizer: str = "sgd"
+    name: str,
+    tables: Sequence[TableSpec],
+    devices: Sequence[Device],
+    optimizer: str = "sgd",
+    devices_per_host: int | None = None,
 ) -> Task:
     """A task whose tables fit in its devices' memory together.
 
+    Args:
+        devices_per_host: Devices per host (TorchRec's ``local_world_size``); None: one
+            host holds every device.
+
     Raises:
-        InputError: no devices, no tables, duplicate table or device names, or tables
-            needing more memory than all devices have.
+        InputError: no devices, no tables, duplicate table or device names, a host size
+            that does not divide the devices, or tables needing more memory than all
+            devices have.
     """
     if not devices:
         raise InputError(f"task {name!r}: needs at least one device")
@@ -55,7 +64,13 @@ def make_task(
     if not tables:
         raise InputError(f"task {name!r}: needs at least one table")
     try:
-        task = Task(name=name, tables=tuple(tables), devices=tuple(devices), optimizer=optimizer)
+        task = Task(
+            name=name,
+            tables=tuple(tables),
+            devices=tuple(devices),
+            optimizer=optimizer,
+            devices_per_host=devices_per_host,
+        )
     except ValueError as err:
         raise InputError(str(err)) from None
     # A table larger than every device is allowed: placers that split tables place its

@@ -1,18 +1,20 @@
 """The placement file: one placed and measured task, written by ``dreamshard place --out``
 and read by ``dreamshard export`` (:func:`dreamshard.torchrec.plan.plan_from_placement_file`).
 
-Placement file (JSON), version 2::
+Placement file (JSON), version 3::
 
     {
       "format": "dreamshard-placement", "version": 2,
       "task": "pool", "placer": "size-lookup", "backend": "fbgemm",
       "tables_file": "/data/pool.csv",            # absolute (older files: as given)
       "devices": [{"name": "dev0", "memory_bytes": 1000000000}, ...],
+      "devices_per_host": null,                   # hosts of that many devices (null: one)
       "placement": {"t0": "dev1", "t1#c0": "dev0", "t1#c1": "dev1", ...},
                                                   # unit (table or shard) -> device name
       "device_of": [1, 0, 1, ...],                # device index of each unit, in order
       "splits": [{"table": "t1", "kind": "column", "sizes": [8, 8]},
-                 {"table": "t2", "kind": "row", "sizes": [50, 50]}],
+                 {"table": "t2", "kind": "row", "sizes": [50, 50]},
+                 {"table": "t3", "kind": "table_row", "sizes": [50, 50], "host": 1}],
                                                   # split tables, in table order ([]: none)
       "cost_ms": 1.23, "rel_spread": 0.01,        # measured cost (spread: null if none)
       "per_device": [{"fwd_comp_ms": ..., "fwd_comm_ms": ..., "bwd_comm_ms": ...,
@@ -22,10 +24,13 @@ Placement file (JSON), version 2::
 
 The *units* of a placement are its tables in the table file's order, each split table
 replaced by its shards ``name#c0, name#c1, ...`` (column shards, ``sizes`` their dims in
-column order) or ``name#r0, ...`` (row shards, ``sizes`` their rows: TorchRec's row-wise
-blocks, block ``j`` on device ``j``); see :class:`dreamshard.types.Placement`.
+column order), ``name#r0, ...`` (row shards, ``sizes`` their rows: TorchRec's row-wise
+blocks, block ``j`` on device ``j``) or ``name#h0, ...`` (table-row-wise: TorchRec's
+blocks over the devices of host ``host``, block ``j`` on its ``j``-th device); see
+:class:`dreamshard.types.Placement`.
 
-Version 1 files have no ``splits`` (every table whole), and files written before the
+Version 2 files have no ``devices_per_host`` (one host) and no ``table_row`` splits;
+version 1 files have no ``splits`` (every table whole), and files written before the
 format had a name carry no ``format`` and ``version``: they are read as version 0, the
 version 1 fields without those two; both read as table-wise placements. Only
 ``placement`` and ``devices`` are required (hand-written files often hold just those and
@@ -58,11 +63,13 @@ from dreamshard.types import (
     StageCosts,
     TableSplit,
     Task,
+    shard_name,
 )
 
 PLACEMENT_FORMAT = "dreamshard-placement"
 #: Version 2 added ``splits`` (column and row shards); version 1 files are table-wise.
-PLACEMENT_VERSION = 2
+#: Version 3 added ``devices_per_host`` and ``table_row`` splits (with their ``host``).
+PLACEMENT_VERSION = 3
 #: The version of files written before the format was named (no ``format`` field).
 LEGACY_VERSION = 0
 
@@ -76,20 +83,20 @@ class SplitRecord:
 
     Attributes:
         table: Name of the split table.
-        kind: ``column`` or ``row``.
+        kind: ``column``, ``row`` or ``table_row``.
         sizes: Dims (column shards, in column order) or rows (row shards, in row order)
             of its shards.
+        host: ``table_row``: the host holding its blocks (0 for the other kinds).
     """
 
     table: str
     kind: ShardKind
     sizes: tuple[int, ...]
+    host: int = 0
 
     def shard_names(self) -> list[str]:
         """The names of its shards, as ``placement`` keys them (``t1#c0``, ``t1#c1``)."""
-        return [
-            f"{self.table}{SHARD_NAME_SEPARATOR}{self.kind[0]}{j}" for j in range(len(self.sizes))
-        ]
+        return [shard_name(self.table, self.kind, j) for j in range(len(self.sizes))]
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class PlacementFile:
     Attributes:
         placement: Unit (table or shard) name -> name of the device holding it.
         devices: The task's devices, in rank order (device ``k`` is rank ``k``).
+        devices_per_host: The task's devices per host (None: one host; files before
+            version 3).
         task: Task name.
         placer: Name of the placer that made the placement.
         backend: Backend the placement was measured on.
@@ -119,6 +128,7 @@ class PlacementFile:
 
     placement: Mapping[str, str]
     devices: tuple[Device, ...]
+    devices_per_host: int | None = None
     task: str | None = None
     placer: str | None = None
     backend: str | None = None
@@ -147,6 +157,7 @@ class PlacementFile:
         return cls(
             placement=placement.to_names(task),
             devices=tuple(task.devices),
+            devices_per_host=task.devices_per_host,
             task=task.name,
             placer=placer,
             backend=backend,
@@ -154,7 +165,7 @@ class PlacementFile:
             tables_file=os.path.abspath(tables_file),
             device_of=tuple(placement.device_of),
             splits=tuple(
-                SplitRecord(task.tables[s.table].name, s.kind, tuple(s.sizes))
+                SplitRecord(task.tables[s.table].name, s.kind, tuple(s.sizes), s.host)
                 for s in placement.splits
             ),
             cost_ms=cost.cost_ms,
@@ -173,11 +184,10 @@ class PlacementFile:
             "backend": self.backend,
             "tables_file": self.tables_file,
             "devices": [{"name": d.name, "memory_bytes": d.memory_bytes} for d in self.devices],
+            "devices_per_host": self.devices_per_host,
             "placement": dict(self.placement),
             "device_of": list(self.device_of) if self.device_of is not None else None,
-            "splits": [
-                {"table": s.table, "kind": s.kind, "sizes": list(s.sizes)} for s in self.splits
-            ],
+            "splits": [_split_json(s) for s in self.splits],
             "cost_ms": self.cost_ms,
             "rel_spread": self.rel_spread,
             "per_device": (
@@ -187,6 +197,13 @@ class PlacementFile:
             ),
             "place_time_ms": self.place_time_ms,
         }
+
+
+def _split_json(split: SplitRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"table": split.table, "kind": split.kind, "sizes": list(split.sizes)}
+    if split.kind == "table_row":
+        out["host"] = split.host
+    return out
 
 
 def write_placement_file(path: str | Path, record: PlacementFile) -> None:
@@ -222,6 +239,7 @@ def placement_file_from_json(payload: Any, where: str) -> PlacementFile:
     return PlacementFile(
         placement=placement,
         devices=devices,
+        devices_per_host=_devices_per_host(payload.get("devices_per_host"), devices, where),
         task=_optional_str(payload, "task", where),
         placer=_optional_str(payload, "placer", where),
         backend=_optional_str(payload, "backend", where),
@@ -260,7 +278,7 @@ def placement_of(record: PlacementFile, task: Task, where: str, tables_file: str
                 f"{where}: splits[{k}]: field 'table': table {split.table!r} is not in "
                 f"{tables_file}"
             )
-        resolved = TableSplit(index_of[split.table], split.kind, split.sizes)
+        resolved = TableSplit(index_of[split.table], split.kind, split.sizes, split.host)
         try:
             resolved.check(task)
         except InvalidPlacementError as err:
@@ -425,7 +443,14 @@ def _splits(value: Any, placement: Mapping[str, str], where: str) -> tuple[Split
             raise InputError(
                 f"{loc}: field 'sizes' must list at least 2 positive shard sizes, got {sizes!r}"
             )
-        split = SplitRecord(record["table"], kind, tuple(sizes))
+        host = record.get("host", 0)
+        if kind == "table_row" and "host" not in record:
+            raise InputError(f"{loc}: a table_row split needs field 'host'")
+        if kind != "table_row" and "host" in record:
+            raise InputError(f"{loc}: field 'host' is only for table_row splits")
+        if not isinstance(host, int) or isinstance(host, bool) or host < 0:
+            raise InputError(f"{loc}: field 'host' must be a host index >= 0, got {host!r}")
+        split = SplitRecord(record["table"], kind, tuple(sizes), host)
         if any(s.table == split.table for s in out):
             raise InputError(f"{loc}: table {split.table!r} is split twice")
         shards = split.shard_names()
@@ -441,6 +466,17 @@ def _splits(value: Any, placement: Mapping[str, str], where: str) -> tuple[Split
             raise InputError(f"{what}, but field 'placement' also places {extra[0]!r}")
         out.append(split)
     return tuple(out)
+
+
+def _devices_per_host(value: Any, devices: Sequence[Device], where: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or len(devices) % value:
+        raise InputError(
+            f"{where}: field 'devices_per_host' must be a whole number >= 1 that divides the "
+            f"{len(devices)} devices, got {value!r}"
+        )
+    return value
 
 
 def _per_device(value: Any, where: str) -> tuple[StageCosts, ...] | None:

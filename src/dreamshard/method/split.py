@@ -4,7 +4,8 @@ DreamShard places whole tables. Two things make a whole table a bad unit:
 
 - it fits no single device (a 50M-row, dim-128 table on 16 GB devices): it must be
   split, and row-wise sharding (TorchRec's ``ROW_WISE``: one row block per device)
-  needs the least memory per device;
+  needs the least memory per device (then, on tasks of several hosts, table-row-wise:
+  one block per device of one host; then column shards);
 - its cost dominates (a very large pooling factor or dim): every table-wise placement
   has a device at least that slow, and only a split can balance it.
 
@@ -23,9 +24,9 @@ sums, takes that table's old units out and places the new shards
 :class:`~dreamshard.types.StageCostModel` requires).
 
 The split tables' shards are then placed by the usual search under extra constraints
-(:func:`unit_constraints`): row block ``j`` pinned to device ``j`` (TorchRec's layout),
-and the column shards of one table on pairwise different devices (apart). Tables the
-user's constraints name are never split.
+(:func:`unit_constraints`): row block ``j`` pinned to device ``j`` (TorchRec's layout;
+table-row-wise: to device ``j`` of its host), and the column shards of one table on
+pairwise different devices (apart). Tables the user's constraints name are never split.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.errors import InfeasiblePlacementError, InputError, InvalidPlacementError
 from dreamshard.method.search import device_sums, greedy_placement, joined_partial, row_sums
 from dreamshard.types import (
+    ROW_KINDS,
     SHARDING_MODES,
     Placement,
     StageCostModel,
@@ -123,9 +125,7 @@ def units_of(task: Task, splits: Splits) -> Task:
     # Last split table first, so the indices of those before it still hold.
     for i in sorted((i for i in splits if 0 <= i < len(tables)), reverse=True):
         tables[i : i + 1] = _shards(splits[i], task.tables[i])
-    return Task(
-        name=task.name, tables=tuple(tables), devices=task.devices, optimizer=task.optimizer
-    )
+    return task.with_tables(tables)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -136,21 +136,29 @@ def _shards(split: TableSplit, table: TableSpec) -> tuple[TableSpec, ...]:
 
 def unit_constraints(task: Task, splits: Splits, user: ConstraintSpec | None) -> ConstraintSpec:
     """The constraints the units of ``task`` must keep: the user's (on whole tables,
-    names unchanged), row block ``j`` of a row-split table pinned to device ``j``, and
+    names unchanged), each row block pinned to its device (``ShardOf.device``), and
     the column shards of each column-split table on pairwise different devices."""
     base = user if user is not None else ConstraintSpec()
     pins = list(base.pins)
     apart = list(base.apart)
     for i in sorted(splits):
         shards = splits[i].shards(task.tables[i])
-        if splits[i].kind == "row":
-            pins.extend((s.name, j) for j, s in enumerate(shards))
+        if splits[i].kind in ROW_KINDS:
+            pins.extend((s.name, _pinned(s, task)) for s in shards)
         else:
             apart.append(tuple(s.name for s in shards))
     pool = None if base.pool is None else base.pool | {s for s in _shard_names(task, splits)}
     return ConstraintSpec(
         pins=tuple(pins), together=base.together, apart=tuple(apart), where=base.where, pool=pool
     )
+
+
+def _pinned(unit: TableSpec, task: Task) -> int:
+    """The device of a row block (row-wise or table-row-wise) of ``task``."""
+    assert unit.shard is not None
+    device = unit.shard.device(task.host_size)
+    assert device is not None
+    return device
 
 
 def _shard_names(task: Task, splits: Splits) -> Iterable[str]:
@@ -177,6 +185,18 @@ def row_split(task: Task, table: int) -> TableSplit | None:
     return TableSplit(table, "row", sizes)
 
 
+def table_row_split(task: Task, table: int, host: int) -> TableSplit | None:
+    """The table-row-wise split of a table over the devices of ``host``, or None where
+    the task has one host or a host's devices are too many for its rows."""
+    if task.num_hosts < 2 or not 0 <= host < task.num_hosts:
+        return None
+    try:
+        sizes = row_split_sizes(task.tables[table].rows, task.host_size)
+    except InvalidPlacementError:
+        return None
+    return TableSplit(table, "table_row", sizes, host)
+
+
 def column_split(task: Task, table: int, parts: int) -> TableSplit | None:
     """The table cut into ``parts`` column shards (dims multiples of 4, as even as they
     go), or None where its dim or the device count does not allow that many."""
@@ -194,8 +214,8 @@ def _fits(task: Task, split: TableSplit, free: list[int] | None = None) -> bool:
     ``free`` bytes, a column shard in the most free device (default: whole devices)."""
     room = free if free is not None else [d.memory_bytes for d in task.devices]
     shards = _shards(split, task.tables[split.table])
-    if split.kind == "row":
-        return all(task.table_memory_bytes(s) <= room[j] for j, s in enumerate(shards))
+    if split.kind in ROW_KINDS:
+        return all(task.table_memory_bytes(s) <= room[_pinned(s, task)] for s in shards)
     return all(task.table_memory_bytes(s) <= max(room) for s in shards)
 
 
@@ -204,8 +224,9 @@ def required_splits(
 ) -> dict[int, TableSplit]:
     """The splits without which a table fits no device: largest table first, each that
     fits no device's memory left after the row blocks split so far is split row-wise
-    over all devices where allowed (least memory per device), else into the fewest
-    column shards that fit.
+    over all devices where allowed (least memory per device), else table-row-wise over
+    one host's devices (tasks of several hosts; the first host where it fits), else into
+    the fewest column shards that fit.
 
     Raises:
         UnsplittableTableError: A table fits no device whole and no allowed split fits
@@ -237,6 +258,7 @@ def required_splits(
         options: list[TableSplit | None] = []
         if settings.allows_row:
             options.append(row_split(task, i))
+            options.extend(table_row_split(task, i, h) for h in range(task.num_hosts))
         if settings.allows_column:
             options.extend(column_split(task, i, k) for k in range(2, task.num_devices + 1))
         split = next((s for s in options if s is not None and _fits(task, s, free)), None)
@@ -251,9 +273,9 @@ def required_splits(
                 f"multiples of {DIM_MULTIPLE} columns, at most one per device)",
             )
         out[i] = split
-        if split.kind == "row":
-            for j, shard in enumerate(split.shards(table)):
-                free[j] -= task.table_memory_bytes(shard)
+        if split.kind in ROW_KINDS:
+            for shard in split.shards(table):
+                free[_pinned(shard, task)] -= task.table_memory_bytes(shard)
     return out
 
 
@@ -310,7 +332,7 @@ def _evaluate(
             device_of = np.array(parent.placement.device_of, dtype=np.int64)
             # The parent's device sums without the changed table's old units (a unit's
             # vector depends on it alone: StageCostModel).
-            old = Task(task.name, parent.units.tables[a:b], task.devices, task.optimizer)
+            old = task.with_tables(parent.units.tables[a:b])
             sums, counts = parent.sums.copy(), parent.counts.copy()
             np.subtract.at(sums, device_of[a:b], model_for(old).table_vectors)
             np.subtract.at(counts, device_of[a:b], 1.0)
@@ -342,6 +364,7 @@ def _insert_shards(
     """A placement of ``units`` from one with some units unplaced (``device_of`` -1:
     the new shards of one table; ``memory`` ``[U]`` bytes of each unit; ``sums`` and
     ``counts`` those of the placed units, updated in place): row block j on device j,
+    row blocks on their devices (``ShardOf.device``),
     each column shard (largest cost alone first) onto the device with room and none of
     its siblings that minimises the cost of the placement so far (ties: the more
     balanced); with its cost, sums and counts. None where a shard finds no such
@@ -357,8 +380,8 @@ def _insert_shards(
     for i in new[np.argsort(-alone, kind="stable")]:
         shard = units.tables[i].shard
         legal = used + memory[i] <= capacity
-        if shard is not None and shard.kind == "row":  # its device is fixed
-            d = shard.index
+        if shard is not None and shard.is_row_block:  # its device is fixed
+            d = _pinned(units.tables[i], units)
             if not legal[d]:
                 return None
         else:
@@ -414,7 +437,13 @@ def _next_splits(
     task: Task, current: TableSplit | None, table: int, s: SplitSettings
 ) -> list[TableSplit]:
     """The splits one step beyond ``current`` for one table: halve its column shards
-    (or cut it in 2) and, from whole, the row split."""
+    (or cut it in 2) and, from whole, the row split.
+
+    Table-row-wise splits are not proposed here, only where a table needs one to fit
+    (:func:`required_splits`): their gain on a real cluster is less inter-host traffic,
+    which no cost model here can see (one link model; comm.py), and proposing them for
+    cost alone made the sim-scored plans on hosts 4% worse on heavy-40x8
+    (docs/results.md)."""
     out: list[TableSplit | None] = []
     if current is None:
         if s.allows_column:
@@ -517,8 +546,8 @@ def choose_splits(
     )
 
 
-def _key(splits: Splits) -> tuple[tuple[int, str, tuple[int, ...]], ...]:
-    return tuple((i, s.kind, s.sizes) for i, s in sorted(splits.items()))
+def _key(splits: Splits) -> tuple[tuple[int, str, tuple[int, ...], int], ...]:
+    return tuple((i, s.kind, s.sizes, s.host) for i, s in sorted(splits.items()))
 
 
 def ordered(splits: Splits) -> tuple[TableSplit, ...]:

@@ -6,7 +6,8 @@ device, a ``Topology`` of the task's devices and per-table ``ParameterConstraint
 table-wise sharding and the fused kernel, under the same per-device memory, and turns its
 plan back into a placement, so every comparison includes what users would otherwise pick.
 :class:`TorchRecAllPlacer` lets the planner also split tables column-wise and row-wise
-and turns its shards back into a split placement (:func:`placement_from_torchrec_plan`).
+(and table-row-wise, on a task of two hosts or more) and turns its shards back into a
+split placement (:func:`placement_from_torchrec_plan`).
 
 TorchRec is imported lazily, inside these classes and functions.
 """
@@ -26,11 +27,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 #: TorchRec's names of the sharding types DreamShard plans use: a whole table on one rank,
-#: column shards on chosen ranks, row blocks over every rank.
+#: column shards on chosen ranks, row blocks over every rank, row blocks over the ranks of
+#: one host (the last only for tasks of two hosts or more).
 TABLE_WISE = "table_wise"
 COLUMN_WISE = "column_wise"
 ROW_WISE = "row_wise"
-SHARDING_TYPES: tuple[str, ...] = (TABLE_WISE, COLUMN_WISE, ROW_WISE)
+TABLE_ROW_WISE = "table_row_wise"
+SHARDING_TYPES: tuple[str, ...] = (TABLE_WISE, COLUMN_WISE, ROW_WISE, TABLE_ROW_WISE)
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +83,17 @@ def task_module(task: Task) -> nn.Module:
 
 def torchrec_topology(task: Task, compute_device: str = "cpu") -> Any:
     """TorchRec ``Topology`` of the task's devices: their memory as HBM (``cuda``) or DDR
-    (``cpu``), one host."""
+    (``cpu``), the task's hosts (``local_world_size``; one host unless the task has two or
+    more)."""
     from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 
     if compute_device not in DEVICE_TYPES:
         raise InputError(f"compute device {compute_device!r}: use one of {DEVICE_TYPES}")
     memory = [d.memory_bytes for d in task.devices]
     key = "hbm_cap_bytes" if compute_device == "cuda" else "ddr_cap_bytes"
+    hosts = {"local_world_size": task.host_size} if task.num_hosts >= 2 else {}
     topology = TopologyFactory.create_topology(
-        TrainerConfig(world_size=task.num_devices, **{key: max(memory)}),
+        TrainerConfig(world_size=task.num_devices, **{key: max(memory)}, **hosts),
         kernel_config=KernelConfig(compute_device=compute_device),
     )
     for device, cap in zip(topology.devices, memory, strict=True):  # heterogeneous memory
@@ -190,27 +195,35 @@ class TorchRecPlacer:
     def place(self, task: Task) -> Placement:
         from torchrec.distributed.planner.types import PlannerError
 
-        planner = torchrec_planner(
-            task, self.compute_device, self.batch_size, sharding_types=self.sharding_types
-        )
+        types = self.sharding_types_for(task)
+        planner = torchrec_planner(task, self.compute_device, self.batch_size, sharding_types=types)
         try:
             plan = planner.plan(task_module(task), sharders())
         except PlannerError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise TorchRecPlannerError(f"TorchRec's planner found no plan: {first}") from None
-        return placement_from_torchrec_plan(task, plan.plan.get("", {}), self.sharding_types)
+        return placement_from_torchrec_plan(task, plan.plan.get("", {}), types)
+
+    def sharding_types_for(self, task: Task) -> tuple[str, ...]:
+        """The sharding types the planner may choose for ``task``: table-row-wise only
+        where the task has two hosts or more (on one host it is row-wise, which a
+        placement says as a ``row`` split)."""
+        if task.num_hosts >= 2:
+            return self.sharding_types
+        return tuple(t for t in self.sharding_types if t != TABLE_ROW_WISE)
 
 
 class TorchRecAllPlacer(TorchRecPlacer):
     """TorchRec's ``EmbeddingShardingPlanner`` free to shard tables table-wise,
-    column-wise or row-wise (fused kernel) as a placer: its plan becomes a split
-    placement, so comparisons include TorchRec splitting tables as it would by default
-    (without data-parallel and table-row-wise sharding, which placements cannot express).
+    column-wise, row-wise or, on a task of two hosts or more, table-row-wise (fused
+    kernel) as a placer: its plan becomes a split placement, so comparisons include
+    TorchRec splitting tables as it would by default (without data-parallel sharding,
+    which placements cannot express).
 
     On ``compute_device="cpu"`` TorchRec 1.8's ``EmbeddingBagCollectionSharder`` offers
-    no row-wise sharding (only on ``cuda``), and its column-wise shards are at least 128
-    columns wide (``MIN_CW_DIM``), so there only tables of dim 256 and more can be split.
-    Arguments as :class:`TorchRecPlacer`.
+    no row-wise or table-row-wise sharding (only on ``cuda``), and its column-wise shards
+    are at least 128 columns wide (``MIN_CW_DIM``), so there only tables of dim 256 and
+    more can be split. Arguments as :class:`TorchRecPlacer`.
     """
 
     name = "torchrec-all"
@@ -226,12 +239,15 @@ def placement_from_torchrec_plan(
     ``table_wise`` tables stay whole on their rank; ``column_wise`` ones become column
     splits (shards in column order, each on its rank; a single shard is the whole table,
     logged); ``row_wise`` ones row splits, which must be TorchRec's blocks
-    (:func:`dreamshard.types.row_split_sizes`) on ranks ``0, 1, ...``.
+    (:func:`dreamshard.types.row_split_sizes`) on ranks ``0, 1, ...``; ``table_row_wise``
+    ones table-row splits on the host of their first rank, which must be TorchRec's blocks
+    over the task's devices per host on that host's ranks in order.
 
     Raises:
         InvalidPlacementError: a table with no sharding or one not in ``sharding_types``,
             or shards a placement cannot express (a column shard whose dim is not a
-            multiple of 4, an empty row block), naming the table.
+            multiple of 4, an empty row block, table-row blocks on a task of one host),
+            naming the table.
     """
     device_of: list[int] = []
     splits: list[TableSplit] = []
@@ -266,7 +282,7 @@ def placement_from_torchrec_plan(
             )
             device_of.append(shard_ranks[0])
             continue
-        split = TableSplit(i, "column" if kind == COLUMN_WISE else "row", sizes)
+        split = _split_of(i, kind, sizes, shard_ranks, task)
         try:
             split.check(task)
         except InvalidPlacementError as err:
@@ -281,8 +297,27 @@ def placement_from_torchrec_plan(
                 f"{list(sizes)} rows on ranks {shard_ranks}; placements take block j on "
                 f"rank j (ranks 0..{task.num_devices - 1})"
             )
+        first = split.host * task.host_size
+        if kind == TABLE_ROW_WISE and shard_ranks != list(range(first, first + len(sizes))):
+            raise InvalidPlacementError(
+                f"TorchRec's plan shards table {t.name!r} table-row-wise in blocks of "
+                f"{list(sizes)} rows on ranks {shard_ranks}; placements take block j on "
+                f"rank j of the host (ranks {first}..{first + task.host_size - 1})"
+            )
         splits.append(split)
         device_of.extend(shard_ranks)
     placement = Placement(tuple(device_of), tuple(splits))
     placement.validate(task)
     return placement
+
+
+def _split_of(
+    table: int, kind: str, sizes: tuple[int, ...], ranks: Sequence[int], task: Task
+) -> TableSplit:
+    """The split of a column-, row- or table-row-wise TorchRec sharding (unchecked); a
+    table-row split's host is its first rank's."""
+    if kind == COLUMN_WISE:
+        return TableSplit(table, "column", sizes)
+    if kind == ROW_WISE:
+        return TableSplit(table, "row", sizes)
+    return TableSplit(table, "table_row", sizes, host=ranks[0] // task.host_size)

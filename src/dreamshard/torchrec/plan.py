@@ -1,27 +1,32 @@
 """Export: a placement as a TorchRec ``ShardingPlan``, and the plan file format.
 
 A placement puts each table, or each shard of a split table, on one device; device ``k``
-of a task is rank ``k``. In TorchRec terms a whole table is *table-wise* sharding, a
-column split *column-wise* (shard ``j``: the ``j``-th block of columns, on the rank of
-its device) and a row split *row-wise* (TorchRec's training layout: blocks of
-``ceil(rows / world_size)`` rows over every rank, block ``j`` on rank ``j``), all with the
-*fused* kernel (FBGEMM's TBE with the optimizer fused into backward). The plan is built
-with TorchRec's public helpers ``construct_module_sharding_plan``, ``table_wise(rank=)``,
-``column_wise(ranks=, size_per_rank=)`` and ``row_wise()``, so what
+of a task is rank ``k``, and host ``h`` of a task with hosts of ``L`` devices holds ranks
+``h * L .. h * L + L - 1`` (TorchRec's ``local_world_size``). In TorchRec terms a whole
+table is *table-wise* sharding, a column split *column-wise* (shard ``j``: the ``j``-th
+block of columns, on the rank of its device), a row split *row-wise* (TorchRec's training
+layout: blocks of ``ceil(rows / world_size)`` rows over every rank, block ``j`` on rank
+``j``) and a table-row split *table-row-wise* (blocks of ``ceil(rows / L)`` rows over the
+ranks of one host, block ``j`` on its ``j``-th rank), all with the *fused* kernel (FBGEMM's
+TBE with the optimizer fused into backward). The plan is built with TorchRec's public
+helpers ``construct_module_sharding_plan``, ``table_wise(rank=)``, ``column_wise(ranks=,
+size_per_rank=)``, ``row_wise()`` and ``table_row_wise(host_index=)``, so what
 ``DistributedModelParallel`` receives is what TorchRec's own planner would hand it.
 
-Plan file (JSON), version 2, written by :func:`save_plan` and ``dreamshard export``::
+Plan file (JSON), version 3, written by :func:`save_plan` and ``dreamshard export``::
 
     {
-      "format": "dreamshard-torchrec-plan", "version": 2,
-      "world_size": 2, "compute_kernel": "fused",
+      "format": "dreamshard-torchrec-plan", "version": 3,
+      "world_size": 4, "local_world_size": 2, "compute_kernel": "fused",
       "modules": {
         "sparse.ebc": {"tables": [
           {"name": "t0", "sharding": "table_wise", "rank": 1, "rows": 100, "dim": 8},
-          {"name": "t1", "sharding": "column_wise", "ranks": [0, 1], "shard_dims": [8, 8],
+          {"name": "t1", "sharding": "column_wise", "ranks": [0, 3], "shard_dims": [8, 8],
            "rows": 60, "dim": 16},
-          {"name": "t2", "sharding": "row_wise", "ranks": [0, 1], "shard_rows": [20, 20],
-           "rows": 40, "dim": 8}
+          {"name": "t2", "sharding": "row_wise", "ranks": [0, 1, 2, 3],
+           "shard_rows": [10, 10, 10, 10], "rows": 40, "dim": 8},
+          {"name": "t3", "sharding": "table_row_wise", "ranks": [2, 3],
+           "shard_rows": [20, 20], "rows": 40, "dim": 8}
         ]}
       },
       "source": {...}                       # optional: where the placement came from
@@ -29,8 +34,13 @@ Plan file (JSON), version 2, written by :func:`save_plan` and ``dreamshard expor
 
 Column-wise shards are listed in column order (``ranks[j]`` holds ``shard_dims[j]``
 columns; a rank may hold several); row-wise tables list every rank, in order, and
-TorchRec's blocks. Version 1 files (every table ``{"name", "rank", "rows", "dim"}``, a
-top-level ``"sharding_type": "table_wise"``) still load, as table-wise plans.
+TorchRec's blocks; table-row-wise tables the ranks of their host, in order, and TorchRec's
+blocks over ``local_world_size`` ranks. ``local_world_size`` is null for a plan made for
+one host (any ranks per host then fit it); a plan that gives it refuses a job with other
+ranks per host, and table-row-wise tables need it. Version 2 files (no
+``local_world_size``, no table-row-wise tables) load as plans for one host; version 1
+files (every table ``{"name", "rank", "rows", "dim"}``, a top-level ``"sharding_type":
+"table_wise"``) as table-wise plans.
 
 Module paths are the fully qualified names of the ``EmbeddingBagCollection`` modules in
 the model handed to ``DistributedModelParallel`` (``""`` when the model *is* the
@@ -57,6 +67,7 @@ from dreamshard.placers.torchrec import (
     FUSED_KERNEL,
     ROW_WISE,
     SHARDING_TYPES,
+    TABLE_ROW_WISE,
     TABLE_WISE,
 )
 from dreamshard.types import Placement, Task, row_split_sizes
@@ -66,13 +77,16 @@ if TYPE_CHECKING:
     from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
 PLAN_FORMAT = "dreamshard-torchrec-plan"
-#: Version 2 records each table's sharding; version 1 files are table-wise.
-PLAN_VERSION = 2
+#: Version 3 records the ranks per host and has table-row-wise tables; version 2 records
+#: each table's sharding; version 1 files are table-wise.
+PLAN_VERSION = 3
 #: The oldest plan file version that still loads.
 OLDEST_PLAN_VERSION = 1
+#: The first version with ``local_world_size`` and ``table_row_wise`` tables.
+HOSTS_PLAN_VERSION = 3
 
 #: The JSON field holding the shard sizes of each split sharding type.
-_SIZES_FIELD = {COLUMN_WISE: "shard_dims", ROW_WISE: "shard_rows"}
+_SIZES_FIELD = {COLUMN_WISE: "shard_dims", ROW_WISE: "shard_rows", TABLE_ROW_WISE: "shard_rows"}
 
 
 @dataclass(frozen=True)
@@ -85,11 +99,13 @@ class PlannedTable:
             its first shard (``shard_ranks[0]``).
         rows: Rows the table had when planned (``num_embeddings``).
         dim: Embedding dimension it had when planned.
-        sharding: ``table_wise``, ``column_wise`` or ``row_wise`` (TorchRec's names).
+        sharding: ``table_wise``, ``column_wise``, ``row_wise`` or ``table_row_wise``
+            (TorchRec's names).
         shard_ranks: Split tables: the rank of each shard, in column or row order
-            (``row_wise``: ``0 .. world_size - 1``); empty for ``table_wise``.
-        shard_sizes: Split tables: the dim (``column_wise``) or rows (``row_wise``) of each
-            shard, in the same order; empty for ``table_wise``.
+            (``row_wise``: ``0 .. world_size - 1``; ``table_row_wise``: the ranks of one
+            host, in order); empty for ``table_wise``.
+        shard_sizes: Split tables: the dim (``column_wise``) or rows (``row_wise``,
+            ``table_row_wise``) of each shard, in the same order; empty for ``table_wise``.
     """
 
     name: str
@@ -110,7 +126,8 @@ class PlannedTable:
         ranks: Sequence[int],
         sizes: Sequence[int],
     ) -> PlannedTable:
-        """A column- or row-wise table with shard ``j`` of ``sizes[j]`` on ``ranks[j]``."""
+        """A column-, row- or table-row-wise table with shard ``j`` of ``sizes[j]`` on
+        ``ranks[j]``."""
         return cls(
             name=name,
             rank=ranks[0] if ranks else 0,
@@ -126,9 +143,10 @@ class PlannedTable:
         """The rank of each shard (``table_wise``: the table's one rank)."""
         return (self.rank,) if self.sharding == TABLE_WISE else self.shard_ranks
 
-    def check(self, world_size: int) -> None:
+    def check(self, world_size: int, local_world_size: int | None = None) -> None:
         """Raise InputError (``table 'x': ...``, naming the field) unless the sharding is
-        one this package plans and its shards fit ``world_size`` ranks and the table."""
+        one this package plans and its shards fit ``world_size`` ranks, hosts of
+        ``local_world_size`` ranks (``table_row_wise`` needs them) and the table."""
         loc = f"table {self.name!r}"
         if self.sharding not in SHARDING_TYPES:
             raise InputError(
@@ -162,6 +180,9 @@ class PlannedTable:
                     f"{sum(self.shard_sizes)}, not to its dim {self.dim}"
                 )
             return
+        if self.sharding == TABLE_ROW_WISE:
+            self._check_table_row_wise(world_size, local_world_size)
+            return
         try:
             blocks = row_split_sizes(self.rows, world_size)
         except InvalidPlacementError as err:
@@ -174,6 +195,30 @@ class PlannedTable:
                 f"0..{world_size - 1} (a plan for another world size?)"
             )
 
+    def _check_table_row_wise(self, world_size: int, local_world_size: int | None) -> None:
+        """TorchRec's table-row-wise layout: the blocks of ``row_split_sizes(rows,
+        local_world_size)`` on the ranks of the host of the first shard, in order."""
+        loc = f"table {self.name!r}"
+        if local_world_size is None or local_world_size >= world_size:
+            given = "gives no" if local_world_size is None else "has one host by its"
+            raise InputError(
+                f"{loc}: table_row_wise needs two hosts or more, but the plan {given} field "
+                f"'local_world_size' ({world_size} ranks)"
+            )
+        host = self.rank // local_world_size
+        host_ranks = tuple(range(host * local_world_size, (host + 1) * local_world_size))
+        try:
+            blocks = row_split_sizes(self.rows, local_world_size)
+        except InvalidPlacementError as err:
+            raise InputError(f"{loc}: table_row_wise: {err}") from None
+        if self.shard_ranks != host_ranks or self.shard_sizes != blocks:
+            raise InputError(
+                f"{loc}: table_row_wise over ranks {list(self.shard_ranks)} in blocks of "
+                f"{list(self.shard_sizes)} rows ('shard_rows'), but TorchRec cuts {self.rows} "
+                f"rows over a host's {local_world_size} ranks as {list(blocks)} on ranks "
+                f"{host_ranks[0]}..{host_ranks[-1]} (host {host}; a plan for other hosts?)"
+            )
+
 
 @dataclass(frozen=True)
 class PlanSpec:
@@ -183,19 +228,30 @@ class PlanSpec:
         world_size: Number of ranks the plan is for.
         modules: Module path -> the tables of that collection, in model order.
         source: Free-form facts about where the plan came from (placer, task, files).
+        local_world_size: Ranks per host the plan is for (TorchRec's
+            ``local_world_size``: host ``h`` holds ranks ``h * local_world_size ..``);
+            None: not fixed (a plan for one host). ``table_row_wise`` tables need it.
 
     Raises:
-        InputError: a table twice in a module, or a table whose shards do not fit the
-            ranks or the table (:meth:`PlannedTable.check`).
+        InputError: a table twice in a module, a host size that does not divide the
+            world size, or a table whose shards do not fit the ranks, the hosts or the
+            table (:meth:`PlannedTable.check`).
     """
 
     world_size: int
     modules: Mapping[str, tuple[PlannedTable, ...]]
     source: Mapping[str, Any]
+    local_world_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
             raise InputError(f"plan: world_size must be at least 1, got {self.world_size}")
+        local = self.local_world_size
+        if local is not None and (local < 1 or self.world_size % local):
+            raise InputError(
+                f"plan: field 'local_world_size' is {local}, which does not divide the "
+                f"world size {self.world_size}"
+            )
         for path, tables in self.modules.items():
             seen: set[str] = set()
             for t in tables:
@@ -203,7 +259,7 @@ class PlanSpec:
                     raise InputError(f"plan: module {path!r}: table {t.name!r} appears twice")
                 seen.add(t.name)
                 try:
-                    t.check(self.world_size)
+                    t.check(self.world_size, self.local_world_size)
                 except InputError as err:
                     raise InputError(f"plan: module {path!r}: {err}") from None
 
@@ -211,11 +267,21 @@ class PlanSpec:
         """Table name -> the ranks of its shards (one for a table-wise table), one module."""
         return {t.name: t.ranks for t in self.modules[module_path]}
 
+    @property
+    def table_row_wise_tables(self) -> list[str]:
+        """The names of the plan's ``table_row_wise`` tables, in module and model order."""
+        return [t.name for ts in self.modules.values() for t in ts if t.sharding == TABLE_ROW_WISE]
+
+
+#: TorchRec's sharding type of each kind of split.
+_SHARDING_OF_KIND = {"column": COLUMN_WISE, "row": ROW_WISE, "table_row": TABLE_ROW_WISE}
+
 
 def planned_tables(task: Task, placement: Placement) -> tuple[PlannedTable, ...]:
     """The planned tables of ``placement`` (a valid placement of ``task``), in table
     order: whole tables ``table_wise`` on their device's rank, column splits
-    ``column_wise`` with their shards' ranks and dims, row splits ``row_wise``."""
+    ``column_wise`` with their shards' ranks and dims, row splits ``row_wise``, table-row
+    splits ``table_row_wise`` on their host's ranks."""
     by_table = {s.table: s for s in placement.splits}
     out = []
     unit = 0  # index of the table's first unit in device_of
@@ -227,7 +293,7 @@ def planned_tables(task: Task, placement: Placement) -> tuple[PlannedTable, ...]
             continue
         ranks = placement.device_of[unit : unit + len(split.sizes)]
         unit += len(split.sizes)
-        sharding = COLUMN_WISE if split.kind == "column" else ROW_WISE
+        sharding = _SHARDING_OF_KIND[split.kind]
         out.append(PlannedTable.split(t.name, t.rows, t.dim, sharding, ranks, split.sizes))
     return tuple(out)
 
@@ -241,7 +307,8 @@ def plan_from_placement(
     """The plan that puts each table or shard of ``task`` on the rank of its device.
 
     Args:
-        task: The task the placement is for; device ``k`` becomes rank ``k``.
+        task: The task the placement is for; device ``k`` becomes rank ``k``, its
+            devices per host (if given) the plan's ``local_world_size``.
         placement: A valid placement of ``task`` (checked), table-wise or split.
         module_path: Path of the ``EmbeddingBagCollection`` in the user's model.
         source: Facts to record in the plan file.
@@ -254,6 +321,7 @@ def plan_from_placement(
         world_size=task.num_devices,
         modules={module_path: planned_tables(task, placement)},
         source=dict(source or {}),
+        local_world_size=task.devices_per_host,
     )
 
 
@@ -290,6 +358,7 @@ def plan_from_placement_file(
         record.task if record.task is not None else Path(tables_path).stem,
         tables,
         list(record.devices),
+        devices_per_host=record.devices_per_host,
     )
     placement = placement_of(record, task, where, str(tables_path))
     source = {
@@ -346,6 +415,7 @@ def plan_to_json(spec: PlanSpec) -> dict[str, Any]:
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
         "world_size": spec.world_size,
+        "local_world_size": spec.local_world_size,
         "compute_kernel": FUSED_KERNEL,
         "modules": {
             path: {"tables": [_table_to_json(t) for t in tables]}
@@ -361,7 +431,8 @@ def save_plan(path: str | Path, spec: PlanSpec) -> None:
 
 
 def load_plan_spec(path: str | Path) -> PlanSpec:
-    """Read and validate a plan file written by :func:`save_plan` (this version or 1).
+    """Read and validate a plan file written by :func:`save_plan` (this version or an
+    older one from :data:`OLDEST_PLAN_VERSION`).
 
     Raises:
         InputError: naming the file and the bad field, module or table.
@@ -381,6 +452,11 @@ def load_plan_spec(path: str | Path) -> PlanSpec:
             f"versions {OLDEST_PLAN_VERSION} to {PLAN_VERSION}"
         )
     world_size = _int_field(payload, "world_size", where)
+    local_world_size = (
+        _int_field(payload, "local_world_size", where)
+        if version >= HOSTS_PLAN_VERSION and payload.get("local_world_size") is not None
+        else None
+    )
     modules_raw = payload.get("modules")
     if not isinstance(modules_raw, dict) or not modules_raw:
         raise InputError(f"{where}: field 'modules' must be a non-empty object")
@@ -402,13 +478,15 @@ def load_plan_spec(path: str | Path) -> PlanSpec:
             world_size=world_size,
             modules=modules,
             source=source if isinstance(source, dict) else {},
+            local_world_size=local_world_size,
         )
     except InputError as err:
         raise InputError(f"{where}: {err}") from None
 
 
 def _table_from_json(record: Mapping[str, Any], version: int, where: str) -> PlannedTable:
-    """One table of a plan file; version 1 tables are table-wise (no ``sharding``)."""
+    """One table of a plan file; version 1 tables are table-wise (no ``sharding``),
+    ``table_row_wise`` ones from version 3 on."""
     rows = _int_field(record, "rows", where)
     dim = _int_field(record, "dim", where)
     sharding = record.get("sharding") if version >= 2 else TABLE_WISE
@@ -417,6 +495,11 @@ def _table_from_json(record: Mapping[str, Any], version: int, where: str) -> Pla
     if sharding not in _SIZES_FIELD:
         raise InputError(
             f"{where}: field 'sharding' is {sharding!r}, use one of {', '.join(SHARDING_TYPES)}"
+        )
+    if sharding == TABLE_ROW_WISE and version < HOSTS_PLAN_VERSION:
+        raise InputError(
+            f"{where}: field 'sharding' is {sharding!r}, which version {version} plan files "
+            f"do not have (from version {HOSTS_PLAN_VERSION} on)"
         )
     ranks = _int_list(record, "ranks", where, 0)
     sizes = _int_list(record, _SIZES_FIELD[sharding], where, 1)
@@ -587,38 +670,48 @@ def build_sharding_plan(
 ) -> ShardingPlan:
     """The TorchRec ``ShardingPlan`` of ``spec`` for ``model`` (validated first).
 
-    Each table gets ``table_wise(rank=)``, ``column_wise(ranks=, size_per_rank=)`` or
-    ``row_wise()``, with ``compute_kernel="fused"``, assembled per collection by
-    ``construct_module_sharding_plan``.
+    Each table gets ``table_wise(rank=)``, ``column_wise(ranks=, size_per_rank=)``,
+    ``row_wise()`` or ``table_row_wise(host_index=)``, with ``compute_kernel="fused"``,
+    assembled per collection by ``construct_module_sharding_plan``.
 
     Args:
         spec: The plan.
         model: The model that will be wrapped in ``DistributedModelParallel``.
         world_size: Ranks of the job, checked against the plan (None: not checked).
-        local_world_size: Ranks per host (decides ``cuda:<local rank>``); default: all
-            ranks on one host.
+        local_world_size: Ranks per host (decides ``cuda:<local rank>`` and the hosts
+            of ``table_row_wise`` tables); checked against the plan's where it has one;
+            default: the plan's, else all ranks on one host.
         device_type: ``"cpu"`` or ``"cuda"``.
 
     Raises:
-        InputError: the plan does not fit the model or the world size, or a bad option.
+        InputError: the plan does not fit the model, the world size or the ranks per
+            host, or a bad option.
     """
     from torchrec.distributed.sharding_plan import construct_module_sharding_plan
     from torchrec.distributed.types import ShardingPlan
 
     if device_type not in DEVICE_TYPES:
         raise InputError(f"device type {device_type!r}: use one of {', '.join(DEVICE_TYPES)}")
-    local = local_world_size if local_world_size is not None else spec.world_size
+    local = next(
+        n for n in (local_world_size, spec.local_world_size, spec.world_size) if n is not None
+    )
     if not 1 <= local <= spec.world_size or spec.world_size % local:
         raise InputError(
             f"local world size {local} must divide the plan's world size {spec.world_size}"
         )
+    if spec.local_world_size is not None and local != spec.local_world_size:
+        raise InputError(
+            f"plan: field 'local_world_size' is {spec.local_world_size} but the job runs "
+            f"{local} ranks per host"
+        )
     check_plan_fits_model(spec, model, world_size)
+    _check_torchrec_hosts(spec)
     collections = embedding_bag_collections(model)
     plan: dict[str, Any] = {}
     for path, tables in spec.modules.items():
         plan[path] = construct_module_sharding_plan(
             collections[path],
-            {t.name: _parameter_sharding(t) for t in tables},
+            {t.name: _parameter_sharding(t, local) for t in tables},
             local_size=local,
             world_size=spec.world_size,
             device_type=device_type,
@@ -626,14 +719,37 @@ def build_sharding_plan(
     return ShardingPlan(plan=plan)
 
 
-def _parameter_sharding(table: PlannedTable) -> Any:
-    """TorchRec's ``ParameterShardingGenerator`` of one planned table."""
+def _check_torchrec_hosts(spec: PlanSpec) -> None:
+    """Raise InputError if the plan has ``table_row_wise`` tables and the running job's
+    ``LOCAL_WORLD_SIZE`` (from which TorchRec builds its intra-host process groups) is not
+    the plan's; without a process group there is nothing to compare."""
+    import torch.distributed as dist
+
+    twrw = spec.table_row_wise_tables
+    if not twrw or not (dist.is_available() and dist.is_initialized()):
+        return
+    from torchrec.distributed.comm import get_local_size
+
+    running = get_local_size(dist.get_world_size())
+    if running != spec.local_world_size:
+        raise InputError(
+            f"plan: table_row_wise table {twrw[0]!r} is cut over hosts of "
+            f"{spec.local_world_size} ranks (field 'local_world_size'), but TorchRec sees "
+            f"{running} ranks per host (set LOCAL_WORLD_SIZE)"
+        )
+
+
+def _parameter_sharding(table: PlannedTable, local_size: int) -> Any:
+    """TorchRec's ``ParameterShardingGenerator`` of one planned table (hosts of
+    ``local_size`` ranks)."""
     from torchrec.distributed.sharding_plan import column_wise, row_wise, table_wise
 
     if table.sharding == TABLE_WISE:
         return table_wise(rank=table.rank, compute_kernel=FUSED_KERNEL)
     if table.sharding == ROW_WISE:
         return row_wise(compute_kernel=FUSED_KERNEL)
+    if table.sharding == TABLE_ROW_WISE:
+        return _table_row_wise(table, local_size)
     generate = column_wise(
         ranks=list(table.shard_ranks),
         size_per_rank=list(table.shard_sizes),
@@ -652,6 +768,36 @@ def _parameter_sharding(table: PlannedTable) -> Any:
             local_size,
             device_type,
         )
+
+    return generator
+
+
+def _table_row_wise(table: PlannedTable, local_size: int) -> Any:
+    """TorchRec's ``table_row_wise(host_index=)`` generator for the host of ``table``'s
+    first rank, with the fused kernel, checked to make exactly the planned blocks."""
+    from torchrec.distributed.sharding_plan import table_row_wise
+    from torchrec.distributed.types import EnumerableShardingSpec
+
+    generate = table_row_wise(host_index=table.rank // local_size)
+
+    def generator(
+        param: Any, local_size: int, world_size: int, device_type: str, sharder: Any
+    ) -> ParameterSharding:
+        sharding = generate(param, local_size, world_size, device_type, sharder)
+        # TorchRec 1.8's table_row_wise takes no compute kernel (it picks one from the
+        # parameter's optimizer): set the planned one.
+        sharding = dataclasses.replace(sharding, compute_kernel=FUSED_KERNEL)
+        spec = sharding.sharding_spec
+        shards = spec.shards if isinstance(spec, EnumerableShardingSpec) else []
+        ranks = [int(r) for r in sharding.ranks or []]
+        sizes = [int(s.shard_sizes[0]) for s in shards]
+        if ranks != list(table.shard_ranks) or sizes != list(table.shard_sizes):
+            raise InputError(
+                f"table {table.name!r}: TorchRec's table_row_wise made blocks of {sizes} rows "
+                f"on ranks {ranks}, the plan has {list(table.shard_sizes)} on "
+                f"{list(table.shard_ranks)}"
+            )
+        return sharding
 
     return generator
 

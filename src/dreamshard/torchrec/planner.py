@@ -1,7 +1,9 @@
 """DreamShard inside TorchRec: :class:`DreamShardPlanner` drops in where a TorchRec user
 calls ``EmbeddingShardingPlanner(topology=...).plan(model, sharders)``: it reads the
 model's ``EmbeddingBagCollection`` tables, combines them with per-table statistics, places
-them with a trained DreamShard model and returns a table-wise ``ShardingPlan``.
+them with a trained DreamShard model and returns a ``ShardingPlan`` (tables whole or
+split as the placement has them; row blocks over one host's ranks where the topology
+has two hosts or more).
 
 (TorchRec's planner inside DreamShard is the placer ``torchrec``, in
 ``dreamshard.placers.torchrec``; TorchRec's estimates of placements are in
@@ -230,6 +232,15 @@ class PlannerTopology:
         )
         return cls(memory, device, int(topology.local_world_size))
 
+    @property
+    def devices_per_host(self) -> int | None:
+        """Ranks per host for the task (``local_world_size`` where it splits the ranks
+        into two hosts or more, evenly); None: one host."""
+        local = self.local_world_size
+        if local is None or not 1 <= local < self.world_size or self.world_size % local:
+            return None
+        return local
+
     def devices(self) -> tuple[Device, ...]:
         names = self.names or tuple(f"rank{k}" for k in range(self.world_size))
         return tuple(Device(n, m) for n, m in zip(names, self.memory_bytes, strict=True))
@@ -417,7 +428,9 @@ class DreamShardPlanner:
         tables = model_tables(model)
         specs, defaulted = self._specs(tables)
         optimizer = self.optimizer or detect_fused_optimizer(model, sharders)
-        task = make_task("model", specs, self.topology.devices(), optimizer)
+        task = make_task(
+            "model", specs, self.topology.devices(), optimizer, self.topology.devices_per_host
+        )
         placement = self._placer.place(task)
         # Planned tables come in the task's table order, which is the model's.
         planned = planned_tables(task, placement)
@@ -429,6 +442,7 @@ class DreamShardPlanner:
             world_size=self.topology.world_size,
             modules=modules,
             source={"planner": "dreamshard", "optimizer": optimizer},
+            local_world_size=task.devices_per_host,
         )
         self.last = PlanResult(task, placement, spec, defaulted)
         return self.last
@@ -437,7 +451,8 @@ class DreamShardPlanner:
         self, module: nn.Module, sharders: Sequence[ModuleSharder[Any]] | None = None
     ) -> ShardingPlan:
         """A fused-kernel ``ShardingPlan`` for every collection in ``module``: table-wise,
-        column-wise or row-wise per table as the placement splits it.
+        column-wise, row-wise or table-row-wise per table as the placement splits it
+        (built by :func:`dreamshard.torchrec.plan.build_sharding_plan`).
 
         Raises:
             InputError: as :meth:`place`, or a job whose world size is not the topology's.

@@ -21,6 +21,11 @@ so that their collectives match:
   batch (the last columns of its fused operator's output); a reduce-scatter sums them
   and leaves each rank its batch slice, and backward an all-gather collects the slices'
   gradients. Placements without row shards run the all-to-alls alone.
+  Table-row-wise tables (tasks of several hosts) are exchanged as TorchRec's TWRW
+  sharding does (:class:`HostRowExchange`): a reduce-scatter within the host, then an
+  all-to-all across hosts among the ranks of one local index; backward that all-to-all
+  in reverse and an all-gather within the host. Their process groups are made once per
+  host size (:func:`host_groups`).
 
   or, with ``compute_turns``, the same with the ranks computing one after the other
   (barriers between turns), for ranks that share one host's cores (see
@@ -60,6 +65,7 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import TCPStore  # typed, unlike torch.distributed
 
+from dreamshard.backends.comm import exchange_of, output_widths
 from dreamshard.backends.distributed.group import RankGroup, init_rank_group
 from dreamshard.backends.distributed.protocol import (
     EXIT_PEER_FAILURE,
@@ -111,6 +117,7 @@ class _Exchange:
     grad_out: torch.Tensor  # [B_rank * W] their gradients (ones)
     grad_in: torch.Tensor  # [B * w_rank] gradient of this rank's pooled output
     rows: RowExchange | None = None
+    host_rows: HostRowExchange | None = None
 
 
 def _exchange(
@@ -119,6 +126,7 @@ def _exchange(
     batch_size: int,
     device: torch.device,
     row_width: int = 0,
+    host_rows: HostRowExchange | None = None,
 ) -> _Exchange:
     slices = batch_slices(batch_size, len(widths))
     own = widths[rank]
@@ -134,6 +142,7 @@ def _exchange(
         grad_out=torch.ones(total, device=device),
         grad_in=torch.empty(batch_size * own, device=device),
         rows=rows,
+        host_rows=host_rows,
     )
 
 
@@ -185,27 +194,142 @@ _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.re
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def reduce_scatter_rows(rows: RowExchange, partial: torch.Tensor) -> torch.Tensor:
+def reduce_scatter_rows(
+    rows: RowExchange, partial: torch.Tensor, group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
     """Sum the ranks' partial pooled outputs ``partial`` ``[B, W]`` (contiguous) and
-    return this rank's slice of the sum, ``[B_rank, W]`` (a view of ``rows.reduced``)."""
+    return this rank's slice of the sum, ``[B_rank, W]`` (a view of ``rows.reduced``);
+    over ``group`` (default: every rank)."""
     flat = partial.reshape(-1)
     if rows.even:
-        _reduce_scatter_single(rows.reduced, flat)
+        _reduce_scatter_single(rows.reduced, flat, group=group)
     else:
         dist.reduce_scatter(
-            rows.reduced, list(torch.split(flat, [b * rows.width for b in rows.slices]))
+            rows.reduced,
+            list(torch.split(flat, [b * rows.width for b in rows.slices])),
+            group=group,
         )
     return rows.reduced.view(-1, rows.width)
 
 
-def all_gather_rows(rows: RowExchange) -> torch.Tensor:
+def all_gather_rows(rows: RowExchange, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Gather every rank's gradient slice (``rows.grad_slice``, its first ``B_rank * W``
-    values) into the whole batch's gradient ``[B, W]``."""
-    _all_gather_single(rows.gathered, rows.grad_slice)
+    values) into the whole batch's gradient ``[B, W]``; over ``group`` (default: every
+    rank)."""
+    _all_gather_single(rows.gathered, rows.grad_slice, group=group)
     blocks = rows.gathered.view(len(rows.slices), -1, rows.width)  # [D, ceil(B/D), W]
     if rows.even:
         return blocks.view(-1, rows.width)
     return torch.cat([blocks[j, :b] for j, b in enumerate(rows.slices)])
+
+
+@dataclass
+class HostRowExchange:
+    """Buffers and groups of the exchange of table-row-wise outputs on one rank, as
+    TorchRec's TWRW sharding runs it (comm.py has the volumes).
+
+    Every rank of host ``h`` holds one row block of each of that host's table-row-wise
+    tables and computes their partial pooled sums, ``[B, W_h]``. Forward, a
+    reduce-scatter within the host (``intra``, over its ``L`` ranks) leaves local rank
+    ``l`` its batch slice ``[B_l, W_h]``; an all-to-all across hosts, among the ranks of
+    local index ``l``, sends host ``h'`` the ``h'``-th part of that slice and receives
+    every host's columns for this rank's part. Backward, the same all-to-all in reverse,
+    then an all-gather within the host. A host without such tables (``W_h = 0``) skips
+    the reduce-scatter but takes part in the all-to-all.
+    """
+
+    width: int  # W_h
+    intra: RowExchange | None  # None on a host without table-row-wise tables
+    intra_group: dist.ProcessGroup | None
+    cross_group: dist.ProcessGroup | None
+    send_splits: list[int]
+    recv_splits: list[int]
+    recv: torch.Tensor  # [part * sum_h W_h]
+    grad_out: torch.Tensor  # its gradient (ones)
+    grad_in: torch.Tensor  # [B_l * W_h]
+
+
+def host_row_exchange(
+    host_widths: Sequence[int],
+    rank: int,
+    host_size: int,
+    batch_size: int,
+    device: torch.device,
+    groups: tuple[dist.ProcessGroup | None, dist.ProcessGroup | None] = (None, None),
+) -> HostRowExchange:
+    """The table-row-wise exchange of ``rank`` for hosts of ``host_size`` ranks whose
+    table-row-wise columns are ``host_widths`` (one per host); ``groups``: this rank's
+    (within-host, across-host) process groups."""
+    host, local = divmod(rank, host_size)
+    width = host_widths[host]
+    local_slices = batch_slices(batch_size, host_size)
+    parts = batch_slices(local_slices[local], len(host_widths))
+    return HostRowExchange(
+        width=width,
+        intra=row_exchange(width, local, batch_size, host_size, device) if width else None,
+        intra_group=groups[0],
+        cross_group=groups[1],
+        send_splits=[n * width for n in parts],
+        recv_splits=[parts[host] * w for w in host_widths],
+        recv=torch.empty(parts[host] * sum(host_widths), device=device),
+        grad_out=torch.ones(parts[host] * sum(host_widths), device=device),
+        grad_in=torch.empty(local_slices[local] * width, device=device),
+    )
+
+
+#: Process groups of table-row-wise exchanges by (world size, host size): every host's
+#: ranks, then every local index's ranks across hosts. ``dist.new_group`` must be called
+#: by every rank in the same order, so they are made once, by every rank alike.
+_HOST_GROUPS: dict[tuple[int, int], tuple[list[dist.ProcessGroup], list[dist.ProcessGroup]]] = {}
+
+
+def host_groups(
+    world_size: int, host_size: int
+) -> tuple[list[dist.ProcessGroup], list[dist.ProcessGroup]]:
+    """(one group per host, one group per local index) for hosts of ``host_size``."""
+    key = (world_size, host_size)
+    if key not in _HOST_GROUPS:
+        hosts = world_size // host_size
+        intra = [
+            dist.new_group(list(range(h * host_size, (h + 1) * host_size))) for h in range(hosts)
+        ]
+        cross = [
+            dist.new_group([h * host_size + j for h in range(hosts)]) for j in range(host_size)
+        ]
+        _HOST_GROUPS[key] = (intra, cross)
+    return _HOST_GROUPS[key]
+
+
+def host_rows_forward(exchange: HostRowExchange, partial: torch.Tensor | None) -> None:
+    """Forward table-row-wise exchange: reduce-scatter within the host (where it holds
+    such tables), then the all-to-all across hosts."""
+    send = exchange.grad_in  # empty on a host without such tables
+    if exchange.intra is not None:
+        assert partial is not None
+        send = reduce_scatter_rows(exchange.intra, partial, exchange.intra_group).reshape(-1)
+    dist.all_to_all_single(
+        exchange.recv,
+        send,
+        exchange.recv_splits,
+        exchange.send_splits,
+        group=exchange.cross_group,
+    )
+
+
+def host_rows_backward(exchange: HostRowExchange) -> torch.Tensor | None:
+    """Backward table-row-wise exchange: the all-to-all across hosts in reverse, then
+    the all-gather within the host; the whole batch's gradient ``[B, W_h]`` (None on a
+    host without such tables)."""
+    dist.all_to_all_single(
+        exchange.grad_in,
+        exchange.grad_out,
+        exchange.send_splits,
+        exchange.recv_splits,
+        group=exchange.cross_group,
+    )
+    if exchange.intra is None:
+        return None
+    return all_gather_rows(exchange.intra, exchange.intra_group)
 
 
 class _IdCache:
@@ -224,28 +348,43 @@ class _IdCache:
 _ID_CACHE = _IdCache()
 
 
-def _is_row_shard(unit: TableSpec) -> bool:
-    return unit.shard is not None and unit.shard.kind == "row"
+#: The column order of a rank's fused operator output, by how each unit's output is
+#: exchanged (comm.exchange_of): all-to-all, then row-wise, then table-row-wise blocks.
+_EXCHANGE_ORDER = {"a2a": 0, "rows": 1, "host_rows": 2}
 
 
 def rank_units(task: Task, placement: Placement, rank: int) -> list[TableSpec]:
     """The tables and shards of ``rank``'s fused operator, in its output's column order:
-    unit order, row shards last (their partial sums are reduce-scattered, the other
-    columns go through the all-to-all)."""
+    unit order, row-wise blocks after the all-to-all's units, table-row-wise blocks last
+    (each part goes to its own collective)."""
     units = placement.units(task)
-    return sorted((units[i] for i in placement.tables_on(rank)), key=_is_row_shard)
+    return sorted(
+        (units[i] for i in placement.tables_on(rank)),
+        key=lambda u: _EXCHANGE_ORDER[exchange_of(u)],
+    )
 
 
 def placement_exchange(
-    task: Task, placement: Placement, rank: int, batch_size: int, device: torch.device
+    task: Task,
+    placement: Placement,
+    rank: int,
+    batch_size: int,
+    device: torch.device,
+    groups: tuple[dist.ProcessGroup | None, dist.ProcessGroup | None] = (None, None),
 ) -> _Exchange:
     """The buffers of a placement's output exchange on ``rank``: all-to-all widths of the
     tables and column shards; the row shards' width (summed dims: every rank holds a
-    block of every row-wise table, so it is the same on all ranks)."""
-    per_rank = [rank_units(task, placement, r) for r in range(task.num_devices)]
-    widths = [sum(u.dim for u in units if not _is_row_shard(u)) for units in per_rank]
-    row_width = sum(u.dim for u in per_rank[rank] if _is_row_shard(u))
-    return _exchange(widths, rank, batch_size, device, row_width)
+    block of every row-wise table, so it is the same on all ranks); the table-row-wise
+    exchange where the placement has such tables (``groups``: this rank's within-host
+    and across-host groups)."""
+    widths = output_widths(placement.units(task), placement.device_of, task)
+    host_rows = None
+    if any(widths.host_rows):
+        # Every rank of a host holds the same columns: its first rank's are the host's.
+        host_widths = widths.host_rows[:: task.host_size]
+        host_rows = host_row_exchange(host_widths, rank, task.host_size, batch_size, device, groups)
+    row_width = widths.rows[rank]
+    return _exchange(widths.a2a, rank, batch_size, device, row_width, host_rows)
 
 
 def _build_rank_shards(command: MeasureCommand, group: RankGroup) -> list[FusedShard | None]:
@@ -323,11 +462,13 @@ def _timed_iteration(
             fwd_comp = (clock() - start) * 1e3
         t1 = clock()
     rows = exchange.rows
-    send, partial = _split_output(out, exchange)
+    send, partial, host_partial = _split_output(out, exchange)
     if exchange.all_to_all:
         dist.all_to_all_single(exchange.recv, send, exchange.recv_splits, exchange.send_splits)
     if rows is not None and partial is not None:
         reduce_scatter_rows(rows, partial)
+    if exchange.host_rows is not None:
+        host_rows_forward(exchange.host_rows, host_partial)
     group.sync()
     t2 = clock()
     dist.barrier()
@@ -340,6 +481,10 @@ def _timed_iteration(
     grad = exchange.grad_in.view(batch_size, exchange.width)
     if rows is not None:
         grad = torch.cat([grad, all_gather_rows(rows)], dim=1)
+    if exchange.host_rows is not None:
+        host_grad = host_rows_backward(exchange.host_rows)
+        if host_grad is not None:
+            grad = torch.cat([grad, host_grad], dim=1)
     group.sync()
     t4 = clock()
     for turn in range(group.world_size if turns else 1):
@@ -355,23 +500,28 @@ def _timed_iteration(
 
 def _split_output(
     out: torch.Tensor | None, exchange: _Exchange
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The all-to-all's send buffer and the row shards' partial sums (None without row
-    shards) of this rank's pooled output ``[B, w_rank + W_rows]``.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The all-to-all's send buffer, the row-wise blocks' partial sums and the
+    table-row-wise blocks' (None where there are none) of this rank's pooled output
+    ``[B, w_rank + W_rows + W_h]``.
 
-    Splitting copies both parts (timed with the forward communication, as the exchange's
-    own work); without row shards the output is sent as it is.
+    Splitting copies the parts (timed with the forward communication, as the exchange's
+    own work); without row blocks the output is sent as it is.
     """
     rows = exchange.rows
+    host_width = exchange.host_rows.width if exchange.host_rows is not None else 0
     if out is None:
-        if rows is not None:
+        if rows is not None or host_width:
             raise BackendError("distributed backend: a rank holds row shards but no operator")
-        return exchange.grad_in, None  # empty: no table
+        return exchange.grad_in, None, None  # empty: no table
     pooled = out.detach()
-    if rows is None:
-        return pooled.reshape(-1), None
+    if rows is None and not host_width:
+        return pooled.reshape(-1), None, None
+    row_end = exchange.width + (rows.width if rows is not None else 0)
     send = pooled[:, : exchange.width].contiguous().view(-1)
-    return send, pooled[:, exchange.width :].contiguous()
+    partial = pooled[:, exchange.width : row_end].contiguous() if rows is not None else None
+    host_partial = pooled[:, row_end:].contiguous() if host_width else None
+    return send, partial, host_partial
 
 
 def add_turn_waits(times: FloatArray) -> FloatArray:
@@ -406,8 +556,15 @@ def run_measure(
         error = f"{type(err).__name__}: {err}"
     _check_all_built(group, error)
     device = group.torch_device
+    groups: tuple[dist.ProcessGroup | None, dist.ProcessGroup | None] = (None, None)
+    if task.num_hosts > 1 and any(
+        s.kind == "table_row" for placement in command.placements for s in placement.splits
+    ):
+        intra, cross = host_groups(task.num_devices, task.host_size)
+        host, local = divmod(group.rank, task.host_size)
+        groups = (intra[host], cross[local])
     exchanges = [
-        placement_exchange(task, placement, group.rank, command.batch_size, device)
+        placement_exchange(task, placement, group.rank, command.batch_size, device, groups)
         for placement in command.placements
     ]
     num = len(command.placements)

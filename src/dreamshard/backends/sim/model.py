@@ -60,7 +60,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from dreamshard.backends.base import ShardTiming, stage_synchronous_cost_ms
-from dreamshard.backends.comm import is_row_block
+from dreamshard.backends.comm import ExchangeWidths, exchange_of
 from dreamshard.backends.sim.profile import (
     DEFAULT_PROFILE_NAME,
     KernelParams,
@@ -342,9 +342,20 @@ class _TaskTerms:
     table: TableTerms
     memory_bytes: FloatArray
     capacity_bytes: FloatArray
-    #: Dims of each unit that is a row block (its output goes through the reduce-scatter),
-    #: 0 for the others (the all-to-all's).
+    #: Dims of each unit that is a row-wise block (its output goes through the
+    #: reduce-scatter over every device), 0 for the others.
     row_dims: FloatArray
+    #: Dims of each unit that is a table-row-wise block (reduce-scatter within its host,
+    #: all-to-all across hosts), 0 for the others.
+    host_row_dims: FloatArray
+
+
+def _dims_of(task: Task, exchange: str) -> FloatArray:
+    """Each unit's dim where its output is exchanged as ``exchange``
+    (:func:`~dreamshard.backends.comm.exchange_of`), else 0."""
+    return np.array(
+        [t.dim if exchange_of(t) == exchange else 0 for t in task.tables], dtype=np.float64
+    )
 
 
 #: Number of tasks whose per-table terms a SimBackend keeps.
@@ -398,9 +409,8 @@ class SimBackend:
                     [task.table_memory_bytes(t) for t in task.tables], dtype=np.float64
                 ),
                 capacity_bytes=np.array([d.memory_bytes for d in task.devices], dtype=np.float64),
-                row_dims=np.array(
-                    [t.dim if is_row_block(t) else 0 for t in task.tables], dtype=np.float64
-                ),
+                row_dims=_dims_of(task, "rows"),
+                host_row_dims=_dims_of(task, "host_rows"),
             )
             self._cache[task] = terms
             if len(self._cache) > _TASK_CACHE_SIZE:
@@ -412,23 +422,27 @@ class SimBackend:
 
     def _device_costs(
         self, task: Task, device_of: IntArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Per-device fwd ms, bwd ms, all-to-all output width and row-block output width
-        of a placement (unvalidated)."""
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Per-device fwd ms, bwd ms and output widths of a placement (unvalidated): of
+        the all-to-all, of the row-wise blocks and of the table-row-wise blocks."""
         terms = self._terms(task)
         num_devices = task.num_devices
         fwd, bwd = shards_ms(self.profile.kernel, terms.table, device_of, num_devices)
         rows = _sum_by(device_of, terms.row_dims, num_devices)
-        return fwd, bwd, _sum_by(device_of, terms.table.dims, num_devices) - rows, rows
+        host_rows = _sum_by(device_of, terms.host_row_dims, num_devices)
+        width = _sum_by(device_of, terms.table.dims, num_devices) - rows - host_rows
+        return fwd, bwd, width, rows, host_rows
 
-    def _exchange_ms(self, width: FloatArray, rows: FloatArray) -> tuple[float, float]:
+    def _exchange_ms(
+        self, task: Task, width: FloatArray, rows: FloatArray, host_rows: FloatArray
+    ) -> tuple[float, float]:
         """(forward, backward) ms of the output exchange (comm.AllToAllModel.exchange_ms)."""
         # Output widths are sums of integer dims, so the rounding is exact.
-        return self.profile.comm.exchange_ms(
-            np.rint(width).astype(np.int64).tolist(),
-            np.rint(rows).astype(np.int64).tolist(),
-            self.batch_size,
+        a2a, row, host_row = (
+            np.rint(w).astype(np.int64).tolist() for w in (width, rows, host_rows)
         )
+        widths = ExchangeWidths(a2a, row, host_row, task.host_size)
+        return self.profile.comm.exchange_ms(widths, self.batch_size)
 
     def _checked_device_of(self, task: Task, device_of: Sequence[int] | IntArray) -> IntArray:
         """The placement as an index array, validated like ``Placement.validate``."""
@@ -478,8 +492,8 @@ class SimBackend:
         for placement in placements:
             units, table_wise = self._resolved(task, placement)
             dev = self._checked_device_of(units, table_wise.device_of)
-            fwd, bwd, width, rows = self._device_costs(units, dev)
-            fwd_a2a, bwd_a2a = self._exchange_ms(width, rows)
+            fwd, bwd, width, rows, host_rows = self._device_costs(units, dev)
+            fwd_a2a, bwd_a2a = self._exchange_ms(units, width, rows, host_rows)
             per_device = synchronized_costs(fwd.tolist(), bwd.tolist(), fwd_a2a, bwd_a2a)
             out.append(PlacementCost(per_device=per_device, backend=self.name, rel_spread=None))
         return out
@@ -500,8 +514,8 @@ class SimBackend:
             task, placement = self._resolved(task, placement)
         device_of = placement.device_of if isinstance(placement, Placement) else placement
         dev = self._checked_device_of(task, device_of)
-        fwd, bwd, width, rows = self._device_costs(task, dev)
-        fwd_a2a, bwd_a2a = self._exchange_ms(width, rows)
+        fwd, bwd, width, rows, host_rows = self._device_costs(task, dev)
+        fwd_a2a, bwd_a2a = self._exchange_ms(task, width, rows, host_rows)
         return float(stage_synchronous_cost_ms(fwd, bwd, fwd_a2a, bwd_a2a))
 
     def costs_ms(self, task: Task, device_of: IntArray) -> FloatArray:
@@ -534,10 +548,20 @@ class SimBackend:
         )
         size = num_placements * num_devices
         fwd, bwd = shards_ms(self.profile.kernel, tiled, flat, size)
-        row_dims = np.tile(self._terms(task).row_dims, num_placements)
-        rows = _sum_by(flat, row_dims, size).reshape(num_placements, num_devices)
-        width = _sum_by(flat, tiled.dims, size).reshape(num_placements, num_devices) - rows
-        exchange = np.array([self._exchange_ms(w, r) for w, r in zip(width, rows, strict=True)])
+        terms = self._terms(task)
+        rows, host_rows = (
+            _sum_by(flat, np.tile(dims, num_placements), size).reshape(num_placements, num_devices)
+            for dims in (terms.row_dims, terms.host_row_dims)
+        )
+        width = (
+            _sum_by(flat, tiled.dims, size).reshape(num_placements, num_devices) - rows - host_rows
+        )
+        exchange = np.array(
+            [
+                self._exchange_ms(task, w, r, h)
+                for w, r, h in zip(width, rows, host_rows, strict=True)
+            ]
+        )
         return stage_synchronous_cost_ms(
             fwd.reshape(num_placements, num_devices),
             bwd.reshape(num_placements, num_devices),
@@ -557,7 +581,8 @@ class SimStageModel:
     """
 
     #: Vector components, in order (``dims``: all-to-all output width; ``row_dims``: that
-    #: of row blocks, whose reduce-scatter and all-gather follow the all-to-all).
+    #: of row-wise blocks, whose reduce-scatter and all-gather follow the all-to-all;
+    #: ``host_row_dims``: that of table-row-wise blocks).
     COMPONENTS: tuple[str, ...] = (
         "fwd_ns",
         "fwd_miss_ns",
@@ -566,6 +591,7 @@ class SimStageModel:
         "footprint_bytes",
         "dims",
         "row_dims",
+        "host_row_dims",
     )
 
     def __init__(self, backend: SimBackend, task: Task) -> None:
@@ -575,8 +601,13 @@ class SimStageModel:
         self._comm = backend.profile.comm
         self._batch_size = backend.batch_size
         self._num_devices = task.num_devices
-        row_dims = task_terms.row_dims
-        columns = {"dims": terms.dims - row_dims, "row_dims": row_dims}
+        self._host_size = task.host_size
+        row_dims, host_row_dims = task_terms.row_dims, task_terms.host_row_dims
+        columns = {
+            "dims": terms.dims - row_dims - host_row_dims,
+            "row_dims": row_dims,
+            "host_row_dims": host_row_dims,
+        }
         self._vectors = np.stack(
             [
                 columns[name] if name in columns else getattr(terms, name)
@@ -586,13 +617,18 @@ class SimStageModel:
         )
         self._total_width = float(columns["dims"].sum())
         self._total_rows = float(row_dims.sum())
+        # Summed over the blocks: every device of a host holds a block of each of its
+        # table-row-wise tables, so this is the sum over devices of their hosts' W_h.
+        self._total_host_rows = float(host_row_dims.sum())
 
     @property
     def table_vectors(self) -> FloatArray:
         return self._vectors
 
     def stage_costs(self, sums: FloatArray, counts: FloatArray) -> FloatArray:
-        fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns, footprint, width, rows = np.moveaxis(sums, -1, 0)
+        fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns, footprint, width, rows, host_rows = np.moveaxis(
+            sums, -1, 0
+        )
         fwd, bwd = _shard_ms(
             self._kernel, counts, footprint, fwd_ns, fwd_miss_ns, bwd_ns, bwd_miss_ns
         )
@@ -611,5 +647,19 @@ class SimStageModel:
                 np.rint(rows), self._total_rows, self._num_devices, self._batch_size
             )
             comm = comm + (self._comm.reduce_scatter_factor + self._comm.all_gather_factor) * row
-        out: FloatArray = np.stack([fwd, bwd, comm], axis=-1)
+        stages = [fwd, bwd, comm]
+        if self._total_host_rows > 0:
+            # Two stages of their own, so the sum over stages of the slowest device is
+            # cost_ms's: within-host reduce-scatter (+ all-gather), across-host
+            # all-to-all (forward and backward).
+            intra, cross = self._comm.host_row_device_ms(
+                np.rint(host_rows),
+                self._total_host_rows,
+                self._host_size,
+                self._num_devices,
+                self._batch_size,
+            )
+            gather = self._comm.reduce_scatter_factor + self._comm.all_gather_factor
+            stages += [gather * intra, 2.0 * cross]
+        out: FloatArray = np.stack(stages, axis=-1)
         return out
