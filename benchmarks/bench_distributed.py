@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -38,6 +37,7 @@ from dreamshard.backends.fbgemm import FbgemmBackend, FbgemmConfig, default_comm
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices
 from dreamshard.errors import BackendError
+from dreamshard.fileio import write_json
 from dreamshard.types import Task
 
 RESULTS = Path(__file__).parent / "results" / "distributed.json"
@@ -253,7 +253,7 @@ def main() -> None:
     results.update(bench_comm_fit(windows=2 if args.quick else 4))
     results["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

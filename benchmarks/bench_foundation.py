@@ -12,7 +12,6 @@ Writes every number to ``benchmarks/results/foundation.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from dreamshard.backends.sim.model import SimBackend
 from dreamshard.backends.sim.profile import load_profile
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices
+from dreamshard.fileio import write_json
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.types import Task
 
@@ -196,7 +196,7 @@ def main() -> None:
             )
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

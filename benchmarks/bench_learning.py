@@ -18,7 +18,6 @@ All costs compared are the backend's, never the cost network's. Run:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ from dreamshard.backends.sim.model import SimBackend
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices
 from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.train import TrainConfig
 from dreamshard.placers.dreamshard import DreamShardPlacer
@@ -224,7 +224,7 @@ def main() -> None:
     results.update(inference_100x8_s=small, inference_1000x128_s=large)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

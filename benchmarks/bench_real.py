@@ -20,7 +20,6 @@ and <= 20 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from pathlib import Path
 from common import SimOracle, print_paired, real_suite
 from dreamshard.backends import BackendOptions, make_backend
 from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
 from dreamshard.method.train import TrainConfig
 from dreamshard.placers.dreamshard import DreamShardPlacer
@@ -117,7 +117,7 @@ def main() -> None:
             "paired": paired,
             "evaluation": evaluation.to_json(),
         }
-        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_json(args.out, results, default=str)
         print(f"wrote {args.out}")
 
 

@@ -30,7 +30,6 @@ measurements per task) on >= 4 tasks. ``--backend sim`` runs the same on the sim
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from dreamshard.backends import BackendOptions, make_backend
 from dreamshard.backends.sim.model import SimBackend
 from dreamshard.errors import InvalidPlacementError
 from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
 from dreamshard.placers.dreamshard import DreamShardPlacer
 from dreamshard.placers.rules import GreedyPlacer
@@ -279,7 +279,7 @@ def main() -> None:
             "paired": paired,
             "evaluation": evaluation.to_json(),
         }
-        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_json(args.out, results, default=str)
         print(f"wrote {args.out}")
 
 

@@ -53,6 +53,7 @@ from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import SuiteConfig, generate_suite
 from dreamshard.evaluation.evaluate import Evaluation, evaluate
 from dreamshard.evaluation.stats import paired_comparison
+from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
 from dreamshard.placers.dreamshard import DreamShardPlacer
 from dreamshard.placers.oracle import OraclePlacer
@@ -475,7 +476,7 @@ def main() -> None:
         errors = sim_error_of_saved(args.sim_error, args.profile)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(errors, indent=2) + "\n")
+            write_json(args.out, errors)
         return
     logging.basicConfig(level=logging.ERROR)
     chosen = [s for s in SUITES if s.name in args.suites.split(",")]
@@ -485,9 +486,10 @@ def main() -> None:
     def save() -> None:  # after every part, so a late failure loses nothing before it
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            write_json(args.out, results, default=str)
 
     results["big_table"] = big_table_check(model)
+    save()
     if not args.no_timing:
         results["planning"] = planning_time(model, devices_per_host=args.devices_per_host)
         save()

@@ -37,6 +37,7 @@ from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import load_suite, make_devices
 from dreamshard.evaluation.evaluate import evaluate
 from dreamshard.evaluation.torchrec_estimates import torchrec_estimates
+from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel
 from dreamshard.method.train import TrainConfig
 from dreamshard.placers.dreamshard import DreamShardPlacer
@@ -314,7 +315,7 @@ def main() -> None:
             quality(model, test_tasks(args, folder), args, results)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

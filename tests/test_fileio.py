@@ -118,3 +118,12 @@ def test_binary_file_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00\x80garbage")
     with pytest.raises(InputError, match="not a UTF-8 text file"):
         read_json(path)
+
+
+def test_write_json_turns_other_values_with_default(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    write_json(target, {"out": tmp_path / "x"}, default=str)
+    assert target.read_text() == f'{{\n  "out": "{tmp_path / "x"}"\n}}\n'
+    with pytest.raises(TypeError):  # without it, a value JSON has no type for is refused
+        write_json(target, {"out": tmp_path})
+    assert target.read_text() == f'{{\n  "out": "{tmp_path / "x"}"\n}}\n'  # left as it was

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically (errors as :func:`atomic_write_text`)."""
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+def write_json(path: str | Path, payload: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``payload`` as indented JSON, atomically (errors as :func:`atomic_write_text`);
+    ``default`` turns values JSON has no type for into ones it has (``json.dumps``)."""
+    atomic_write_text(path, json.dumps(payload, indent=2, default=default) + "\n")
 
 
 def parse_json(text: str, where: str) -> Any:
