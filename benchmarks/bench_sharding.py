@@ -51,7 +51,7 @@ from dreamshard.backends.sim.profile import load_profile
 from dreamshard.data.augment import with_heavy_tables
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import SuiteConfig, generate_suite
-from dreamshard.evaluation.evaluate import Evaluation, evaluate
+from dreamshard.evaluation.evaluate import Evaluation, evaluate, split_from_json
 from dreamshard.evaluation.stats import paired_comparison
 from dreamshard.fileio import write_json
 from dreamshard.method.checkpoint import DreamShardModel, packaged_model_dir
@@ -60,7 +60,7 @@ from dreamshard.placers.oracle import OraclePlacer
 from dreamshard.placers.registry import PLACERS, make_placer
 from dreamshard.placers.rules import GreedyPlacer
 from dreamshard.placers.torchrec import TorchRecPlacer
-from dreamshard.types import Device, Placement, Placer, TableSpec, TableSplit, Task
+from dreamshard.types import Device, Placement, Placer, TableSpec, Task
 from dreamshard.units import parse_memory
 
 POOL_SEED = 4242
@@ -310,7 +310,7 @@ def _measured_from_json(evaluation: dict[str, Any]) -> list[Measured]:
     for r in evaluation["results"]:
         if r["device_of"] is None or r["cost_ms"] is None:
             continue
-        splits = tuple(TableSplit(s["table"], s["kind"], tuple(s["sizes"])) for s in r["splits"])
+        splits = tuple(split_from_json(s) for s in r["splits"])
         per_device = [(d["fwd_comp_ms"], d["bwd_comp_ms"]) for d in r["per_device"]]
         out.append((r["task"], Placement(tuple(r["device_of"]), splits), r["cost_ms"], per_device))
     return out

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from dreamshard.evaluation.evaluate import evaluate
+from dreamshard.evaluation.evaluate import evaluate, split_from_json, split_to_json
 from dreamshard.placers.rules import GreedyPlacer, RandomPlacer
-from dreamshard.types import Placement, PlacementCost, StageCosts, Task
+from dreamshard.types import Placement, PlacementCost, StageCosts, TableSplit, Task
 
 from .conftest import table, task
 
@@ -106,3 +106,14 @@ def test_paired_statistics_against_the_best_baseline() -> None:
     cost = {p: [result.result(p, t).cost.cost_ms for t in common] for p in result.placers}  # type: ignore[union-attr]
     assert other == paired_comparison(other.placer, cost[other.placer], best, cost[best])
     assert result.to_json()["paired_vs_best_baseline"][0]["geomean_ratio"] == other.geomean_ratio
+
+
+def test_results_files_keep_each_splits_kind_sizes_and_host() -> None:
+    host_rows = TableSplit(2, "table_row", (500, 500), host=1)
+    assert split_to_json(host_rows) == {
+        "table": 2, "kind": "table_row", "sizes": [500, 500], "host": 1
+    }  # fmt: skip
+    row = TableSplit(0, "row", (250,) * 4)
+    assert split_to_json(row) == {"table": 0, "kind": "row", "sizes": [250] * 4}
+    for split in (host_rows, row, TableSplit(1, "column", (8, 8))):
+        assert split_from_json(split_to_json(split)) == split

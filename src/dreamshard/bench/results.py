@@ -21,11 +21,11 @@ from typing import Any
 
 from dreamshard.bench.config import BenchmarkConfig, FamilySpec, SuiteSpec
 from dreamshard.errors import InputError
-from dreamshard.evaluation.evaluate import Evaluation, TaskResult
+from dreamshard.evaluation.evaluate import Evaluation, TaskResult, split_from_json
 from dreamshard.evaluation.stats import PairedComparison
 from dreamshard.fileio import read_json
 from dreamshard.method.train import IterationReport
-from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts, TableSplit
+from dreamshard.types import MeasurementConditions, Placement, PlacementCost, StageCosts
 
 RESULTS_FORMAT = "dreamshard-benchmark"
 RESULTS_VERSION = 1
@@ -383,10 +383,7 @@ def evaluation_from_json(data: Any, where: str = "evaluation") -> Evaluation:
                 )
             placement = None
             if r["device_of"] is not None:
-                splits = tuple(
-                    TableSplit(s["table"], s["kind"], tuple(s["sizes"]))
-                    for s in r.get("splits", ())
-                )
+                splits = tuple(split_from_json(s) for s in r.get("splits", ()))
                 placement = Placement(tuple(r["device_of"]), splits)
             results.append(
                 TaskResult(

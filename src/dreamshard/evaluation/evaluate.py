@@ -26,6 +26,7 @@ from dreamshard.types import (
     PlacementCost,
     Placer,
     ReportsConditions,
+    TableSplit,
     Task,
 )
 
@@ -168,17 +169,29 @@ class Evaluation:
         }
 
 
+def split_to_json(split: TableSplit) -> dict[str, Any]:
+    """A split as results files record it: table index, kind, sizes, and the host of a
+    table-row-wise split."""
+    out: dict[str, Any] = {"table": split.table, "kind": split.kind, "sizes": list(split.sizes)}
+    if split.kind == "table_row":
+        out["host"] = split.host
+    return out
+
+
+def split_from_json(record: dict[str, Any]) -> TableSplit:
+    """The split a results file records (:func:`split_to_json`)."""
+    return TableSplit(
+        record["table"], record["kind"], tuple(record["sizes"]), record.get("host", 0)
+    )
+
+
 def _result_json(r: TaskResult) -> dict[str, Any]:
     return {
         "placer": r.placer,
         "task": r.task,
         "device_of": list(r.placement.device_of) if r.placement else None,
         # Split tables by index (empty: table-wise); device_of then covers their shards.
-        "splits": (
-            [{"table": s.table, "kind": s.kind, "sizes": list(s.sizes)} for s in r.placement.splits]
-            if r.placement
-            else []
-        ),
+        "splits": ([split_to_json(s) for s in r.placement.splits] if r.placement else []),
         "cost_ms": r.cost.cost_ms if r.cost else None,
         "rel_spread": r.cost.rel_spread if r.cost else None,
         "window_costs_ms": list(r.cost.window_costs_ms) if r.cost else None,
