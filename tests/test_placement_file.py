@@ -297,6 +297,18 @@ def _edited(path: Path, **edits: Any) -> dict[str, Any]:
             [{"table": "b", "kind": "column", "sizes": [20, 12]}] * 2,
             "splits[1]: table 'b' is split twice",
         ),
+        (
+            [{"table": "b", "kind": "table_row", "sizes": [125, 125]}],
+            "splits[0]: a table_row split needs field 'host'",
+        ),
+        (
+            [{"table": "b", "kind": "row", "sizes": [125, 125], "host": 1}],
+            "splits[0]: field 'host' is only for table_row splits",
+        ),
+        (
+            [{"table": "b", "kind": "table_row", "sizes": [125, 125], "host": -1}],
+            "splits[0]: field 'host' must be a host index >= 0, got -1",
+        ),
     ],
 )
 def test_bad_splits_name_the_file_and_field(
@@ -309,6 +321,20 @@ def test_bad_splits_name_the_file_and_field(
     message = str(caught.value)
     assert message.startswith(f"{bad}: ") and "\n" not in message
     assert part in message
+
+
+@pytest.mark.parametrize("value", [3, 0, True, "2"])
+def test_bad_devices_per_host_names_the_file_and_field(
+    four_tables: list[TableSpec], tmp_path: Path, value: Any
+) -> None:
+    _, path = split_file(tmp_path, four_tables)  # 2 devices
+    bad = write(tmp_path / "bad.json", _edited(path, devices_per_host=value))
+    with pytest.raises(InputError) as caught:
+        read_placement_file(bad)
+    assert str(caught.value) == (
+        f"{bad}: field 'devices_per_host' must be a whole number >= 1 that divides the 2 "
+        f"devices, got {value!r}"
+    )
 
 
 def test_split_table_placed_whole_or_with_extra_shards(

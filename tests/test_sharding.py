@@ -30,6 +30,7 @@ from dreamshard.types import (
     TableSplit,
     Task,
     column_split_sizes,
+    divides_into_hosts,
     row_split_sizes,
 )
 
@@ -346,6 +347,8 @@ def test_a_task_knows_its_hosts() -> None:
     assert (one.host_size, one.num_hosts) == (4, 1)
     with pytest.raises(ValueError, match="divides its 4 devices"):
         hosts_task([table("a")], [10**6] * 4, 3)
+    assert divides_into_hosts(2, 4) and divides_into_hosts(4, 4)
+    assert not any(divides_into_hosts(n, 4) for n in (3, 0, -2, True, 2.0, "2"))
     # Hosts survive the tasks derived from it (a split task's units).
     assert job.with_tables([table("b")]).devices_per_host == 2
 

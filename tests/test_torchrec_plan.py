@@ -534,12 +534,30 @@ def test_version_1_plan_file_loads_as_table_wise(
     }
 
 
-def _edit_table(path: Path, tmp_path: Path, index: int, **edits: object) -> Path:
+def _edit_table(
+    path: Path,
+    tmp_path: Path,
+    index: int,
+    plan_edits: dict[str, object] | None = None,
+    **edits: object,
+) -> Path:
+    """A copy of the plan file ``path`` with table ``index`` (and, with ``plan_edits``,
+    the plan's own fields) changed."""
     payload = json.loads(path.read_text())
+    payload.update(plan_edits or {})
     payload["modules"][""]["tables"][index].update(edits)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(payload))
     return bad
+
+
+def _assert_refused_in_one_line(bad: Path, part: str) -> None:
+    """Loading ``bad`` raises one line that names the file and holds ``part``."""
+    with pytest.raises(InputError) as caught:
+        load_plan_spec(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message
+    assert part in message
 
 
 @pytest.mark.parametrize(
@@ -564,12 +582,7 @@ def _edit_table(path: Path, tmp_path: Path, index: int, **edits: object) -> Path
 def test_bad_split_tables_are_refused_in_one_line(
     split_plan: Path, tmp_path: Path, index: int, edits: dict[str, object], part: str
 ) -> None:
-    bad = _edit_table(split_plan, tmp_path, index, **edits)
-    with pytest.raises(InputError) as caught:
-        load_plan_spec(bad)
-    message = str(caught.value)
-    assert message.startswith(f"{bad}: ") and "\n" not in message
-    assert part in message
+    _assert_refused_in_one_line(_edit_table(split_plan, tmp_path, index, **edits), part)
 
 
 def test_row_wise_plan_for_another_world_size(
@@ -769,16 +782,8 @@ def test_bad_table_row_wise_tables_are_refused_in_one_line(
     table_edits: dict[str, object],
     part: str,
 ) -> None:
-    payload = json.loads(host_plan.read_text())
-    payload.update(edits)
-    payload["modules"][""]["tables"][3].update(table_edits)
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(payload))
-    with pytest.raises(InputError) as caught:
-        load_plan_spec(bad)
-    message = str(caught.value)
-    assert message.startswith(f"{bad}: ") and "\n" not in message
-    assert part in message
+    bad = _edit_table(host_plan, tmp_path, 3, edits, **table_edits)
+    _assert_refused_in_one_line(bad, part)
 
 
 def test_host_plan_for_other_ranks_per_host_is_refused(

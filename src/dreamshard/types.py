@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -309,12 +309,7 @@ class Task:
         if self.optimizer not in OPTIMIZER_STATE_BYTES_PER_ROW:
             raise ValueError(f"task {self.name!r}: unknown optimizer {self.optimizer!r}")
         per_host = self.devices_per_host
-        if per_host is not None and (
-            isinstance(per_host, bool)
-            or not isinstance(per_host, int)
-            or per_host < 1
-            or len(self.devices) % per_host
-        ):
+        if per_host is not None and not divides_into_hosts(per_host, len(self.devices)):
             raise ValueError(
                 f"task {self.name!r}: devices_per_host must be a whole number >= 1 that "
                 f"divides its {len(self.devices)} devices, got {per_host!r}"
@@ -446,6 +441,17 @@ class Placement:
             t.name: task.devices[d].name
             for t, d in zip(self.units(task), self.device_of, strict=True)
         }
+
+
+def divides_into_hosts(devices_per_host: object, num_devices: int) -> TypeGuard[int]:
+    """Whether ``devices_per_host`` is a whole number >= 1 that cuts ``num_devices``
+    devices into hosts of equal size (what :attr:`Task.devices_per_host` must be)."""
+    return (
+        isinstance(devices_per_host, int)
+        and not isinstance(devices_per_host, bool)
+        and devices_per_host >= 1
+        and num_devices % devices_per_host == 0
+    )
 
 
 def column_split_sizes(dim: int, parts: int) -> tuple[int, ...]:

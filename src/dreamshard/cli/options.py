@@ -25,7 +25,7 @@ from dreamshard.data.topology import load_topology
 from dreamshard.errors import InputError
 from dreamshard.fileio import check_writable
 from dreamshard.placers.registry import PlacerOptions
-from dreamshard.types import Device
+from dreamshard.types import Device, divides_into_hosts
 from dreamshard.units import parse_memory
 
 BackendOpt = Annotated[
@@ -330,7 +330,7 @@ def task_devices(
 
 def check_devices_per_host(devices_per_host: int | None, num_devices: int) -> None:
     """Refuse a ``--devices-per-host`` that does not divide the devices into hosts."""
-    if devices_per_host is not None and (devices_per_host < 1 or num_devices % devices_per_host):
+    if devices_per_host is not None and not divides_into_hosts(devices_per_host, num_devices):
         raise InputError(
             f"--devices-per-host {devices_per_host} does not divide the {num_devices} devices "
             "into hosts of equal size"

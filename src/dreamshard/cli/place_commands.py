@@ -176,19 +176,11 @@ def evaluate(
     if not chosen_tasks:
         raise InputError(f"{tasks}: split {split!r} has no tasks")
     if topology is not None or devices_per_host is not None:
+        devices = load_topology(topology) if topology is not None else None
         for t in chosen_tasks:
-            check_devices_per_host(
-                devices_per_host,
-                len(load_topology(topology)) if topology is not None else t.num_devices,
-            )
+            check_devices_per_host(devices_per_host, len(devices or t.devices))
         chosen_tasks = [
-            make_task(
-                t.name,
-                t.tables,
-                load_topology(topology) if topology is not None else t.devices,
-                t.optimizer,
-                devices_per_host,
-            )
+            make_task(t.name, t.tables, devices or t.devices, t.optimizer, devices_per_host)
             for t in chosen_tasks
         ]
     spec = None

@@ -63,6 +63,7 @@ from dreamshard.types import (
     StageCosts,
     TableSplit,
     Task,
+    divides_into_hosts,
     shard_name,
 )
 
@@ -471,7 +472,7 @@ def _splits(value: Any, placement: Mapping[str, str], where: str) -> tuple[Split
 def _devices_per_host(value: Any, devices: Sequence[Device], where: str) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or len(devices) % value:
+    if not divides_into_hosts(value, len(devices)):
         raise InputError(
             f"{where}: field 'devices_per_host' must be a whole number >= 1 that divides the "
             f"{len(devices)} devices, got {value!r}"

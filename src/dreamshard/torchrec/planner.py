@@ -52,7 +52,7 @@ from dreamshard.torchrec.plan import (
     module_paths,
     planned_tables,
 )
-from dreamshard.types import Device, Placement, TableSpec, Task
+from dreamshard.types import Device, Placement, TableSpec, Task, divides_into_hosts
 
 if TYPE_CHECKING:
     import torch.distributed as dist
@@ -237,9 +237,9 @@ class PlannerTopology:
         """Ranks per host for the task (``local_world_size`` where it splits the ranks
         into two hosts or more, evenly); None: one host."""
         local = self.local_world_size
-        if local is None or not 1 <= local < self.world_size or self.world_size % local:
+        if local is None or local >= self.world_size:
             return None
-        return local
+        return local if divides_into_hosts(local, self.world_size) else None
 
     def devices(self) -> tuple[Device, ...]:
         names = self.names or tuple(f"rank{k}" for k in range(self.world_size))
