@@ -329,6 +329,13 @@ def test_hung_worker_is_named_within_the_timeout() -> None:
     config = DistributedConfig(batch_size=256, windows=5000, calls_per_window=2, timeout_s=2.0)
     with DistributedBackend(config) as b:
         b.measure_comm([CommPoint(256, (8, 8))], TimingSettings(1, 1, 0))
+        # Once measured, the task's ids are cached in the workers and its next build takes
+        # milliseconds: the stop lands in the timed phase (timeout_s), not in the build,
+        # whose barrier waits up to build_timeout_s (it once did, on a loaded machine).
+        quick = DistributedConfig(batch_size=256, windows=1, calls_per_window=1, timeout_s=2.0)
+        b.config = quick
+        b.measure(small_task(), [Placement((0, 1, 0, 1))])
+        b.config = config
         pid = b.worker_pids[1]
         stopper = _signal_later(pid, signal.SIGSTOP, 1.0)
         start = time.perf_counter()

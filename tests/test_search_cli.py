@@ -135,7 +135,13 @@ def test_pretrain_refuses_zero_iterations(tmp_path: Path) -> None:
     assert "--iterations must be at least 1" in one_line_error(result)
 
 
-@pytest.mark.parametrize("flag", ["--dlrm-tasks", "--large-tasks"])
+def test_pretrain_refuses_zero_cost_steps(tmp_path: Path) -> None:
+    result = run("pretrain", "--out", tmp_path / "m", "--cost-steps", 0)
+    assert "--cost-steps must be at least 1" in one_line_error(result)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("flag", ["--dlrm-tasks", "--large-tasks", "--warmup-tasks"])
 def test_pretrain_refuses_negative_task_counts(tmp_path: Path, flag: str) -> None:
     result = run("pretrain", "--out", tmp_path / "m", flag, -1)
     assert f"{flag} must be >= 0" in one_line_error(result)
@@ -161,4 +167,4 @@ def test_the_packaged_model_records_how_it_was_made() -> None:
         provenance = provenance["init_provenance"]
         stages += 1
     assert provenance["config"].get("init") is None
-    assert stages == 3
+    assert stages == 4

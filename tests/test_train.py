@@ -603,3 +603,60 @@ def test_pairwise_loss_compares_placements_of_one_task_only() -> None:
     apart = net.loss(batch, targets, torch.tensor([0, 1]), 1.0)
     assert torch.equal(apart, base)  # no pair of one task
     assert same > base
+
+
+def test_warmup_measures_the_backend_searchs_optimum_of_each_chosen_task(
+    tmp_path: Path,
+) -> None:
+    from dreamshard.method.search import greedy_placement, local_search
+    from dreamshard.method.train import TRAINING_SEARCH, WARMUP_MOVES
+    from dreamshard.placers.rules import GreedyPlacer
+
+    notes: list[str] = []
+    config = replace(CONFIG, iterations=1, warmup_tasks=2)
+    backend = SimBackend()
+    trainer = Trainer(
+        config, training_tasks(), backend, tmp_path,
+        reference_placers=[GreedyPlacer("size")], on_note=notes.append,
+    )  # fmt: skip
+    warm = trainer.warmup()
+    tasks = {m.task.name for m in warm}
+    assert len(tasks) == 2
+    for name in tasks:
+        task = next(t for t in trainer.tasks if t.name == name)
+        mine = [m for m in warm if m.task.name == name]
+        placements = [m.placement for m in mine]
+        # greedy start, optimum, placer, policy sample, 1 reference, the perturbations
+        assert len(placements) == len(set(placements)) <= 4 + 1 + 2 * len(WARMUP_MOVES)
+        model = backend.stage_model(task)
+        start = greedy_placement(task, model)
+        assert start is not None
+        best, _ = local_search(
+            task, model, start, max_passes=TRAINING_SEARCH.max_passes,
+            max_evaluations=TRAINING_SEARCH.max_evaluations,
+        )  # fmt: skip
+        assert start in placements and best in placements
+        assert GreedyPlacer("size").place(task) in placements
+        # Measured on the backend: the costs are the simulator's own.
+        for m in mine:
+            assert m.cost.cost_ms == pytest.approx(backend.cost_ms(task, m.placement))
+    assert notes == [f"warm-up: 2/2 tasks, {len(warm)} measurements, " + notes[0].split(", ")[-1]]
+
+
+def test_a_warmed_up_run_keeps_its_measurements_and_resumes(tmp_path: Path) -> None:
+    config = replace(CONFIG, iterations=1, warmup_tasks=2)
+    trainer = train(tmp_path, config)
+    count = len(trainer.state.buffer)
+    assert count > config.measurements_per_iteration  # warm-up + the iteration's own
+    again = Trainer(replace(config, iterations=2), training_tasks(), SimBackend(), tmp_path)
+    assert again.resume()
+    again.run()  # no second warm-up: one more iteration's measurements only
+    assert len(again.state.buffer) == count + config.measurements_per_iteration
+
+
+def test_a_state_saved_before_a_setting_existed_resumes_with_its_default(run: Run) -> None:
+    state = torch.load(run.out_dir / "train_state.pt", weights_only=False)
+    del state["config"]["warmup_tasks"]
+    trainer = Trainer(CONFIG, training_tasks(), SimBackend(), run.out_dir)
+    trainer._restore(state, run.out_dir / "train_state.pt")
+    assert trainer.state.iteration == CONFIG.iterations

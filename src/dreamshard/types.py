@@ -639,3 +639,11 @@ class StageCostModel(Protocol):
         """``[..., S]`` stage costs (ms) of devices holding tables whose vectors sum to
         ``sums`` ``[..., R]``, ``counts`` ``[...]`` tables each (0: an empty device)."""
         ...
+
+
+@runtime_checkable
+class StageModelBackend(Protocol):
+    """A cost backend whose cost of a task is a :class:`StageCostModel` (the simulator):
+    searches can run on its true costs (the ORACLE; training data near the optimum)."""
+
+    def stage_model(self, task: Task) -> StageCostModel: ...

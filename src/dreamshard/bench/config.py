@@ -270,6 +270,8 @@ class _Reader:
 
 
 _TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed")
+#: Integer training fields whose smallest value is not 1.
+_TRAIN_MINIMUMS = {"warmup_tasks": 0}
 _QUICK_FIELDS = tuple(f.name for f in dataclasses.fields(QuickSpec))
 _TOP_FIELDS = (
     "backend",
@@ -298,7 +300,7 @@ def _train_config(reader: _Reader, seed: int) -> TrainConfig:
         elif isinstance(default, float):
             values[name] = reader.get_float(name, default)
         else:
-            values[name] = reader.get_int(name, default)
+            values[name] = reader.get_int(name, default, minimum=_TRAIN_MINIMUMS.get(name, 1))
     try:
         return TrainConfig(seed=seed, **values)
     except InputError as err:

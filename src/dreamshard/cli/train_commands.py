@@ -113,6 +113,19 @@ def pretrain(
     train_seed: Annotated[
         int | None, typer.Option("--train-seed", help="Seed of training (default 2026).")
     ] = None,
+    cost_steps: Annotated[
+        int | None,
+        typer.Option("--cost-steps", help="Cost-network steps per iteration (default 400)."),
+    ] = None,
+    warmup_tasks: Annotated[
+        int,
+        typer.Option(
+            "--warmup-tasks",
+            help="Before the first iteration, measure this many training tasks densely "
+            "(near-optimal placements from a search on the simulator's own cost, the "
+            "placer's, the rules', perturbations).",
+        ),
+    ] = 0,
 ) -> None:
     """Pretrain a model on augmented simulated tasks (how the packaged models are made;
     about 30 minutes on 2 cores per stage; see docs/architecture.md)."""
@@ -123,7 +136,11 @@ def pretrain(
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    for flag, count in (("--dlrm-tasks", dlrm_tasks), ("--large-tasks", large_tasks)):
+    counts = (
+        ("--dlrm-tasks", dlrm_tasks), ("--large-tasks", large_tasks),
+        ("--warmup-tasks", warmup_tasks),
+    )  # fmt: skip
+    for flag, count in counts:
         if count < 0:
             raise InputError(f"{flag} must be >= 0, got {count}")
     config = PretrainConfig(
@@ -135,6 +152,11 @@ def pretrain(
         config = replace(config, train=replace(config.train, iterations=iterations))
     if train_seed is not None:
         config = replace(config, train=replace(config.train, seed=train_seed))
+    if cost_steps is not None:
+        if cost_steps < 1:
+            raise InputError(f"--cost-steps must be at least 1, got {cost_steps}")
+        config = replace(config, train=replace(config.train, cost_steps=cost_steps))
+    config = replace(config, train=replace(config.train, warmup_tasks=warmup_tasks))
     run_pretrain(config, out, log=print_line)
     out_console.print(f"wrote {escape(str(out))} (how it was made: provenance.json)")
 

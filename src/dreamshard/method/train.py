@@ -72,9 +72,17 @@ from dreamshard.method.costnet import CostTargets, PlacementBatch
 from dreamshard.method.mdp import TaskTensors, rollout, task_tensors
 from dreamshard.method.policy import NonFiniteError
 from dreamshard.method.propose import SearchSettings, episode_cap, propose
-from dreamshard.method.search import perturb
+from dreamshard.method.search import greedy_placement, local_search, perturb
 from dreamshard.runtime import one_thread
-from dreamshard.types import CostBackend, Placement, PlacementCost, Placer, StageCosts, Task
+from dreamshard.types import (
+    CostBackend,
+    Placement,
+    PlacementCost,
+    Placer,
+    StageCosts,
+    StageModelBackend,
+    Task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,9 @@ MIX_KINDS: tuple[str, ...] = ("policy", "search", "perturbed", "reference")
 #: The search whose outputs training measures: cheaper than the placer's default, as
 #: it runs for many tasks per iteration.
 TRAINING_SEARCH = SearchSettings(search="local", max_passes=2, max_evaluations=50_000)
+
+#: Random moves of the warm-up's perturbed placements (one placement per entry and seed).
+WARMUP_MOVES: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,10 @@ class TrainConfig:
         relative_loss: Cost-network errors relative to each placement's measured cost
             (tasks of every size weigh the same), instead of in absolute units.
         placements_per_task: Placements of one task per cost-network batch group.
+        warmup_tasks: Training tasks measured densely before the first iteration
+            (:meth:`Trainer.warmup`: up to 4 + 2 x len(:data:`WARMUP_MOVES`) placements
+            each plus the reference placers', near-optimal ones included where the
+            backend has a stage model); 0: none.
 
     ``mix_policy=1`` (others 0), ``pairwise_weight=0`` and ``relative_loss=False`` is
     the paper's training.
@@ -137,6 +152,7 @@ class TrainConfig:
     pairwise_weight: float = 1.0
     relative_loss: bool = True
     placements_per_task: int = 4
+    warmup_tasks: int = 0
 
     @property
     def mix(self) -> dict[str, float]:
@@ -149,6 +165,8 @@ class TrainConfig:
             raise InputError("training config: the mix shares must be >= 0, not all 0")
         if not (math.isfinite(self.pairwise_weight) and self.pairwise_weight >= 0):
             raise InputError("training config: pairwise_weight must be >= 0")
+        if self.warmup_tasks < 0:
+            raise InputError("training config: warmup_tasks must be >= 0")
         if self.placements_per_task < 1:
             raise InputError("training config: placements_per_task must be at least 1")
         for name in ("learning_rate", "entropy_weight"):
@@ -228,6 +246,7 @@ class Trainer:
         init: A trained model to start from (its normaliser, weights and cost scale;
             fine-tuning), instead of fresh networks.
         init_source: What ``init`` is, recorded in the model's info.
+        on_note: Called with a progress line of long steps (the warm-up).
     """
 
     def __init__(
@@ -240,6 +259,7 @@ class Trainer:
         reference_placers: Sequence[Placer] = (),
         init: DreamShardModel | None = None,
         init_source: str | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         if not tasks:
             raise InputError("training needs at least one training task")
@@ -248,6 +268,7 @@ class Trainer:
         self.backend = backend
         self.out_dir = Path(out_dir)
         self.on_iteration = on_iteration
+        self.on_note = on_note
         self.reference_placers = list(reference_placers)
         torch.manual_seed(config.seed)
         info: dict[str, Any] = {"backend": backend.name, "train_tasks": len(self.tasks)}
@@ -296,6 +317,8 @@ class Trainer:
             return self._run()
 
     def _run(self) -> DreamShardModel:
+        if self.state.iteration == 0 and not self.state.buffer and self.config.warmup_tasks:
+            self.state.buffer.extend(self.warmup())
         while self.state.iteration < self.config.iterations:
             t0 = time.perf_counter()
             try:
@@ -374,6 +397,54 @@ class Trainer:
             out.extend(
                 Measurement(self.tasks[k], p, c) for p, c in zip(placements, costs, strict=True)
             )
+        return out
+
+    def warmup(self) -> list[Measurement]:
+        """Dense measurements of ``config.warmup_tasks`` random training tasks, before the
+        first iteration (beyond the paper; cheap on the simulator, where it is meant for
+        pretraining).
+
+        Per task: where the backend exposes its cost as a stage model (the simulator),
+        the greedy on that TRUE cost and a local search from it (near-optimal
+        placements, the ones a placer must rank first and that policy samples never
+        reach); the current placer's output and a policy sample; the
+        reference placers' placements; and perturbations of 1-16 random moves of the
+        two searches' outputs (:data:`WARMUP_MOVES`). A task's placements are measured
+        in one call. The iterations then fit the cost network on these and their own.
+        """
+        cfg = self.config
+        chosen = self.rng.permutation(len(self.tasks))[: cfg.warmup_tasks]
+        out: list[Measurement] = []
+        t0 = time.perf_counter()
+        for n, k in enumerate(sorted(int(k) for k in chosen), start=1):
+            task = self.tasks[k]
+            found: list[Placement] = []
+            seeds: list[Placement] = []
+            if isinstance(self.backend, StageModelBackend):
+                model = self.backend.stage_model(task)
+                start = greedy_placement(task, model)
+                if start is not None:
+                    best, _ = local_search(
+                        task, model, start, max_passes=TRAINING_SEARCH.max_passes,
+                        max_evaluations=TRAINING_SEARCH.max_evaluations,
+                    )  # fmt: skip
+                    found += [start, best]
+                    seeds.append(best)
+            searched = self._search(k, {})
+            found += [searched, self.sample_placement(task)]
+            seeds.append(searched)
+            self._next_reference(k, {})  # computes the task's reference placements
+            found += self._references[k]
+            for seed in seeds:
+                found += [perturb(task, seed, moves, self.rng) for moves in WARMUP_MOVES]
+            placements = list(dict.fromkeys(found))
+            costs = self.backend.measure(task, placements)
+            out.extend(Measurement(task, p, c) for p, c in zip(placements, costs, strict=True))
+            if self.on_note is not None and (n % 50 == 0 or n == len(chosen)):
+                self.on_note(
+                    f"warm-up: {n}/{len(chosen)} tasks, {len(out)} measurements, "
+                    f"{time.perf_counter() - t0:.0f} s"
+                )
         return out
 
     def _search(self, k: int, searched: dict[int, Placement]) -> Placement:
@@ -625,7 +696,9 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any], path: Path) -> None:
         """Check ``state`` against this run, then take it over (see :meth:`resume`)."""
-        saved = {k: v for k, v in state["config"].items() if k != "iterations"}
+        # Settings added since a state was saved took their defaults in that run.
+        saved = {**asdict(TrainConfig()), **state["config"]}
+        saved.pop("iterations")
         current = {k: v for k, v in asdict(self.config).items() if k != "iterations"}
         if saved != current:
             raise CheckpointError(

@@ -17,8 +17,6 @@ on both plans (required splits only, and the best found); the cheaper wins.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.constraints import ConstraintSpec, constraints_for
 from dreamshard.data.tasks import first_fit_decreasing
@@ -31,14 +29,7 @@ from dreamshard.method.split import (
     unit_constraints,
     units_of,
 )
-from dreamshard.types import CostBackend, Placement, StageCostModel, Task
-
-
-@runtime_checkable
-class StageModelBackend(Protocol):
-    """A backend whose cost of a task is a :class:`~dreamshard.types.StageCostModel`."""
-
-    def stage_model(self, task: Task) -> StageCostModel: ...
+from dreamshard.types import CostBackend, Placement, StageModelBackend, Task
 
 
 class OraclePlacer:

@@ -138,6 +138,7 @@ def train_model(
             reference_placers=references,
             init=initial,
             init_source=None if init is None else str(init),
+            on_note=None if log is None else (lambda line: log(indent + line)),
         )
         resumed_at = trainer.state.iteration if resume and trainer.resume() else None
         if log is not None:
