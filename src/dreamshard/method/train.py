@@ -433,8 +433,7 @@ class Trainer:
             searched = self._search(k, {})
             found += [searched, self.sample_placement(task)]
             seeds.append(searched)
-            self._next_reference(k, {})  # computes the task's reference placements
-            found += self._references[k]
+            found += self._reference_placements(k)
             for seed in seeds:
                 found += [perturb(task, seed, moves, self.rng) for moves in WARMUP_MOVES]
             placements = list(dict.fromkeys(found))
@@ -461,8 +460,8 @@ class Trainer:
                 searched[k] = self.sample_placement(task)
         return searched[k]
 
-    def _next_reference(self, k: int, picks: dict[int, list[Placement]]) -> Placement | None:
-        """A reference placement of task k not measured yet (None when all were)."""
+    def _reference_placements(self, k: int) -> list[Placement]:
+        """The reference placers' distinct placements of task k (computed once)."""
         if k not in self._references:
             found: list[Placement] = []
             for placer in self.reference_placers:
@@ -473,9 +472,13 @@ class Trainer:
                 if placement not in found:
                     found.append(placement)
             self._references[k] = found
+        return self._references[k]
+
+    def _next_reference(self, k: int, picks: dict[int, list[Placement]]) -> Placement | None:
+        """A reference placement of task k not measured yet (None when all were)."""
         measured = {m.placement for m in self.state.buffer if m.task is self.tasks[k]}
         measured.update(picks.get(k, []))
-        return next((p for p in self._references[k] if p not in measured), None)
+        return next((p for p in self._reference_placements(k) if p not in measured), None)
 
     def sample_placement(self, task: Task, attempts: int = 8) -> Placement:
         """One feasible placement sampled from the current policy.
