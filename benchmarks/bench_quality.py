@@ -274,7 +274,8 @@ def planning_times(
 ) -> list[dict[str, object]]:
     """Median wall time of one placement call per task size: DreamShard (splits allowed)
     with each of ``searches`` (the default's, ``local``, as ``dreamshard``; others as
-    ``dreamshard-<search>``) and TorchRec's table-wise planner, in the same run."""
+    ``dreamshard-<search>``) and TorchRec's table-wise planner, in the same run, the
+    placers taking turns in each of ``repeats`` rounds."""
     rows = []
     for tables, devices, target in TIMING:
         pool = generate_table_pool(tables, seed=POOL_SEED + tables, dims=(16, 32, 64, 128))
@@ -286,13 +287,15 @@ def planning_times(
              DreamShardPlacer(model, search=search))
             for search in searches
         ]  # fmt: skip
-        for name, placer in (*placers, ("torchrec", TorchRecPlacer())):
-            walls = []
-            for _ in range(repeats):
+        timed_placers = (*placers, ("torchrec", TorchRecPlacer()))
+        walls: dict[str, list[float]] = {name: [] for name, _ in timed_placers}
+        for _ in range(repeats):  # interleaved: a slow spell of the machine hits every placer
+            for name, placer in timed_placers:
                 t0 = time.perf_counter()
                 placer.place(task)
-                walls.append(time.perf_counter() - t0)
-            row[f"{name}_median_s"] = statistics.median(walls)
+                walls[name].append(time.perf_counter() - t0)
+        for name, _ in timed_placers:
+            row[f"{name}_median_s"] = statistics.median(walls[name])
         rows.append(row)
         timed = ", ".join(f"{name} {row[f'{name}_median_s']:.3f} s" for name, _ in placers)
         print(
@@ -379,7 +382,7 @@ def main() -> None:
             write_json(args.out, results)
     if not args.no_timing:
         searches = tuple(s.strip() for s in args.timing_searches.split(",") if s.strip())
-        results["planning"] = planning_times(model, 1 if args.quick else 3, searches)
+        results["planning"] = planning_times(model, 1 if args.quick else 5, searches)
     results["wall_s"] = time.perf_counter() - t0
     if args.out is not None:
         write_json(args.out, results)
