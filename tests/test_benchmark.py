@@ -171,6 +171,8 @@ def test_results_from_json_rejects_other_files() -> None:
         ("suites.0.family", "nope", "suites[0].family: unknown family 'nope'"),
         ("suites.0.memory", "5 parsecs", "suites[0].memory: unknown unit"),
         ("families.0.train.iterations", "ten", "families[0].train.iterations: must be an"),
+        ("families.0.train.device_error", 3, "families[0].train.device_error: must be a non-"),
+        ("families.0.train.device_error", "own", "device_error must be one of placement, device"),
         ("placers", ["random", "magic"], "placers: unknown placer 'magic'"),
         ("backend.name", "gpu", "backend.name: unknown backend 'gpu'"),
         ("rnn.budget", 0, "rnn.budget: must be an integer >= 1"),
@@ -184,6 +186,12 @@ def test_config_errors_name_the_field(path: str, value: Any, message: str) -> No
         parse_config(with_change(path, value), "cfg.toml")
     assert str(err.value).startswith("cfg.toml: ")
     assert message in str(err.value)
+
+
+def test_a_familys_device_error_is_read() -> None:
+    data = with_change("families.1.train", {**TRAIN, "device_error": "device"})
+    config = parse_config(data, "cfg.toml")
+    assert [f.train.device_error for f in config.families] == ["placement", "device"]
 
 
 def test_the_oracle_is_a_reference_with_every_placers_distance_to_it(tmp_path: Path) -> None:

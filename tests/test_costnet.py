@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from dreamshard.data.features import NETWORK_FEATURE_NAMES
-from dreamshard.method.costnet import CostNet, CostTargets, PlacementBatch
+from dreamshard.method.costnet import (
+    DEVICE_ERROR_FLOOR,
+    DEVICE_ERROR_WEIGHT,
+    CostNet,
+    CostTargets,
+    PlacementBatch,
+)
 from dreamshard.types import Placement, PlacementCost, StageCosts, synchronized_costs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -180,3 +186,39 @@ def test_loss_decreases_on_a_tiny_fixed_dataset() -> None:
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.01 * losses[0]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def _two_placements() -> tuple[PlacementBatch, CostTargets]:
+    """Two placements, one with a nearly empty device (its cost under the floor)."""
+    feats = [features(5, 0), features(4, 1)]
+    device_of = [(0, 1, 1, 2, 0), (0, 0, 1, 1)]
+    batch = PlacementBatch.build(feats, [Placement(d) for d in device_of], [3, 2])
+    costs = [
+        PlacementCost(synchronized_costs([4.0, 1.0, 0.01], [8.0, 2.0, 0.02], 0.5, 0.5), "h"),
+        PlacementCost(synchronized_costs([3.0, 2.0], [6.0, 4.0], 0.2, 0.2), "h"),
+    ]
+    return batch, CostTargets.build(costs, batch.max_devices, cost_scale_ms=1.0)
+
+
+@pytest.mark.parametrize("device_error", ["placement", "device"])
+def test_device_error_sets_what_each_device_error_is_divided_by(device_error: str) -> None:
+    model = net(structured=False)
+    batch, targets = _two_placements()
+    with torch.no_grad():
+        device, overall = model(batch)
+        loss = model.loss(batch, targets, relative=True, device_error=device_error)
+    overall_scale = targets.overall[:, None, None]
+    if device_error == "device":  # each device's own cost, floored; the device terms weighted
+        scale = torch.maximum(targets.device, DEVICE_ERROR_FLOOR * overall_scale)
+        weight = DEVICE_ERROR_WEIGHT
+    else:
+        scale, weight = overall_scale.expand_as(targets.device), 1.0
+    device_terms = (((device - targets.device) / scale) ** 2)[batch.device_mask].mean(dim=0)
+    overall_term = (((overall - targets.overall) / targets.overall) ** 2).mean()
+    torch.testing.assert_close(loss, weight * device_terms.sum() + overall_term)
+
+
+def test_an_unknown_device_error_is_refused() -> None:
+    batch, targets = _two_placements()
+    with pytest.raises(ValueError, match="device_error must be one of"):
+        net().loss(batch, targets, device_error="own")

@@ -148,6 +148,12 @@ def test_pretrain_refuses_negative_task_counts(tmp_path: Path, flag: str) -> Non
     assert not (tmp_path / "m").exists()
 
 
+def test_pretrain_refuses_an_unknown_device_error(tmp_path: Path) -> None:
+    result = run("pretrain", "--out", tmp_path / "m", "--device-error", "own")
+    assert "--device-error must be one of placement, device, got 'own'" in one_line_error(result)
+    assert not (tmp_path / "m").exists()
+
+
 def test_pretrain_from_a_missing_model_is_one_line(tmp_path: Path) -> None:
     result = run("pretrain", "--out", tmp_path / "m", "--init", tmp_path / "no")
     assert "no model.pt" in one_line_error(result)

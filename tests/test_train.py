@@ -247,6 +247,21 @@ def test_non_finite_settings_are_refused_naming_the_field(field: str, value: flo
         replace(CONFIG, **changes)
 
 
+def test_an_unknown_device_error_is_refused_naming_the_field() -> None:
+    with pytest.raises(InputError, match="training config: device_error must be one of"):
+        replace(CONFIG, device_error="own")
+
+
+def test_training_with_device_errors_fits_and_differs(tmp_path: Path) -> None:
+    """The trainer passes ``device_error`` to the loss: same seed, same data, another fit."""
+    losses = {}
+    for mode in ("placement", "device"):
+        trainer = train(tmp_path / mode, replace(CONFIG, iterations=1, device_error=mode))
+        losses[mode] = trainer.state.history[-1].cost_loss
+        assert np.isfinite(losses[mode])
+    assert losses["placement"] != losses["device"]
+
+
 def test_diverging_training_stops_with_one_line_and_saves_nothing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"training diverged in iteration 1.*lower the learning"):
         train(tmp_path, replace(CONFIG, iterations=1, learning_rate=1e30))

@@ -299,6 +299,8 @@ def _train_config(reader: _Reader, seed: int) -> TrainConfig:
             values[name] = reader.get_bool(name, default)
         elif isinstance(default, float):
             values[name] = reader.get_float(name, default)
+        elif isinstance(default, str):
+            values[name] = reader.get_str(name, default)
         else:
             values[name] = reader.get_int(name, default, minimum=_TRAIN_MINIMUMS.get(name, 1))
     try:

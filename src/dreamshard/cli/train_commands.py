@@ -126,11 +126,20 @@ def pretrain(
             "placer's, the rules', perturbations).",
         ),
     ] = 0,
+    device_error: Annotated[
+        str | None,
+        typer.Option(
+            "--device-error",
+            help="What a device's error in the cost network's loss is divided by: "
+            "'placement' (its placement's cost; default) or 'device' (its own).",
+        ),
+    ] = None,
 ) -> None:
     """Pretrain a model on augmented simulated tasks (how the packaged models are made;
     about 30 minutes on 2 cores per stage; see docs/architecture.md)."""
     from dataclasses import replace
 
+    from dreamshard.method.costnet import DEVICE_ERRORS
     from dreamshard.workflows.pretrain import PretrainConfig
     from dreamshard.workflows.pretrain import pretrain as run_pretrain
 
@@ -157,6 +166,12 @@ def pretrain(
             raise InputError(f"--cost-steps must be at least 1, got {cost_steps}")
         config = replace(config, train=replace(config.train, cost_steps=cost_steps))
     config = replace(config, train=replace(config.train, warmup_tasks=warmup_tasks))
+    if device_error is not None:
+        if device_error not in DEVICE_ERRORS:
+            raise InputError(
+                f"--device-error must be one of {', '.join(DEVICE_ERRORS)}, got {device_error!r}"
+            )
+        config = replace(config, train=replace(config.train, device_error=device_error))
     run_pretrain(config, out, log=print_line)
     out_console.print(f"wrote {escape(str(out))} (how it was made: provenance.json)")
 

@@ -34,6 +34,18 @@ from dreamshard.types import Placement, PlacementCost
 #: Per-device heads, in output order.
 DEVICE_HEADS: tuple[str, ...] = ("fwd_comp", "bwd_comp", "comm")
 
+#: What a device's error in the cost network's loss is divided by (:meth:`CostNet.loss`):
+#: its placement's measured cost, or the device's own.
+DEVICE_ERRORS: tuple[str, ...] = ("placement", "device")
+#: With ``device_error="device"``: the least a device's own cost counts as, a share of its
+#: placement's (an empty or nearly empty device's error would otherwise be divided by ~0).
+DEVICE_ERROR_FLOOR = 0.05
+#: With ``device_error="device"``: the weight of the device terms beside the overall one
+#: (errors relative to a device's own, smaller cost are larger: at weight 1 they swamp
+#: the overall and pairwise terms). Chosen once, on the validation tasks of
+#: ``benchmarks/select_model.py``; docs/results.md has the run.
+DEVICE_ERROR_WEIGHT = 0.1
+
 
 def mlp(sizes: Sequence[int], final_relu: bool) -> nn.Sequential:
     """Linear layers with ReLU between them (and after the last if ``final_relu``)."""
@@ -319,6 +331,7 @@ class CostNet(nn.Module):
         groups: torch.Tensor | None = None,
         pairwise_weight: float = 0.0,
         relative: bool = False,
+        device_error: str = "placement",
     ) -> torch.Tensor:
         """Sum of the mean squared errors of the device heads and the overall cost
         (METHOD.md section 3), real devices only; the paper's overall head is trained too.
@@ -330,14 +343,29 @@ class CostNet(nn.Module):
           overall costs over pairs of placements of the same task (what ranking needs);
         - ``relative``: every error of a placement is divided by its measured overall
           cost (a pair's by the mean of the two), so tasks of 2 and of 200 ms weigh the
-          same; in absolute units the largest tasks would decide the whole fit.
+          same; in absolute units the largest tasks would decide the whole fit;
+        - ``device_error="device"``: each device's error is divided by that device's own
+          measured cost (floored at :data:`DEVICE_ERROR_FLOOR` of its placement's) instead,
+          and the device terms weigh :data:`DEVICE_ERROR_WEIGHT`: every device's costs are
+          fitted to the same relative precision, where with ``"placement"`` a device
+          far from the slowest barely counts (a search moves tables between exactly
+          such devices).
         """
+        if device_error not in DEVICE_ERRORS:
+            raise ValueError(f"device_error must be one of {DEVICE_ERRORS}, got {device_error!r}")
         device_repr, occupied = self.represent(batch)
         device_pred, overall_pred = self.predict(device_repr, batch.device_mask, occupied)
         scale = targets.overall if relative else torch.ones_like(targets.overall)
-        device_err = (device_pred - targets.device) / scale[:, None, None]
+        weight = 1.0
+        if device_error == "device":
+            floor = DEVICE_ERROR_FLOOR * targets.overall[:, None, None]
+            device_scale = torch.maximum(targets.device, floor)
+            weight = DEVICE_ERROR_WEIGHT
+        else:
+            device_scale = scale[:, None, None]
+        device_err = (device_pred - targets.device) / device_scale
         device_loss = (device_err**2)[batch.device_mask].mean(dim=0)
-        loss = device_loss.sum() + (((overall_pred - targets.overall) / scale) ** 2).mean()
+        loss = weight * device_loss.sum() + (((overall_pred - targets.overall) / scale) ** 2).mean()
         if self.structured_overall:
             paper = self.paper_overall(device_repr)
             loss = loss + (((paper - targets.overall) / scale) ** 2).mean()

@@ -68,7 +68,7 @@ from dreamshard.method.checkpoint import (
     save_torch_atomic,
     write_temp_torch,
 )
-from dreamshard.method.costnet import CostTargets, PlacementBatch
+from dreamshard.method.costnet import DEVICE_ERRORS, CostTargets, PlacementBatch
 from dreamshard.method.mdp import TaskTensors, rollout, task_tensors
 from dreamshard.method.policy import NonFiniteError
 from dreamshard.method.propose import SearchSettings, episode_cap, propose
@@ -126,6 +126,9 @@ class TrainConfig:
         pairwise_weight: Weight of the pairwise (same-task difference) cost loss.
         relative_loss: Cost-network errors relative to each placement's measured cost
             (tasks of every size weigh the same), instead of in absolute units.
+        device_error: What each device's error in the cost network's loss is divided by:
+            ``"placement"`` (its placement's measured cost) or ``"device"`` (its own;
+            :meth:`~dreamshard.method.costnet.CostNet.loss`).
         placements_per_task: Placements of one task per cost-network batch group.
         warmup_tasks: Training tasks measured densely before the first iteration
             (:meth:`Trainer.warmup`: up to 4 + 2 x len(:data:`WARMUP_MOVES`) placements
@@ -151,6 +154,7 @@ class TrainConfig:
     mix_reference: float = 0.1
     pairwise_weight: float = 1.0
     relative_loss: bool = True
+    device_error: str = "placement"
     placements_per_task: int = 4
     warmup_tasks: int = 0
 
@@ -167,6 +171,11 @@ class TrainConfig:
             raise InputError("training config: pairwise_weight must be >= 0")
         if self.warmup_tasks < 0:
             raise InputError("training config: warmup_tasks must be >= 0")
+        if self.device_error not in DEVICE_ERRORS:
+            raise InputError(
+                f"training config: device_error must be one of {', '.join(DEVICE_ERRORS)}, "
+                f"got {self.device_error!r}"
+            )
         if self.placements_per_task < 1:
             raise InputError("training config: placements_per_task must be at least 1")
         for name in ("learning_rate", "entropy_weight"):
@@ -543,7 +552,12 @@ class Trainer:
             group = torch.tensor([g for g in chosen for _ in range(per_task)])
             batch, targets = self.cost_batch([self.state.buffer[i] for i in idx])
             loss = costnet.loss(
-                batch, targets, group, self.config.pairwise_weight, self.config.relative_loss
+                batch,
+                targets,
+                group,
+                self.config.pairwise_weight,
+                self.config.relative_loss,
+                self.config.device_error,
             )
             if not math.isfinite(loss.item()):
                 raise self._diverged("the cost network's loss is not finite")
