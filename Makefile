@@ -36,11 +36,12 @@ benchmark: setup
 calibrate: setup
 	$(VENV)/bin/dreamshard calibrate --out src/dreamshard/profiles/cpu-zen4.json --report benchmarks/results/cpu-zen4-calibration.json
 
-# The packaged pretrained model of the CPU profile, in four stages (about 30 + 29 + 28
-# + 63 minutes on 2 cores): augmented tasks, then twice 15 iterations with DLRM-like
+# The packaged pretrained model of the CPU profile, in five stages (about 30 + 29 + 28
+# + 63 + 21 minutes on 2 cores): augmented tasks, then twice 15 iterations with DLRM-like
 # tasks added, then a dense warm-up of 600 tasks (near-optimal placements from a search
-# on the simulator's cost among them) and 5 iterations. Each stage's provenance.json
-# records the one it started from.
+# on the simulator's cost among them) and 5 iterations, then a warm-up of 300 tasks and
+# 2 long iterations with each device's error taken over its own cost. Each stage's
+# provenance.json records the one it started from.
 PRETRAIN_DIR = runs/pretrain/cpu-zen4
 pretrain: setup
 	$(VENV)/bin/dreamshard pretrain --profile cpu-zen4 --out $(PRETRAIN_DIR)-stage1
@@ -51,9 +52,12 @@ pretrain: setup
 	$(VENV)/bin/dreamshard pretrain --profile cpu-zen4 --init $(PRETRAIN_DIR)-stage3 \
 		--dlrm-tasks 300 --warmup-tasks 600 --iterations 5 --cost-steps 1000 \
 		--train-seed 2031 --out $(PRETRAIN_DIR)-stage4
+	$(VENV)/bin/dreamshard pretrain --profile cpu-zen4 --init $(PRETRAIN_DIR)-stage4 \
+		--dlrm-tasks 300 --warmup-tasks 300 --iterations 2 --cost-steps 5000 \
+		--device-error device --train-seed 2032 --out $(PRETRAIN_DIR)-stage5
 	mkdir -p src/dreamshard/models/cpu-zen4
-	cp $(PRETRAIN_DIR)-stage4/model.pt $(PRETRAIN_DIR)-stage4/config.json \
-		$(PRETRAIN_DIR)-stage4/history.json $(PRETRAIN_DIR)-stage4/provenance.json \
+	cp $(PRETRAIN_DIR)-stage5/model.pt $(PRETRAIN_DIR)-stage5/config.json \
+		$(PRETRAIN_DIR)-stage5/history.json $(PRETRAIN_DIR)-stage5/provenance.json \
 		src/dreamshard/models/cpu-zen4/
 
 # Every placer against the ORACLE on the simulator, cost-model ranking, planning times.

@@ -173,4 +173,4 @@ def test_the_packaged_model_records_how_it_was_made() -> None:
         provenance = provenance["init_provenance"]
         stages += 1
     assert provenance["config"].get("init") is None
-    assert stages == 4
+    assert stages == 5
