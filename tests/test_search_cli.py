@@ -123,6 +123,23 @@ def test_train_init_packaged_fine_tunes_and_records_it(tmp_path: Path, suite_fil
     assert info["init_info"]["train_tasks"] == 600  # the packaged model's own record
 
 
+def test_train_device_error_reaches_the_training_config(tmp_path: Path, suite_file: Path) -> None:
+    out = tmp_path / "model"
+    result = run(
+        "train", "--tasks", suite_file, "--out", out, *SIM, "--device-error", "device",
+        "--iterations", 1, "--measurements", 4, "--cost-steps", 5, "--policy-batches", 2,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["config"]["device_error"] == "device"
+
+
+def test_train_refuses_an_unknown_device_error(tmp_path: Path, suite_file: Path) -> None:
+    out = tmp_path / "model"
+    result = run("train", "--tasks", suite_file, "--out", out, *SIM, "--device-error", "own")
+    assert "--device-error must be one of placement, device, got 'own'" in one_line_error(result)
+    assert not out.exists()
+
+
 def test_train_init_of_a_missing_model_is_one_line(tmp_path: Path, suite_file: Path) -> None:
     result = run(
         "train", "--tasks", suite_file, "--out", tmp_path / "m", *SIM, "--init", tmp_path / "no"

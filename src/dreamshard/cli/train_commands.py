@@ -14,6 +14,24 @@ from dreamshard.constants import DEFAULT_SEED
 from dreamshard.data.tasks import load_suite
 from dreamshard.errors import InputError
 
+DeviceErrorOpt = Annotated[
+    str,
+    typer.Option(
+        "--device-error",
+        help="What a device's error in the cost network's loss is divided by: "
+        "'placement' (its placement's measured cost) or 'device' (its own).",
+    ),
+]
+
+
+def _checked_device_error(value: str) -> str:
+    """``value`` if it names a device-error mode (one line naming the flag if not)."""
+    from dreamshard.method.costnet import DEVICE_ERRORS
+
+    if value not in DEVICE_ERRORS:
+        raise InputError(f"--device-error must be one of {', '.join(DEVICE_ERRORS)}, got {value!r}")
+    return value
+
 
 @backend_options(windows=4, calls=6)
 def train(
@@ -46,6 +64,7 @@ def train(
             "pretrained model of --profile) or a model folder.",
         ),
     ] = None,
+    device_error: DeviceErrorOpt = "placement",
 ) -> None:
     """Train DreamShard on a suite's training tasks (METHOD.md section 4)."""
     from dreamshard.backends import make_backend
@@ -54,6 +73,7 @@ def train(
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    device_error = _checked_device_error(device_error)
     suite = load_suite(tasks)
     if not suite.train:
         raise InputError(f"{tasks}: the train split has no tasks")
@@ -67,6 +87,7 @@ def train(
         learning_rate=lr,
         entropy_weight=entropy,
         seed=backend.seed,
+        device_error=device_error,
     )
     cost_backend = make_backend(backend.name, backend.options)
     train_model(
@@ -126,20 +147,12 @@ def pretrain(
             "placer's, the rules', perturbations).",
         ),
     ] = 0,
-    device_error: Annotated[
-        str | None,
-        typer.Option(
-            "--device-error",
-            help="What a device's error in the cost network's loss is divided by: "
-            "'placement' (its placement's cost; default) or 'device' (its own).",
-        ),
-    ] = None,
+    device_error: DeviceErrorOpt = "placement",
 ) -> None:
     """Pretrain a model on augmented simulated tasks (how the packaged models are made;
     about 30 minutes on 2 cores per stage; see docs/architecture.md)."""
     from dataclasses import replace
 
-    from dreamshard.method.costnet import DEVICE_ERRORS
     from dreamshard.workflows.pretrain import PretrainConfig
     from dreamshard.workflows.pretrain import pretrain as run_pretrain
 
@@ -166,12 +179,8 @@ def pretrain(
             raise InputError(f"--cost-steps must be at least 1, got {cost_steps}")
         config = replace(config, train=replace(config.train, cost_steps=cost_steps))
     config = replace(config, train=replace(config.train, warmup_tasks=warmup_tasks))
-    if device_error is not None:
-        if device_error not in DEVICE_ERRORS:
-            raise InputError(
-                f"--device-error must be one of {', '.join(DEVICE_ERRORS)}, got {device_error!r}"
-            )
-        config = replace(config, train=replace(config.train, device_error=device_error))
+    train_config = replace(config.train, device_error=_checked_device_error(device_error))
+    config = replace(config, train=train_config)
     run_pretrain(config, out, log=print_line)
     out_console.print(f"wrote {escape(str(out))} (how it was made: provenance.json)")
 
