@@ -110,13 +110,19 @@ def suite_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_train_init_packaged_fine_tunes_and_records_it(tmp_path: Path, suite_file: Path) -> None:
-    out = tmp_path / "model"
+def train_briefly(suite_file: Path, out: Path, *extra: object) -> Result:
+    """``dreamshard train`` of one short iteration on ``suite_file`` into ``out``."""
     result = run(
-        "train", "--tasks", suite_file, "--out", out, *SIM, "--init", "packaged",
+        "train", "--tasks", suite_file, "--out", out, *SIM, *extra,
         "--iterations", 1, "--measurements", 4, "--cost-steps", 5, "--policy-batches", 2,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_train_init_packaged_fine_tunes_and_records_it(tmp_path: Path, suite_file: Path) -> None:
+    out = tmp_path / "model"
+    result = train_briefly(suite_file, out, "--init", "packaged")
     assert "from the model packaged" in ANSI.sub("", result.output)
     info = json.loads((out / "config.json").read_text())["info"]
     assert info["init"] == "packaged"
@@ -125,11 +131,7 @@ def test_train_init_packaged_fine_tunes_and_records_it(tmp_path: Path, suite_fil
 
 def test_train_device_error_reaches_the_training_config(tmp_path: Path, suite_file: Path) -> None:
     out = tmp_path / "model"
-    result = run(
-        "train", "--tasks", suite_file, "--out", out, *SIM, "--device-error", "device",
-        "--iterations", 1, "--measurements", 4, "--cost-steps", 5, "--policy-batches", 2,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    train_briefly(suite_file, out, "--device-error", "device")
     assert json.loads((out / "config.json").read_text())["config"]["device_error"] == "device"
 
 
