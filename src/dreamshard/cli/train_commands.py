@@ -178,8 +178,9 @@ def pretrain(
         if cost_steps < 1:
             raise InputError(f"--cost-steps must be at least 1, got {cost_steps}")
         config = replace(config, train=replace(config.train, cost_steps=cost_steps))
-    config = replace(config, train=replace(config.train, warmup_tasks=warmup_tasks))
-    train_config = replace(config.train, device_error=_checked_device_error(device_error))
+    train_config = replace(
+        config.train, warmup_tasks=warmup_tasks, device_error=_checked_device_error(device_error)
+    )
     config = replace(config, train=train_config)
     run_pretrain(config, out, log=print_line)
     out_console.print(f"wrote {escape(str(out))} (how it was made: provenance.json)")

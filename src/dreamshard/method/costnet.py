@@ -42,8 +42,9 @@ DEVICE_ERRORS: tuple[str, ...] = ("placement", "device")
 DEVICE_ERROR_FLOOR = 0.05
 #: With ``device_error="device"``: the weight of the device terms beside the overall one
 #: (errors relative to a device's own, smaller cost are larger: at weight 1 they swamp
-#: the overall and pairwise terms). Chosen once, on the validation tasks of
-#: ``benchmarks/select_model.py``; docs/results.md has the run.
+#: the overall and pairwise terms). Set once and not tuned (the only value tried, as is
+#: the floor); the stage trained with it was validated with ``benchmarks/select_model.py``
+#: (docs/results.md).
 DEVICE_ERROR_WEIGHT = 0.1
 
 
