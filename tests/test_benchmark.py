@@ -194,6 +194,14 @@ def test_a_familys_device_error_is_read() -> None:
     assert [f.train.device_error for f in config.families] == ["placement", "device"]
 
 
+def test_a_familys_shard_settings_are_read_and_zero_shards_allowed() -> None:
+    data = with_change("families.1.train", {**TRAIN, "shard_measurements": 5, "shard_weight": 0.5})
+    data["families"][0]["train"] = {**TRAIN, "shard_measurements": 0}
+    config = parse_config(data, "cfg.toml")
+    assert [f.train.shard_measurements for f in config.families] == [0, 5]
+    assert [f.train.shard_weight for f in config.families] == [1.0, 0.5]
+
+
 def test_the_oracle_is_a_reference_with_every_placers_distance_to_it(tmp_path: Path) -> None:
     data = copy.deepcopy(TINY)
     data["placers"] = ["size", "lookup", "oracle"]

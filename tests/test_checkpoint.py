@@ -84,6 +84,26 @@ def test_save_load_round_trip_gives_identical_predictions(
     assert not torch.equal(other[1], predictions(model, t)[1])
 
 
+def test_computation_heads_without_the_task_context_are_saved_as_such(
+    tmp_path: Path, four_tables: list[TableSpec]
+) -> None:
+    model = make_model(four_tables)
+    model.costnet.drop_compute_context()
+    model.save(tmp_path)
+    loaded = DreamShardModel.load(tmp_path)
+    assert not loaded.costnet.compute_context
+    t = task(four_tables, [BIG, BIG])
+    for before, after in zip(predictions(model, t), predictions(loaded, t), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_a_model_saved_before_the_compute_context_setting_keeps_it(saved: Path) -> None:
+    state = torch.load(saved / MODEL_FILE, weights_only=False)
+    del state["costnet_compute_context"]
+    torch.save(state, saved / MODEL_FILE)
+    assert DreamShardModel.load(saved).costnet.compute_context
+
+
 def test_changed_format_names_format_and_version(saved: Path) -> None:
     edit_checkpoint(saved, format=99, package_version="0.0.1-old")
     with pytest.raises(CheckpointError) as err:

@@ -222,3 +222,78 @@ def test_an_unknown_device_error_is_refused() -> None:
     batch, targets = _two_placements()
     with pytest.raises(ValueError, match="device_error must be one of"):
         net().loss(batch, targets, device_error="own")
+
+
+def _without_compute_context(seed: int = 0) -> CostNet:
+    model = net(seed=seed)
+    model.drop_compute_context()
+    return model
+
+
+def test_without_compute_context_a_devices_computation_ignores_the_rest_of_the_task() -> None:
+    """The same two tables on device 0 of two tasks that differ elsewhere (other tables,
+    another number of devices): the same computation, another communication; with the
+    context on every head, the computation differs too (the check has teeth)."""
+    shared, rest_a, rest_b = features(2, 0), features(3, 1), features(6, 2)
+    feats = [np.concatenate([shared, rest_a]), np.concatenate([shared, rest_b])]
+    device_of = [(0, 0, 1, 1, 1), (0, 0, 1, 2, 3, 1, 2, 3)]
+    for model, same in ((_without_compute_context(), True), (net(), False)):
+        device, _ = predict(model, feats, device_of, [2, 4])
+        assert torch.equal(device[0, 0, :2], device[1, 0, :2]) is same
+        assert not torch.equal(device[0, 0, 2], device[1, 0, 2])
+
+
+def test_drop_compute_context_zeroes_only_the_computation_heads_context_weights() -> None:
+    model = net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.drop_compute_context()
+    assert not model.compute_context
+    embed = model.encoder.embed
+    for key, value in model.state_dict().items():
+        if key in ("device_heads.0.0.weight", "device_heads.1.0.weight"):
+            assert torch.equal(value[:, :embed], before[key][:, :embed])
+            assert not value[:, embed:].any() and before[key][:, embed:].any()
+        else:
+            assert torch.equal(value, before[key]), key
+
+
+def _shards() -> tuple[PlacementBatch, torch.Tensor]:
+    feats = [features(3, 0), features(1, 1), features(5, 2)]
+    batch = PlacementBatch.build(feats, [Placement((0,) * len(f)) for f in feats], [1, 1, 1])
+    return batch, torch.tensor([[1.0, 2.0], [0.5, 0.25], [3.0, 4.0]])
+
+
+def test_compute_loss_is_each_heads_squared_error_relative_to_the_shards_own_cost() -> None:
+    model = _without_compute_context()
+    batch, targets = _shards()
+    with torch.no_grad():
+        device, _ = model(batch)
+        shards = model.compute_costs(batch)
+        loss = model.compute_loss(batch, targets)
+    torch.testing.assert_close(shards, device[:, 0, :2])  # the heads a placement uses
+    errors = [
+        float((shards[s, h] - targets[s, h]) / targets[s, h]) for s in range(3) for h in (0, 1)
+    ]
+    expected = sum(e**2 for e in errors) / 3
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_compute_loss_trains_the_computation_heads_only() -> None:
+    model = _without_compute_context()
+    batch, targets = _shards()
+    model.compute_loss(batch, targets).backward()
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    assert grads["device_heads.0.2.weight"].abs().sum() > 0  # fwd head, second layer
+    assert grads["encoder.net.0.weight"].abs().sum() > 0
+    assert grads["device_heads.2.0.weight"] is None or not grads["device_heads.2.0.weight"].any()
+    # The masked context weights get no gradient either: they stay zero when trained.
+    assert not grads["device_heads.0.0.weight"][:, model.encoder.embed :].any()
+
+
+def test_compute_loss_refuses_heads_that_read_the_task_and_multi_device_batches() -> None:
+    batch, targets = _shards()
+    with pytest.raises(ValueError, match="without the task context"):
+        net().compute_loss(batch, targets)
+    two = PlacementBatch.build([features(2, 0)], [Placement((0, 1))], [2])
+    with pytest.raises(ValueError, match="single-device"):
+        _without_compute_context().compute_loss(two, targets[:1])

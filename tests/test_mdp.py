@@ -267,8 +267,10 @@ def test_a_table_whose_features_overflow_raises_input_error_naming_it() -> None:
         task_tensors(t, normalizer, costnet())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_numpy_greedy_rollout_places_like_the_torch_rollout(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "compute_context"), [(0, True), (1, True), (2, False)])
+def test_numpy_greedy_rollout_places_like_the_torch_rollout(
+    seed: int, compute_context: bool
+) -> None:
     from dreamshard.data.synthetic import generate_table_pool
     from dreamshard.data.tasks import make_devices, make_task
     from dreamshard.method.mdp import greedy_rollout
@@ -282,6 +284,8 @@ def test_numpy_greedy_rollout_places_like_the_torch_rollout(seed: int) -> None:
     t = make_task("g", pool, make_devices(4, memory))
     normalizer = FeatureNormalizer.fit(pool)
     net, policy = costnet(seed), PolicyNet()
+    if not compute_context:
+        net.drop_compute_context()
     net.eval()
     with torch.no_grad():
         tt = task_tensors(t, normalizer, net)

@@ -52,10 +52,13 @@ def test_sim_stage_model_gives_the_simulators_cost() -> None:
         )
 
 
-def test_costnet_stage_model_gives_the_networks_prediction() -> None:
+@pytest.mark.parametrize("compute_context", [True, False])
+def test_costnet_stage_model_gives_the_networks_prediction(compute_context: bool) -> None:
     t = sim_task()
     torch.manual_seed(0)
     model = DreamShardModel(normalizer=FeatureNormalizer.fit(list(t.tables)))
+    if not compute_context:
+        model.costnet.drop_compute_context()
     model.costnet.cost_scale_ms = 3.0
     model.costnet.eval()
     stage = CostNetStageModel(

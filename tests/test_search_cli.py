@@ -142,6 +142,24 @@ def test_train_refuses_an_unknown_device_error(tmp_path: Path, suite_file: Path)
     assert not out.exists()
 
 
+def test_train_shards_reach_the_training_config(tmp_path: Path, suite_file: Path) -> None:
+    out = tmp_path / "model"
+    result = train_briefly(suite_file, out, "--shards", 6)
+    assert "shards 6" in ANSI.sub("", result.output)  # the iteration line reports them
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["shard_measurements"] == 6
+    assert saved["info"]["shard_measurements"] == 6
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_a_negative_shard_count_is_refused(tmp_path: Path, suite_file: Path, command: str) -> None:
+    out = tmp_path / "model"
+    args = ("--tasks", suite_file, *SIM) if command == "train" else ()
+    result = run(command, "--out", out, *args, "--shards", -2)
+    assert "--shards must be >= 0, got -2" in one_line_error(result)
+    assert not out.exists()
+
+
 def test_train_init_of_a_missing_model_is_one_line(tmp_path: Path, suite_file: Path) -> None:
     result = run(
         "train", "--tasks", suite_file, "--out", tmp_path / "m", *SIM, "--init", tmp_path / "no"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamshard.backends.sim.model import SimBackend
+from dreamshard.backends.sim.model import SimBackend, shard_timing
 from dreamshard.data.features import FeatureNormalizer
 from dreamshard.data.synthetic import generate_table_pool
 from dreamshard.data.tasks import make_devices, make_task
@@ -28,6 +28,7 @@ from dreamshard.method.train import (
     IterationReport,
     TrainConfig,
     Trainer,
+    shard_task,
     training_lock,
 )
 from dreamshard.types import Placement, Task
@@ -260,6 +261,83 @@ def test_training_with_device_errors_fits_and_differs(tmp_path: Path) -> None:
         losses[mode] = trainer.state.history[-1].cost_loss
         assert np.isfinite(losses[mode])
     assert losses["placement"] != losses["device"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"shard_measurements": -1}, "shard_measurements must be >= 0"),
+        ({"shard_weight": -1.0}, "shard_weight must be >= 0"),
+        ({"shard_weight": float("nan")}, "shard_weight must be >= 0"),
+    ],
+    ids=str,
+)
+def test_bad_shard_settings_are_refused_naming_the_field(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InputError, match=f"training config: {message}"):
+        replace(CONFIG, **change)
+
+
+def test_a_shard_task_is_its_tables_on_one_device_of_their_memory() -> None:
+    task = replace(training_tasks()[0], optimizer="rowwise_adagrad")
+    shard = shard_task(task, [4, 1])
+    assert shard.tables == (task.tables[4], task.tables[1])
+    assert shard.num_devices == 1 and shard.optimizer == "rowwise_adagrad"
+    assert shard.devices[0].memory_bytes == sum(task.table_memory_bytes(t) for t in shard.tables)
+
+
+SHARDS = replace(CONFIG, shard_measurements=12)
+
+
+@pytest.fixture(scope="module")
+def shard_run(tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    return train(tmp_path_factory.mktemp("shards"), SHARDS)
+
+
+def test_training_with_shards_measures_them_on_the_backend(shard_run: Trainer) -> None:
+    shards = shard_run.state.shards
+    assert len(shards) == SHARDS.iterations * SHARDS.shard_measurements
+    tasks = {t.name: t for t in training_tasks()}
+    for s in shards:
+        task = tasks[s.task.name]
+        assert 1 <= len(s.tables) <= task.num_tables and len(set(s.tables)) == len(s.tables)
+        timing = shard_timing(SimBackend().profile, [task.tables[i] for i in s.tables])
+        assert (s.fwd_comp_ms, s.bwd_comp_ms) == pytest.approx(
+            (timing.fwd_comp_ms, timing.bwd_comp_ms), rel=1e-12
+        )
+    # A device's share here is 3 tables: shards of several sizes around it.
+    assert len({len(s.tables) for s in shards}) >= 3
+    history = shard_run.state.history
+    assert [r.shard_measurements for r in history] == [12, 24, 36]
+    assert history[0].new_shard_mape is None
+    assert all(r.new_shard_mape is not None and r.new_shard_mape > 0 for r in history[1:])
+    assert shard_run.model.info["shard_measurements"] == 36
+
+
+def test_training_with_shards_makes_the_computation_heads_context_free(
+    shard_run: Trainer, tmp_path: Path
+) -> None:
+    assert not shard_run.model.costnet.compute_context
+    assert not DreamShardModel.load(shard_run.out_dir).costnet.compute_context
+    # ... and the shards' loss is part of the fit: the same run without it fits otherwise.
+    plain = train(tmp_path, replace(SHARDS, shard_weight=0.0))
+    assert plain.state.history[-1].cost_loss != shard_run.state.history[-1].cost_loss
+
+
+def test_a_run_with_shards_resumes_to_the_same_model(shard_run: Trainer, tmp_path: Path) -> None:
+    def stop_after_two(report: IterationReport) -> None:
+        if report.iteration == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(tmp_path, SHARDS, on_iteration=stop_after_two)
+    resumed = Trainer(SHARDS, training_tasks(), SimBackend(), tmp_path)
+    assert resumed.resume()
+    assert len(resumed.state.shards) == 2 * SHARDS.shard_measurements
+    resumed.run()
+    assert resumed.state.shards == shard_run.state.shards
+    assert same_weights(resumed.model, shard_run.model)
 
 
 def test_diverging_training_stops_with_one_line_and_saves_nothing(tmp_path: Path) -> None:

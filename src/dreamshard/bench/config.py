@@ -271,7 +271,7 @@ class _Reader:
 
 _TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed")
 #: Integer training fields whose smallest value is not 1.
-_TRAIN_MINIMUMS = {"warmup_tasks": 0}
+_TRAIN_MINIMUMS = {"warmup_tasks": 0, "shard_measurements": 0}
 _QUICK_FIELDS = tuple(f.name for f in dataclasses.fields(QuickSpec))
 _TOP_FIELDS = (
     "backend",

@@ -24,6 +24,24 @@ DeviceErrorOpt = Annotated[
 ]
 
 
+ShardsOpt = Annotated[
+    int,
+    typer.Option(
+        "--shards",
+        help="Also measure this many random single-device shards per iteration and fit "
+        "the cost network's computation heads on them (made independent of the task "
+        "context for it); 0: none.",
+    ),
+]
+
+
+def _checked_shards(value: int) -> int:
+    """``value`` if it is a shard count (one line naming the flag if not)."""
+    if value < 0:
+        raise InputError(f"--shards must be >= 0, got {value}")
+    return value
+
+
 def _checked_device_error(value: str) -> str:
     """``value`` if it names a device-error mode (one line naming the flag if not)."""
     from dreamshard.method.costnet import DEVICE_ERRORS
@@ -65,6 +83,7 @@ def train(
         ),
     ] = None,
     device_error: DeviceErrorOpt = "placement",
+    shards: ShardsOpt = 0,
 ) -> None:
     """Train DreamShard on a suite's training tasks (METHOD.md section 4)."""
     from dreamshard.backends import make_backend
@@ -74,6 +93,7 @@ def train(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     device_error = _checked_device_error(device_error)
+    shards = _checked_shards(shards)
     suite = load_suite(tasks)
     if not suite.train:
         raise InputError(f"{tasks}: the train split has no tasks")
@@ -88,6 +108,7 @@ def train(
         entropy_weight=entropy,
         seed=backend.seed,
         device_error=device_error,
+        shard_measurements=shards,
     )
     cost_backend = make_backend(backend.name, backend.options)
     train_model(
@@ -148,6 +169,7 @@ def pretrain(
         ),
     ] = 0,
     device_error: DeviceErrorOpt = "placement",
+    shards: ShardsOpt = 0,
 ) -> None:
     """Pretrain a model on augmented simulated tasks (how the packaged models are made;
     about 30 minutes on 2 cores per stage; see docs/architecture.md)."""
@@ -179,7 +201,10 @@ def pretrain(
             raise InputError(f"--cost-steps must be at least 1, got {cost_steps}")
         config = replace(config, train=replace(config.train, cost_steps=cost_steps))
     train_config = replace(
-        config.train, warmup_tasks=warmup_tasks, device_error=_checked_device_error(device_error)
+        config.train,
+        warmup_tasks=warmup_tasks,
+        device_error=_checked_device_error(device_error),
+        shard_measurements=_checked_shards(shards),
     )
     config = replace(config, train=train_config)
     run_pretrain(config, out, log=print_line)

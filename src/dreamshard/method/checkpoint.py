@@ -72,6 +72,7 @@ class DreamShardModel:
             "costnet": self.costnet.state_dict(),
             "costnet_structured_overall": self.costnet.structured_overall,
             "costnet_task_context": self.costnet.task_context,
+            "costnet_compute_context": self.costnet.compute_context,
             "policy": self.policy.state_dict(),
             "config": self.config,
             "info": self.info,
@@ -181,6 +182,8 @@ class DreamShardModel:
                 structured_overall=bool(state.get("costnet_structured_overall", True)),
                 # Models saved before the task context had none.
                 task_context=bool(state.get("costnet_task_context", False)),
+                # Models saved before shards were used had it wherever they had a context.
+                compute_context=bool(state.get("costnet_compute_context", True)),
             ),
             config=dict(state.get("config", {})),
             info=dict(state.get("info", {})),

@@ -11,8 +11,11 @@ the device representations (the task's total encoding over its number of devices
 same for every placement of the task) and ``log`` of the number of devices. A device's
 all-to-all time depends on the other devices' widths and on how many there are, which a
 head seeing one device cannot know otherwise; with it, one network fits tasks of 2 to
-1,024 devices. All costs are in units of ``cost_scale_ms``
-so the losses are well conditioned whatever the hardware's speed.
+1,024 devices. A device's computation (its fused kernel) depends on its own tables only,
+so the computation heads can be built without the context (``compute_context=False``):
+then they are functions of one device's tables, and single-device shard measurements
+(:meth:`CostNet.compute_loss`) train them directly. All costs are in units of
+``cost_scale_ms`` so the losses are well conditioned whatever the hardware's speed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dreamshard.types import Placement, PlacementCost
 
 #: Per-device heads, in output order.
 DEVICE_HEADS: tuple[str, ...] = ("fwd_comp", "bwd_comp", "comm")
+#: The computation heads among them (the first ones).
+COMPUTE_HEADS = 2
 
 #: What a device's error in the cost network's loss is divided by (:meth:`CostNet.loss`):
 #: its placement's measured cost, or the device's own.
@@ -174,6 +179,11 @@ class CostNet(nn.Module):
             ``max_d fwd + max_d bwd + max_d comm`` (METHOD.md section 1), which every
             per-device measurement trains and which the policy cannot exploit as easily.
             The paper's head is trained either way.
+        task_context: The device heads read the task context (module docstring).
+        compute_context: With ``task_context``, the computation heads read it too (the
+            layout of models made before single-device shards were used); False (and
+            always without ``task_context``): they do not, and are functions of one
+            device's tables (:meth:`compute_loss` trains them).
 
     Attributes:
         cost_scale_ms: Milliseconds per output unit (set from the first measurements).
@@ -186,10 +196,13 @@ class CostNet(nn.Module):
         head_hidden: int = 64,
         structured_overall: bool = True,
         task_context: bool = True,
+        compute_context: bool = True,
     ) -> None:
         super().__init__()
         self.structured_overall = structured_overall
         self.task_context = task_context
+        # Without any task context the computation heads read none either.
+        self.compute_context = compute_context and task_context
         self.encoder = TableEncoder(hidden, embed)
         head_in = 2 * embed + 1 if task_context else embed
         self.device_heads = nn.ModuleList(
@@ -244,8 +257,16 @@ class CostNet(nn.Module):
         out: torch.Tensor = (hidden * w2).sum(dim=-1) + b2
         return out
 
+    def _head_layers(self) -> list[list[nn.Linear]]:
+        """Each device head's two linear layers."""
+        return [[m for m in h.modules() if isinstance(m, nn.Linear)] for h in self.device_heads]
+
     def fused_heads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three heads' layers stacked: ([3H, in], [3H], [3, H], [3]).
+
+        Without ``compute_context`` the computation heads' context weights are read as
+        zero (so no gradient reaches them either): every user of the heads (training,
+        the MDP, the searches) goes through here.
 
         Cached in eval mode without gradients (inference calls this at every step);
         switching modes or loading weights drops the cache, so weights changed by
@@ -255,11 +276,16 @@ class CostNet(nn.Module):
         use_cache = not self.training and not torch.is_grad_enabled()
         if use_cache and cached is not None:
             return cached  # type: ignore[return-value]
-        layers = [
-            [m for m in head.modules() if isinstance(m, nn.Linear)] for head in self.device_heads
-        ]
+        layers = self._head_layers()
+        firsts = [first.weight for first, _ in layers]
+        if self.task_context and not self.compute_context:
+            embed = self.encoder.embed
+            firsts[:COMPUTE_HEADS] = [
+                torch.cat([w[:, :embed], torch.zeros_like(w[:, embed:])], dim=1)
+                for w in firsts[:COMPUTE_HEADS]
+            ]
         fused = (
-            torch.cat([first.weight for first, _ in layers]),
+            torch.cat(firsts),
             torch.cat([first.bias for first, _ in layers]),
             torch.cat([second.weight for _, second in layers]),
             torch.cat([second.bias for _, second in layers]),
@@ -267,6 +293,19 @@ class CostNet(nn.Module):
         if use_cache:
             self.__dict__["_fused_cache"] = fused
         return fused
+
+    def drop_compute_context(self) -> None:
+        """Make the computation heads independent of the task context (``compute_context
+        = False``), their context weights zeroed: a model of the older layout becomes one
+        that single-device shards can train. Its computation predictions change (each
+        task's context was a bias of those heads) until it is trained again."""
+        if self.compute_context:
+            embed = self.encoder.embed
+            with torch.no_grad():
+                for first, _ in self._head_layers()[:COMPUTE_HEADS]:
+                    first.weight[:, embed:] = 0.0
+            self.compute_context = False
+            self.__dict__.pop("_fused_cache", None)
 
     def train(self, mode: bool = True) -> CostNet:
         self.__dict__.pop("_fused_cache", None)
@@ -379,6 +418,36 @@ class CostNet(nn.Module):
                 err = (predicted - measured) / pair_scale
                 loss = loss + pairwise_weight * (err[pairs] ** 2).mean()
         return loss
+
+    def compute_costs(self, batch: PlacementBatch) -> torch.Tensor:
+        """[S, 2] predicted forward and backward computation (scaled units) of single-device
+        shards packed as one-device placements (``max_devices == 1``).
+
+        Raises:
+            ValueError: The computation heads read the task context (a shard has no
+                task), or the batch is not of single-device shards.
+        """
+        if self.compute_context:
+            raise ValueError("shard costs need computation heads without the task context")
+        if batch.max_devices != 1:
+            raise ValueError(f"shards are single-device, got {batch.max_devices} devices")
+        device_repr, _ = self.represent(batch)
+        context = None
+        if self.task_context:  # read by the communication head only, left out below
+            context = self.context(device_repr.sum(dim=1), 1)
+        return self.heads(device_repr, context)[:, 0, :COMPUTE_HEADS]
+
+    def compute_loss(self, batch: PlacementBatch, targets: torch.Tensor) -> torch.Tensor:
+        """Squared relative errors of the computation heads on single-device shards
+        (:meth:`compute_costs`), against ``targets`` [S, 2], their measured forward and
+        backward computation in scaled units (positive: a shard holds a table).
+
+        Returns:
+            The mean over shards of each head's squared error relative to the shard's
+            own cost, summed over the two heads: every shard, small or large, is fitted
+            to the same relative precision.
+        """
+        return (((self.compute_costs(batch) - targets) / targets) ** 2).mean(dim=0).sum()
 
 
 class CostNetStageModel:

@@ -20,6 +20,14 @@ matter), each iteration measures a MIX (``TrainConfig.mix_*``, shares of
   once per task), the alternatives the placer must beat. Without reference placers
   their share goes to ``perturbed``.
 
+Optionally (``TrainConfig.shard_measurements``) each iteration also measures random
+single-device shards (a subset of a training task's tables fused on one device, of about
+a device's share of the task): a device's computation depends on its own tables only, so
+the cost network's computation heads (made context-free for it,
+:meth:`~dreamshard.method.costnet.CostNet.drop_compute_context`) are fitted on them
+directly, each to its own cost's relative precision. Whole placements weigh a device
+by its placement's cost, where a device far from the slowest barely counts.
+
 The cost network's loss adds, beside the paper's MSE, a pairwise term on the
 differences of the predicted costs of placements of the SAME task (batches hold a few
 placements of each of several tasks): ranking placements of one task is what a search
@@ -76,6 +84,7 @@ from dreamshard.method.search import greedy_placement, local_search, perturb
 from dreamshard.runtime import one_thread
 from dreamshard.types import (
     CostBackend,
+    Device,
     Placement,
     PlacementCost,
     Placer,
@@ -104,6 +113,10 @@ TRAINING_SEARCH = SearchSettings(search="local", max_passes=2, max_evaluations=5
 #: Random moves of the warm-up's perturbed placements (one placement per entry and seed).
 WARMUP_MOVES: tuple[int, ...] = (1, 2, 4, 8, 16)
 
+#: A single-device shard holds a device's share of its task (tables / devices) times
+#: ``exp(u)``, ``u`` uniform in +-this (1 to all tables): a third to three times a share.
+SHARD_SIZE_SPREAD = 1.1
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -129,6 +142,10 @@ class TrainConfig:
         device_error: What each device's error in the cost network's loss is divided by:
             ``"placement"`` (its placement's measured cost) or ``"device"`` (its own;
             :meth:`~dreamshard.method.costnet.CostNet.loss`).
+        shard_measurements: Single-device shards measured per iteration (module
+            docstring); 0: none. With any, the cost network's computation heads do not
+            read the task context.
+        shard_weight: Weight of the shards' loss beside the placements'.
         placements_per_task: Placements of one task per cost-network batch group.
         warmup_tasks: Training tasks measured densely before the first iteration
             (:meth:`Trainer.warmup`: up to 4 + 2 x len(:data:`WARMUP_MOVES`) placements
@@ -155,6 +172,8 @@ class TrainConfig:
     pairwise_weight: float = 1.0
     relative_loss: bool = True
     device_error: str = "placement"
+    shard_measurements: int = 0
+    shard_weight: float = 1.0
     placements_per_task: int = 4
     warmup_tasks: int = 0
 
@@ -171,6 +190,10 @@ class TrainConfig:
             raise InputError("training config: pairwise_weight must be >= 0")
         if self.warmup_tasks < 0:
             raise InputError("training config: warmup_tasks must be >= 0")
+        if self.shard_measurements < 0:
+            raise InputError("training config: shard_measurements must be >= 0")
+        if not (math.isfinite(self.shard_weight) and self.shard_weight >= 0):
+            raise InputError("training config: shard_weight must be >= 0")
         if self.device_error not in DEVICE_ERRORS:
             raise InputError(
                 f"training config: device_error must be one of {', '.join(DEVICE_ERRORS)}, "
@@ -210,6 +233,17 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class ShardMeasurement:
+    """One measured single-device shard: some tables of a training task fused on one
+    device, and its computation."""
+
+    task: Task
+    tables: tuple[int, ...]
+    fwd_comp_ms: float
+    bwd_comp_ms: float
+
+
+@dataclass(frozen=True)
 class IterationReport:
     """What one training iteration did (printed and saved in ``history.json``).
 
@@ -222,6 +256,10 @@ class IterationReport:
         cost_loss: Mean cost-network loss over this iteration's steps.
         policy_predicted_cost_ms: Mean predicted cost of the last policy batch.
         wall_s: Wall time of the iteration.
+        shard_measurements: Single-device shards measured so far, in total.
+        new_shard_mape: The computation heads' error on this iteration's shards before
+            they were trained on them (mean over forward and backward), in percent; None
+            without shards or in the first iteration.
     """
 
     iteration: int
@@ -231,6 +269,8 @@ class IterationReport:
     cost_loss: float
     policy_predicted_cost_ms: float
     wall_s: float
+    shard_measurements: int = 0
+    new_shard_mape: float | None = None
 
 
 @dataclass
@@ -239,6 +279,7 @@ class _State:
 
     iteration: int = 0
     buffer: list[Measurement] = field(default_factory=list)
+    shards: list[ShardMeasurement] = field(default_factory=list)
     history: list[IterationReport] = field(default_factory=list)
 
 
@@ -292,6 +333,10 @@ class Trainer:
                 raise _table_beyond_features(self.tasks)
             self.model = DreamShardModel(normalizer=normalizer, config=asdict(config), info=info)
         self.initialised = init is not None
+        if config.shard_measurements and self.model.costnet.compute_context:
+            # Shards have no task: the computation heads must not read one.
+            self.model.costnet.drop_compute_context()
+            self.model.info["compute_context_dropped"] = True
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self._make_optimizers()
@@ -334,6 +379,11 @@ class Trainer:
                 new = self.collect()
                 new_mape = self.cost_mape(new) if self.state.iteration > 0 else None
                 self.state.buffer.extend(new)
+                new_shards = self.collect_shards()
+                shard_mape = None
+                if new_shards and self.state.iteration > 0:
+                    shard_mape = self.shard_mape(new_shards)
+                self.state.shards.extend(new_shards)
                 cost_loss = self.fit_cost_model()
                 predicted = self.improve_policy()
             except NonFiniteError as err:
@@ -350,12 +400,15 @@ class Trainer:
                 cost_loss=cost_loss,
                 policy_predicted_cost_ms=predicted,
                 wall_s=time.perf_counter() - t0,
+                shard_measurements=len(self.state.shards),
+                new_shard_mape=shard_mape,
             )
             self.state.history.append(report)
             self.model.info.update(
                 {
                     "iterations_done": self.state.iteration,
                     "measurements": len(self.state.buffer),
+                    "shard_measurements": len(self.state.shards),
                     "train_wall_s": sum(r.wall_s for r in self.state.history),
                 }
             )
@@ -406,6 +459,21 @@ class Trainer:
             out.extend(
                 Measurement(self.tasks[k], p, c) for p, c in zip(placements, costs, strict=True)
             )
+        return out
+
+    def collect_shards(self) -> list[ShardMeasurement]:
+        """Measure ``config.shard_measurements`` random single-device shards of random
+        training tasks (module docstring), each as a one-device task of its tables."""
+        out: list[ShardMeasurement] = []
+        for _ in range(self.config.shard_measurements):
+            task = self.tasks[int(self.rng.integers(len(self.tasks)))]
+            share = task.num_tables / task.num_devices
+            size = share * math.exp(self.rng.uniform(-SHARD_SIZE_SPREAD, SHARD_SIZE_SPREAD))
+            size = min(task.num_tables, max(1, round(size)))
+            chosen = tuple(sorted(int(i) for i in self.rng.choice(task.num_tables, size, False)))
+            cost = self.backend.measure(shard_task(task, chosen), [Placement((0,) * size)])[0]
+            stage = cost.per_device[0]
+            out.append(ShardMeasurement(task, chosen, stage.fwd_comp_ms, stage.bwd_comp_ms))
         return out
 
     def warmup(self) -> list[Measurement]:
@@ -559,6 +627,10 @@ class Trainer:
                 self.config.relative_loss,
                 self.config.device_error,
             )
+            if self.state.shards and self.config.shard_weight > 0:
+                picked = self.rng.integers(len(self.state.shards), size=self.config.cost_batch_size)
+                shards, shard_targets = self.shard_batch([self.state.shards[i] for i in picked])
+                loss = loss + self.config.shard_weight * costnet.compute_loss(shards, shard_targets)
             if not math.isfinite(loss.item()):
                 raise self._diverged("the cost network's loss is not finite")
             self.cost_opt.zero_grad()
@@ -568,6 +640,26 @@ class Trainer:
             losses.append(loss.item())
         costnet.eval()
         return float(np.mean(losses))
+
+    def shard_batch(
+        self, shards: Sequence[ShardMeasurement]
+    ) -> tuple[PlacementBatch, torch.Tensor]:
+        """Shards as one-device placements, and their [S, 2] computation in scaled units."""
+        batch = PlacementBatch.build(
+            [self.features(s.task)[list(s.tables)] for s in shards],
+            [Placement((0,) * len(s.tables)) for s in shards],
+            [1] * len(shards),
+        )
+        targets = torch.tensor([[s.fwd_comp_ms, s.bwd_comp_ms] for s in shards])
+        return batch, targets / self.model.costnet.cost_scale_ms
+
+    def shard_mape(self, shards: Sequence[ShardMeasurement]) -> float:
+        """Mean absolute percentage error (%) of the computation heads on ``shards``,
+        over forward and backward."""
+        batch, targets = self.shard_batch(shards)
+        with torch.no_grad():
+            predicted = self.model.costnet.compute_costs(batch)
+        return float(((predicted - targets).abs() / targets).mean()) * 100
 
     def cost_batch(self, measurements: Sequence[Measurement]) -> tuple[PlacementBatch, CostTargets]:
         batch = PlacementBatch.build(
@@ -666,6 +758,7 @@ class Trainer:
                 "model": model_state,
                 "model_sha256": _sha256(model_tmp),
                 "buffer": [_measurement_record(m) for m in self.state.buffer],
+                "shards": [_shard_record(s) for s in self.state.shards],
                 "history": [asdict(r) for r in self.state.history],
                 "cost_opt": self.cost_opt.state_dict(),
                 "policy_opt": self.policy_opt.state_dict(),
@@ -735,6 +828,8 @@ class Trainer:
         by_name = {t.name: t for t in self.tasks}
         model = DreamShardModel.from_state(state["model"], f"{path} (its model)")
         buffer = [_measurement_from_record(r, by_name) for r in state["buffer"]]
+        # States saved before shards existed have none.
+        shards = [_shard_from_record(r, by_name) for r in state.get("shards", [])]
         history = [IterationReport(**r) for r in state["history"]]
         model.config = asdict(self.config)
         model.costnet.train()
@@ -747,13 +842,28 @@ class Trainer:
         self.rng.bit_generator.state = state["numpy_rng"]
         self.generator.set_state(state["torch_generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.state = _State(iteration=int(state["iteration"]), buffer=buffer, history=history)
+        self.state = _State(
+            iteration=int(state["iteration"]), buffer=buffer, shards=shards, history=history
+        )
         model_path = self.out_dir / MODEL_FILE
         if not model_path.is_file() or _sha256(model_path) != state["model_sha256"]:
             # Killed between the two writes: model.pt is the previous iteration's (or
             # gone); the state's own copy is the one that goes with it.
             save_torch_atomic(state["model"], model_path)
             model.save_config(self.out_dir)
+
+
+def shard_task(task: Task, tables: Sequence[int]) -> Task:
+    """The one-device task of some of ``task``'s tables (indices; a shard's measurement):
+    its device holds exactly their memory, under the same optimizer."""
+    chosen = [task.tables[i] for i in tables]
+    memory = sum(task.table_memory_bytes(t) for t in chosen)
+    return Task(
+        name=f"{task.name}/shard",
+        tables=tuple(chosen),
+        devices=(Device("shard", memory),),
+        optimizer=task.optimizer,
+    )
 
 
 def task_fingerprint(task: Task) -> str:
@@ -881,6 +991,24 @@ def _measurement_from_record(record: dict[str, Any], tasks: dict[str, Task]) -> 
             backend=record["backend"],
             rel_spread=record["rel_spread"],
         ),
+    )
+
+
+def _shard_record(s: ShardMeasurement) -> dict[str, Any]:
+    return {
+        "task": s.task.name,
+        "tables": list(s.tables),
+        "fwd_comp_ms": s.fwd_comp_ms,
+        "bwd_comp_ms": s.bwd_comp_ms,
+    }
+
+
+def _shard_from_record(record: dict[str, Any], tasks: dict[str, Task]) -> ShardMeasurement:
+    return ShardMeasurement(
+        task=tasks[record["task"]],
+        tables=tuple(record["tables"]),
+        fwd_comp_ms=record["fwd_comp_ms"],
+        bwd_comp_ms=record["bwd_comp_ms"],
     )
 
 

@@ -53,10 +53,15 @@ def _no_progress(description: str) -> Iterator[ProgressCallback | None]:
 def iteration_line(report: IterationReport) -> str:
     """One line describing a training iteration (the CLI and the benchmark print it)."""
     mape = f"{report.new_cost_mape:5.1f}%" if report.new_cost_mape is not None else "    -"
+    shards = ""
+    if report.shard_measurements:
+        error = f"{report.new_shard_mape:.1f}%" if report.new_shard_mape is not None else "-"
+        shards = f"shards {report.shard_measurements} (error on new {error})  "
     return (
         f"iter {report.iteration:3d}  measurements {report.measurements:5d}  "
         f"measured mean {report.measured_mean_cost_ms:8.3f} ms  cost-net error on new {mape}  "
-        f"policy predicted {report.policy_predicted_cost_ms:8.3f} ms  ({report.wall_s:.1f} s)"
+        f"{shards}policy predicted {report.policy_predicted_cost_ms:8.3f} ms  "
+        f"({report.wall_s:.1f} s)"
     )
 
 
